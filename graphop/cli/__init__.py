@@ -1,0 +1,79 @@
+"""The ``graphop`` command line: one module per subcommand in this package.
+
+Each subcommand module defines ``NAME``, ``HELP``, ``add_arguments(parser)`` and ``run(args)``
+(returning an exit code or None). Modules are discovered from this package, so adding a
+subcommand is adding a file.
+
+User errors (bad files, bad configs, bad data) print one line ``graphop: error: ...`` and exit
+with code 2; ``--debug`` shows the full traceback instead.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import pkgutil
+import sys
+
+__all__ = ["main", "build_parser"]
+
+
+def _subcommand_modules():
+    pkg = sys.modules[__name__]
+    for info in sorted(pkgutil.iter_modules(pkg.__path__), key=lambda i: i.name):
+        if info.name.startswith("_"):
+            continue
+        mod = importlib.import_module(f"{__name__}.{info.name}")
+        if hasattr(mod, "run") and hasattr(mod, "add_arguments"):
+            yield mod
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .. import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="graphop",
+        description="Localized neural operators on unstructured meshes and point clouds.")
+    parser.add_argument("--version", action="version", version=f"graphop {__version__}")
+    parser.add_argument("--debug", action="store_true",
+                        help="show full tracebacks instead of one-line errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for mod in _subcommand_modules():
+        p = sub.add_parser(mod.NAME, help=mod.HELP, description=getattr(mod, "DESCRIPTION", mod.HELP))
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                       help="show full tracebacks instead of one-line errors")
+        mod.add_arguments(p)
+        p.set_defaults(_run=mod.run)
+    return parser
+
+
+def _user_error_types():
+    from ..errors import GraphopError
+    from ..mesh import MeshError
+
+    return (GraphopError, MeshError, FileNotFoundError, IsADirectoryError, PermissionError)
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "_run", None):
+        parser.print_help()
+        return 2
+    try:
+        code = args._run(args)
+    except _user_error_types() as exc:
+        if args.debug:
+            raise
+        msg = str(exc) or exc.__class__.__name__
+        if isinstance(exc, (FileNotFoundError, IsADirectoryError, PermissionError)) and exc.filename:
+            msg = f"{exc.filename}: {exc.strerror or msg}"
+        print(f"graphop: error: {' '.join(msg.split())}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("graphop: interrupted", file=sys.stderr)
+        return 130
+    return int(code or 0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

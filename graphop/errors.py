@@ -1,0 +1,23 @@
+"""Exception types shown to command-line users as one-line messages (exit code 2)."""
+from __future__ import annotations
+
+from .mesh import MeshError
+
+__all__ = ["GraphopError", "MeshError", "MeshReadError", "ConfigError", "DataError"]
+
+
+class GraphopError(Exception):
+    """Base class of errors that are the user's input, not a bug: the CLI prints the message
+    on one line and exits with code 2 (``--debug`` shows the traceback)."""
+
+
+class MeshReadError(GraphopError, ValueError):
+    """A mesh file that cannot be read: unknown extension, unreadable or truncated content."""
+
+
+class ConfigError(GraphopError, ValueError):
+    """An invalid configuration: unknown keys, wrong types, missing required values."""
+
+
+class DataError(GraphopError, ValueError):
+    """A dataset problem: missing or empty data, missing fields, NaN values, mixed dimensions."""
