@@ -109,9 +109,12 @@ class Mesh:
                     point_data=None, source: str = "<points>") -> "Mesh":
         """A bare point cloud. Without ``weights``, estimate them from the k-NN density.
 
-        The estimate is w_j = V_d r_k(j)^d / (k - 1), the inverse of the unbiased k-NN density
-        estimate (r_k is the distance to the k-th neighbour); when the domain ``measure`` (area or volume) is known the weights are
-        rescaled so that they sum to it exactly.
+        The estimate is w_j = V_d r_k(j)^d / k, where r_k is the distance to the k-th nearest
+        other point: for N uniform points in a domain of measure |D|, V_d r_k^d is Gamma(k)
+        distributed with mean k |D| / N, so E[w_j] = |D| / N (unbiased; dividing by k - 1
+        instead, the inverse of the unbiased density estimate, overestimates by k / (k - 1)).
+        When the domain ``measure`` (area or volume) is known the weights are rescaled so that
+        they sum to it exactly.
         """
         pts = np.asarray(points, dtype=np.float64)
         if pts.ndim == 2 and pts.shape[1] == 3 and len(pts) and np.all(pts[:, 2] == 0):
@@ -123,7 +126,7 @@ class Mesh:
                 raise MeshError(f"{source}: need at least 2 points to estimate weights")
             rk = knn_distances(pts, kk)[:, -1]
             d = pts.shape[1]
-            weights = _unit_ball_volume(d) * rk**d / max(kk - 1, 1)
+            weights = _unit_ball_volume(d) * rk**d / kk
         weights = np.asarray(weights, dtype=np.float64)
         if measure is not None:
             if not measure > 0:
