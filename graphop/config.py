@@ -1,0 +1,256 @@
+"""The training configuration: one dataclass, filled from defaults < YAML < flags < ``--set``.
+
+``graphop train CONFIG.yaml --set lr=3e-4 --set model.width=32`` and
+``graphop train --data DIR --inputs a --targets u --model local_gno --epochs 20 --out RUN``
+both end in a :class:`TrainConfig`. Keys are the dataclass fields; ``model`` is a free dict
+(``name`` plus the keyword arguments of ``graphop.models.build_model``) addressed with dotted
+keys (``model.width=32``). An unknown key is a :class:`graphop.errors.ConfigError` that lists
+the valid keys; a value that cannot be converted to the field's type names the key and type.
+
+Example YAML::
+
+    data: datasets/darcy
+    inputs: [a]
+    targets: [u]
+    model: {name: local_gno, width: 32, n_layers: 4}
+    epochs: 50
+    batch_size: 8
+    lr: 1.0e-3
+"""
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from .errors import ConfigError
+
+__all__ = ["TrainConfig", "load_config", "apply_overrides", "parse_value"]
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run needs.
+
+    Args:
+        data: dataset root (a MeshFolderDataset folder or a generated dataset).
+        inputs: point_data names of the input fields (may be empty).
+        targets: point_data names of the target fields (at least one).
+        model: ``{"name": ..., **kwargs}`` for ``graphop.models.build_model``; ``in_channels``
+            and ``out_channels`` are filled in from the data.
+        epochs: number of epochs (default 50).
+        batch_size: global batch size, split evenly over processes (default 8).
+        lr: peak learning rate (default 1e-3).
+        weight_decay: decoupled weight decay (default 1e-4).
+        optimizer: ``adamw`` | ``adam`` | ``sgd`` (default adamw).
+        scheduler: ``cosine`` (to 0 over ``epochs``) | ``none`` (default cosine).
+        grad_clip: clip the global gradient norm to this value (0 = off).
+        val_fraction: fraction of the training split held out for per-epoch validation;
+            0 validates on the test split instead (default 0.1).
+        seed: seeds the model initialisation, the validation split and the per-epoch data
+            order (default 0).
+        out: run directory for checkpoints, logs and plots (default runs/run).
+        device: ``auto`` (cuda when available) | ``cpu`` | ``cuda`` | ``cuda:N``.
+        num_workers: DataLoader worker processes (default 0).
+        normalize_fields: fit input/target normalisers on the training set (default True).
+        normalize_coords: fit one coordinate AffineMap on the training set (default True).
+        progress: show tqdm progress bars (default True).
+    """
+
+    data: str = ""
+    inputs: list = field(default_factory=list)
+    targets: list = field(default_factory=list)
+    model: dict = field(default_factory=lambda: {"name": "local_gno"})
+    epochs: int = 50
+    batch_size: int = 8
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    optimizer: str = "adamw"
+    scheduler: str = "cosine"
+    grad_clip: float = 0.0
+    val_fraction: float = 0.1
+    seed: int = 0
+    out: str = "runs/run"
+    device: str = "auto"
+    num_workers: int = 0
+    normalize_fields: bool = True
+    normalize_coords: bool = True
+    progress: bool = True
+
+    # ------------------------------------------------------------------ API
+    @classmethod
+    def keys(cls) -> list[str]:
+        return [f.name for f in dataclasses.fields(cls)]
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["inputs"] = list(d["inputs"])
+        d["targets"] = list(d["targets"])
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict | None) -> "TrainConfig":
+        cfg = cls()
+        for k, v in (d or {}).items():
+            cfg.set(k, v)
+        return cfg
+
+    def set(self, key: str, value) -> None:
+        """Set ``key`` (dotted for ``model.*``) from a value or a string, with type checks."""
+        head, _, rest = str(key).partition(".")
+        if head not in self.keys():
+            raise ConfigError(f"unknown config key {key!r}; valid keys: {', '.join(self.keys())}"
+                              " (and model.<argument>)")
+        if rest:
+            if head != "model":
+                raise ConfigError(f"config key {head!r} has no sub-keys (got {key!r})")
+            self.model = dict(self.model)
+            self.model[rest] = parse_value(value) if isinstance(value, str) else value
+            return
+        setattr(self, head, _coerce(head, value, _field_type(head)))
+
+    def validate(self) -> "TrainConfig":
+        """Raise :class:`ConfigError` for missing or out-of-range values."""
+        if not self.data:
+            raise ConfigError("no training data: pass --data DIR or set 'data:' in the config")
+        if not self.targets:
+            raise ConfigError("no target fields: pass --targets NAME or set 'targets:'")
+        if not isinstance(self.model, dict) or not self.model.get("name"):
+            raise ConfigError("model must be a dict with a 'name' (e.g. {name: local_gno})")
+        checks = [("epochs", self.epochs >= 1, ">= 1"), ("batch_size", self.batch_size >= 1, ">= 1"),
+                  ("lr", self.lr > 0, "> 0"), ("weight_decay", self.weight_decay >= 0, ">= 0"),
+                  ("grad_clip", self.grad_clip >= 0, ">= 0"),
+                  ("val_fraction", 0 <= self.val_fraction < 1, "in [0, 1)"),
+                  ("num_workers", self.num_workers >= 0, ">= 0")]
+        for name, ok, rule in checks:
+            if not ok:
+                raise ConfigError(f"config key {name!r} must be {rule}, got {getattr(self, name)!r}")
+        if self.optimizer not in ("adamw", "adam", "sgd"):
+            raise ConfigError(f"optimizer must be adamw, adam or sgd, got {self.optimizer!r}")
+        if self.scheduler not in ("cosine", "none"):
+            raise ConfigError(f"scheduler must be cosine or none, got {self.scheduler!r}")
+        overlap = set(self.inputs) & set(self.targets)
+        if overlap:
+            raise ConfigError(f"fields {sorted(overlap)} are both inputs and targets")
+        return self
+
+    def save(self, path) -> None:
+        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+
+def _field_type(name: str):
+    hints = typing.get_type_hints(TrainConfig)
+    return hints[name]
+
+
+def parse_value(text: str):
+    """A ``--set`` value: YAML scalar/list/dict, with ``1e-3``-style floats accepted."""
+    try:
+        v = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+    if isinstance(v, str):
+        try:
+            return int(v)
+        except ValueError:
+            pass
+        try:
+            return float(v)
+        except ValueError:
+            pass
+    return v
+
+
+def _coerce(key: str, value, typ):
+    bad = ConfigError(f"config key {key!r} expects {getattr(typ, '__name__', typ)}, got {value!r}")
+    if typ is list:
+        if isinstance(value, str):
+            value = parse_value(value) if value.strip().startswith("[") else \
+                [s.strip() for s in value.split(",") if s.strip()]
+        if value is None:
+            return []
+        if isinstance(value, (list, tuple)) and all(isinstance(s, str) for s in value):
+            return list(value)
+        raise bad
+    if typ is dict:
+        if isinstance(value, str):
+            value = parse_value(value)
+        if isinstance(value, str):  # a bare model name
+            return {"name": value}
+        if isinstance(value, dict):
+            return dict(value)
+        raise bad
+    if typ is bool:
+        if isinstance(value, str):
+            low = value.strip().lower()
+            if low in ("1", "true", "yes", "on"):
+                return True
+            if low in ("0", "false", "no", "off"):
+                return False
+            raise bad
+        if isinstance(value, bool):
+            return value
+        raise bad
+    if typ is int:
+        if isinstance(value, bool):
+            raise bad
+        try:
+            f = float(value)
+        except (TypeError, ValueError):
+            raise bad from None
+        if f != int(f):
+            raise bad
+        return int(f)
+    if typ is float:
+        if isinstance(value, bool):
+            raise bad
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise bad from None
+    if typ is str:
+        if value is None or isinstance(value, (dict, list)):
+            raise bad
+        return str(value)
+    raise bad  # pragma: no cover
+
+
+def load_config(path=None, overrides: dict | None = None, sets=()) -> TrainConfig:
+    """defaults < YAML file ``path`` < ``overrides`` (flags, None values skipped) < ``sets``
+    (``key=value`` strings). Raises :class:`ConfigError` for unknown keys or bad values."""
+    cfg = TrainConfig()
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"{p}: config file not found")
+        try:
+            raw = yaml.safe_load(p.read_text())
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{p}: invalid YAML ({' '.join(str(exc).split())})") from exc
+        if raw is None:
+            raw = {}
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{p}: the config must be a mapping of keys to values")
+        for k, v in raw.items():
+            try:
+                cfg.set(k, v)
+            except ConfigError as exc:
+                raise ConfigError(f"{p}: {exc}") from None
+    for k, v in (overrides or {}).items():
+        if v is not None:
+            cfg.set(k, v)
+    apply_overrides(cfg, sets)
+    return cfg
+
+
+def apply_overrides(cfg: TrainConfig, sets) -> TrainConfig:
+    """Apply ``key=value`` strings (the ``--set`` flag) to ``cfg``."""
+    for item in sets or ():
+        key, eq, value = str(item).partition("=")
+        if not eq or not key.strip():
+            raise ConfigError(f"--set expects key=value, got {item!r}")
+        cfg.set(key.strip(), value)
+    return cfg

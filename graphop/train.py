@@ -1,0 +1,449 @@
+"""Training: the :class:`Trainer`, and ``python -m graphop.train`` for ``torchrun``.
+
+One epoch visits every training sample once in an order drawn from ``seed + epoch``
+(:class:`graphop.distributed.EpochSampler`). The loss of a batch is the mean over its samples
+of the quadrature-weighted relative L2 error (:mod:`graphop.metrics`), computed in physical
+units after :meth:`graphop.normalize.Normalizer.decode`::
+
+    loss = 1/B sum_b sqrt( sum_j w_j |decode(model(encode(data_b)))_j - y_j|^2 / sum_j w_j |y_j|^2 )
+
+After each epoch the validation set is scored with the same metric; ``best.pt`` is written
+when it improves and ``last.pt`` always (:mod:`graphop.checkpoint`, atomic). ``metrics.csv``,
+TensorBoard events and ``loss_curves.png`` go to the run directory (:mod:`graphop.runlog`).
+
+Robustness:
+
+* ``Trainer.resume(RUN_DIR)`` restores weights, optimizer, scheduler, normalisers, RNG states,
+  history and the position inside the epoch, so the loss curve equals that of an
+  uninterrupted run (to float tolerance).
+* SIGINT (Ctrl-C) and SIGTERM finish the current batch, write a resumable ``last.pt`` (also in
+  the middle of an epoch) and raise :class:`TrainingInterrupted`. A second signal aborts.
+* A non-finite loss stops training with :class:`TrainingDiverged` naming the epoch and batch;
+  nothing is written, so ``best.pt`` and ``last.pt`` keep the last good states.
+* NaN/inf in the data is a :class:`graphop.errors.DataError` before training starts.
+
+Several processes: ``torchrun --nproc_per_node=N -m graphop.train ARGS`` (or
+``graphop train --nproc N ARGS``) wraps the model in ``DistributedDataParallel`` (gloo on CPU,
+nccl on CUDA); ``batch_size`` is the global batch, split evenly, so N processes take the same
+optimisation steps as one process (DDP averages the per-process gradients). Rank 0 alone
+writes logs and checkpoints.
+"""
+from __future__ import annotations
+
+import json
+import math
+import random
+import shutil
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .checkpoint import load_checkpoint, load_model_state, rng_state, save_checkpoint, set_rng_state
+from .config import ConfigError, TrainConfig, load_config
+from .distributed import EpochSampler, all_reduce_sum, setup
+from .errors import DataError, GraphopError
+from .mesh import MeshError
+from .metrics import relative_l2_loss
+from .normalize import NormalizedDataset, Normalizer, check_sample
+from .runlog import RunLogger
+
+__all__ = ["Trainer", "TrainingDiverged", "TrainingInterrupted", "load_datasets", "main"]
+
+
+class TrainingDiverged(GraphopError):
+    """The loss (or the validation error) became NaN or infinite."""
+
+
+class TrainingInterrupted(GraphopError):
+    """Training stopped on SIGINT/SIGTERM after writing a resumable checkpoint."""
+
+    def __init__(self, message: str, signum: int, checkpoint: str | None):
+        super().__init__(message)
+        self.signum = signum
+        self.checkpoint = checkpoint
+
+
+def _channels(sample) -> tuple[int, int]:
+    x = getattr(sample, "x", None)
+    n_in = 0 if x is None else int(x.reshape(x.shape[0], -1).shape[1])
+    return n_in, int(sample.y.reshape(sample.y.shape[0], -1).shape[1])
+
+
+def load_datasets(cfg: TrainConfig):
+    """(train, validation) datasets for ``cfg``: the ``train`` split of ``cfg.data`` minus a
+    seeded ``val_fraction`` hold-out, or the ``test`` split when ``val_fraction == 0``."""
+    from .data import MeshFolderDataset
+
+    root = Path(cfg.data)
+    if not root.exists():
+        raise DataError(f"{root}: data directory not found")
+    kw = dict(inputs=list(cfg.inputs), targets=list(cfg.targets))
+    train = MeshFolderDataset(root, split="train", **kw)
+    n = len(train)
+    if n == 0:
+        raise DataError(f"{root}: no training samples (the train split is empty)")
+    if cfg.val_fraction > 0:
+        n_val = max(1, int(round(cfg.val_fraction * n)))
+        if n - n_val < 1:
+            raise DataError(f"{root}: {n} training sample(s) cannot be split into training and "
+                            "validation; add samples or set val_fraction=0 to validate on the test split")
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed)).tolist()
+        val = torch.utils.data.Subset(train, sorted(perm[:n_val]))
+        train = torch.utils.data.Subset(train, sorted(perm[n_val:]))
+        return train, val
+    val = MeshFolderDataset(root, split="test", **kw)
+    if len(val) == 0:
+        raise DataError(f"{root}: val_fraction=0 validates on the test split, which is empty")
+    return train, val
+
+
+def _seed_all(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
+
+
+class Trainer:
+    """Train a model on a mesh dataset as configured by a :class:`TrainConfig`.
+
+    Args:
+        config: the run's configuration (``config.out`` is the run directory).
+        model: an ``nn.Module`` to train instead of ``build_model(config.model)``; its
+            ``config`` attribute (if any) is stored in checkpoints.
+        datasets: ``(train, val)`` datasets instead of :func:`load_datasets`.
+        resume: continue from ``RUN_DIR/last.pt`` (see :meth:`resume`).
+        overwrite: allow a fresh run into a directory that already holds one.
+    """
+
+    def __init__(self, config: TrainConfig, model: torch.nn.Module | None = None, datasets=None,
+                 resume: bool = False, overwrite: bool = False):
+        self.cfg = config.validate()
+        self.info, self.device = setup(config.device)
+        self.run_dir = Path(config.out)
+        ckpt = None
+        if resume:
+            ckpt = load_checkpoint(self.run_dir / "last.pt", map_location="cpu")
+        elif (self.run_dir / "last.pt").exists() and not overwrite:
+            raise ConfigError(f"{self.run_dir} already holds a training run (last.pt); continue it with "
+                              f"--resume {self.run_dir}, or choose another --out")
+        world = self.info.world_size
+        if config.batch_size % world:
+            raise ConfigError(f"batch_size {config.batch_size} must be divisible by the number of "
+                              f"processes ({world})")
+        self.local_bs = config.batch_size // world
+
+        train, val = datasets if datasets is not None else load_datasets(config)
+        if len(train) == 0:
+            raise DataError("the training set is empty")
+        if len(val) == 0:
+            raise DataError("the validation set is empty")
+        n_in, n_out = _channels(train[0])
+        self.n_train, self.n_val = len(train), len(val)
+        progress = config.progress and self.info.is_main
+        if ckpt is None:
+            self.normalizer = Normalizer.fit(train, fields=config.normalize_fields,
+                                             coords=config.normalize_coords, progress=progress)
+        else:
+            self.normalizer = Normalizer.from_state_dict(ckpt["normalizer"])
+            for i in range(len(train)):
+                check_sample(train[i], i)
+        for i in range(len(val)):
+            check_sample(val[i], i)
+
+        _seed_all(config.seed)
+        if model is None:
+            from .models import MODELS, build_model, model_arguments
+
+            mc = {**config.model, "in_channels": n_in, "out_channels": n_out}
+            accepted = model_arguments(mc["name"]) if mc.get("name") in MODELS else []
+            first = train[0]
+            if "dim" in accepted and "dim" not in mc and "latent_shape" not in mc:
+                mc["dim"] = int(first.pos.shape[1])
+            if "periodic" in accepted and "periodic" not in mc:
+                mc["periodic"] = getattr(first, "periodic", None) is not None
+            try:
+                model = build_model(mc)
+            except (KeyError, TypeError, ValueError) as exc:
+                if isinstance(exc, GraphopError):
+                    raise
+                raise ConfigError(f"cannot build model {mc.get('name')!r}: {exc}") from exc
+            self.model_config = dict(getattr(model, "config", mc))
+        else:
+            self.model_config = dict(getattr(model, "config", {"name": type(model).__name__}))
+        if ckpt is not None:
+            load_model_state(model, ckpt, expected_config=self.model_config)
+        self.module = model.to(self.device)
+        if self.info.distributed:
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.model = DistributedDataParallel(self.module, device_ids=ids)
+        else:
+            self.model = self.module
+
+        params = [p for p in self.module.parameters() if p.requires_grad]
+        if config.optimizer == "sgd":
+            self.optimizer = torch.optim.SGD(params, lr=config.lr, momentum=0.9,
+                                             weight_decay=config.weight_decay)
+        elif config.optimizer == "adam":
+            self.optimizer = torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+        else:
+            self.optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+        self.scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=config.epochs)
+                          if config.scheduler == "cosine" else None)
+
+        self.train_set = NormalizedDataset(train, self.normalizer)
+        self.sampler = EpochSampler(self.train_set, world, self.info.rank, seed=config.seed)
+        self.val_set = NormalizedDataset(
+            torch.utils.data.Subset(val, list(range(self.info.rank, len(val), world))), self.normalizer)
+
+        self.epoch, self.step_in_epoch = 0, 0
+        self.partial = {"loss_sum": 0.0, "count": 0.0, "time_s": 0.0}
+        self.history: list = []
+        self.best_metric, self.best_epoch = math.inf, 0
+        if ckpt is not None:
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+            if self.scheduler is not None and ckpt.get("scheduler") is not None:
+                self.scheduler.load_state_dict(ckpt["scheduler"])
+                self.scheduler.T_max = config.epochs
+            self.epoch, self.step_in_epoch = int(ckpt["epoch"]), int(ckpt.get("step_in_epoch", 0))
+            self.partial = dict(ckpt.get("partial") or self.partial)
+            self.history = list(ckpt.get("history", []))
+            self.best_metric = float(ckpt.get("best_metric", math.inf))
+            self.best_epoch = int(ckpt.get("best_epoch", 0))
+            set_rng_state(ckpt["rng"])
+        self._stop_signal = None
+        if self.info.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            if ckpt is None and overwrite and (self.run_dir / "tb").is_dir():
+                shutil.rmtree(self.run_dir / "tb")  # the old run's TensorBoard curves
+            config.save(self.run_dir / "config.yaml")
+
+    @classmethod
+    def resume(cls, run_dir, sets=(), overrides: dict | None = None, model=None, datasets=None
+               ) -> "Trainer":
+        """Continue the run in ``run_dir`` from its ``last.pt``, with its ``config.yaml``
+        (``overrides``/``sets`` may change e.g. ``epochs`` or ``device``)."""
+        run_dir = Path(run_dir)
+        if not (run_dir / "config.yaml").is_file():
+            raise GraphopError(f"{run_dir}: not a graphop run directory (no config.yaml)")
+        if not (run_dir / "last.pt").is_file():
+            raise GraphopError(f"{run_dir}: nothing to resume (no last.pt)")
+        cfg = load_config(run_dir / "config.yaml", overrides, sets)
+        cfg.out = str(run_dir)
+        return cls(cfg, model=model, datasets=datasets, resume=True)
+
+    # ------------------------------------------------------------------ state
+    @property
+    def n_parameters(self) -> int:
+        return sum(p.numel() for p in self.module.parameters())
+
+    def state(self) -> dict:
+        """Everything a checkpoint holds (see :mod:`graphop.checkpoint`)."""
+        return {"model_config": self.model_config, "model": self.module.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": None if self.scheduler is None else self.scheduler.state_dict(),
+                "normalizer": self.normalizer.state_dict(), "train_config": self.cfg.to_dict(),
+                "epoch": self.epoch, "step_in_epoch": self.step_in_epoch,
+                "partial": dict(self.partial), "history": list(self.history),
+                "best_metric": float(self.best_metric), "best_epoch": self.best_epoch,
+                "rng": rng_state()}
+
+    def _save(self, name: str) -> Path | None:
+        if not self.info.is_main:
+            return None
+        return save_checkpoint(self.run_dir / name, self.state())
+
+    # ------------------------------------------------------------------ signals
+    def _on_signal(self, signum, frame):
+        if self._stop_signal is not None:
+            signal.signal(signum, signal.SIG_DFL)
+            raise KeyboardInterrupt
+        self._stop_signal = signum
+        if self.info.is_main:
+            print(f"\ngraphop: caught {signal.Signals(signum).name}; finishing this batch and saving "
+                  "a resumable checkpoint (send again to abort)", file=sys.stderr, flush=True)
+
+    def _interrupt(self, where: str):
+        sig = int(self._stop_signal or signal.SIGTERM)
+        path = self._save("last.pt")
+        name = signal.Signals(sig).name
+        raise TrainingInterrupted(
+            f"interrupted by {name} {where}; resumable checkpoint saved to "
+            f"{path or self.run_dir / 'last.pt'}; continue with: graphop train --resume {self.run_dir}",
+            sig, str(path) if path else None)
+
+    # ------------------------------------------------------------------ loops
+    def _loader(self, dataset, shuffle: bool):
+        from torch_geometric.loader import DataLoader
+
+        g = torch.Generator().manual_seed(self.cfg.seed)
+        kw = dict(batch_size=self.local_bs, num_workers=self.cfg.num_workers, generator=g)
+        if shuffle:
+            return DataLoader(dataset, sampler=self.sampler, **kw)
+        return DataLoader(dataset, shuffle=False, **kw)
+
+    def _train_epoch(self) -> dict:
+        cfg, e = self.cfg, self.epoch
+        self.sampler.set_epoch(e)
+        self.sampler.skip = self.step_in_epoch * self.local_bs
+        steps = math.ceil(self.sampler.num_samples / self.local_bs)
+        loss_sum, count = float(self.partial["loss_sum"]), float(self.partial["count"])
+        t_before = float(self.partial["time_s"])
+        self.model.train()
+        bar = tqdm(total=steps, initial=self.step_in_epoch, desc=f"epoch {e + 1}/{cfg.epochs}",
+                   leave=False, disable=not (cfg.progress and self.info.is_main), dynamic_ncols=True)
+        t0 = time.perf_counter()
+        for b, batch in enumerate(self._loader(self.train_set, True), start=self.step_in_epoch):
+            batch = batch.to(self.device)
+            err = relative_l2_loss(self.normalizer.decode(self.model(batch)), batch, reduction="none")
+            loss = err.mean()
+            det = err.detach()
+            stats = torch.stack([torch.nan_to_num(det.sum(), 0.0, 0.0, 0.0),
+                                 torch.tensor(float(det.numel()), device=det.device),
+                                 (~torch.isfinite(det)).any().to(det.dtype),
+                                 torch.tensor(1.0 if self._stop_signal else 0.0, device=det.device)
+                                 ]).double().to(self.device)
+            all_reduce_sum(stats)
+            if stats[2] > 0:
+                bad = "nan" if bool(torch.isnan(loss)) or not bool(torch.isinf(loss)) else "inf"
+                src = getattr(batch, "source", None)
+                which = f" (samples: {', '.join(map(str, src))[:200]})" if isinstance(src, list) else ""
+                best = (f"best checkpoint {self.run_dir / 'best.pt'} (epoch {self.best_epoch}, "
+                        f"val rel_l2 {self.best_metric:.4g}) is kept" if self.best_epoch
+                        else "no checkpoint was written")
+                raise TrainingDiverged(
+                    f"training loss became {bad} at epoch {e + 1}, batch {b + 1}{which}; stopped. "
+                    f"{best}; lower the learning rate (lr={cfg.lr:g}) or set grad_clip")
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(self.module.parameters(), cfg.grad_clip)
+            self.optimizer.step()
+            loss_sum += float(stats[0])
+            count += float(stats[1])
+            self.step_in_epoch = b + 1
+            elapsed = t_before + time.perf_counter() - t0
+            self.partial = {"loss_sum": loss_sum, "count": count, "time_s": elapsed}
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss_sum / count:.4g}",
+                            samples_s=f"{count / max(elapsed, 1e-9):.1f}")
+            if stats[3] > 0:
+                bar.close()
+                self._interrupt(f"in epoch {e + 1} after batch {b + 1}/{steps}")
+        bar.close()
+        elapsed = t_before + time.perf_counter() - t0
+        return {"train_loss": loss_sum / max(count, 1.0), "time_s": elapsed,
+                "samples_per_s": count / max(elapsed, 1e-9)}
+
+    @torch.no_grad()
+    def validate(self) -> float:
+        """Mean relative L2 error over the validation set (all processes together)."""
+        self.module.eval()
+        acc = torch.zeros(2, dtype=torch.float64, device=self.device)
+        for batch in self._loader(self.val_set, False):
+            batch = batch.to(self.device)
+            err = relative_l2_loss(self.normalizer.decode(self.module(batch)), batch, reduction="none")
+            acc[0] += err.double().sum()
+            acc[1] += err.numel()
+        all_reduce_sum(acc)
+        return float(acc[0] / acc[1].clamp_min(1.0))
+
+    def fit(self, stop_at: int | None = None) -> dict:
+        """Train until ``config.epochs`` (or until ``stop_at`` epochs are complete); returns the
+        run summary (also written to ``RUN_DIR/summary.json``)."""
+        cfg = self.cfg
+        end = cfg.epochs if stop_at is None else min(int(stop_at), cfg.epochs)
+        main_ = self.info.is_main
+        logger = RunLogger(self.run_dir, start_epoch=self.epoch) if main_ else None
+        old = {}
+        if threading.current_thread() is threading.main_thread():
+            for s in (signal.SIGINT, signal.SIGTERM):
+                old[s] = signal.signal(s, self._on_signal)
+        if main_ and self.epoch == 0 and self.step_in_epoch == 0:
+            print(f"graphop train: {self.n_train} training / {self.n_val} validation samples, model "
+                  f"{self.model_config.get('name')} with {self.n_parameters:,} parameters, "
+                  f"device {self.device}, {self.info.world_size} process(es), run dir {self.run_dir}",
+                  flush=True)
+        try:
+            while self.epoch < end:
+                row = self._train_epoch()
+                val = self.validate()
+                e = self.epoch + 1
+                if not math.isfinite(val):
+                    raise TrainingDiverged(f"validation error became {val} after epoch {e}; stopped "
+                                           f"(best checkpoint from epoch {self.best_epoch} is kept)")
+                lr = self.optimizer.param_groups[0]["lr"]
+                if self.scheduler is not None:
+                    self.scheduler.step()
+                self.epoch, self.step_in_epoch = e, 0
+                self.partial = {"loss_sum": 0.0, "count": 0.0, "time_s": 0.0}
+                self.history.append({"epoch": e, "train_loss": row["train_loss"], "val_rel_l2": val,
+                                     "lr": float(lr), "time_s": row["time_s"],
+                                     "samples_per_s": row["samples_per_s"]})
+                improved = val < self.best_metric
+                if improved:
+                    self.best_metric, self.best_epoch = val, e
+                    self._save("best.pt")
+                self._save("last.pt")
+                if main_:
+                    logger.epoch(self.history)
+                    tqdm.write(f"epoch {e}/{cfg.epochs}  train rel_l2 {row['train_loss']:.4g}  "
+                               f"val rel_l2 {val:.4g}{'  (best)' if improved else ''}  "
+                               f"{row['samples_per_s']:.1f} samples/s", file=sys.stdout)
+                    sys.stdout.flush()
+                if self._stop_signal:
+                    self._interrupt(f"after epoch {e}")
+        finally:
+            for s, h in old.items():
+                signal.signal(s, h)
+            if logger is not None:
+                logger.close(self.history, title=f"{self.model_config.get('name')}: {self.run_dir.name}")
+        return self._summary()
+
+    def _summary(self) -> dict:
+        last = self.history[-1] if self.history else {}
+        out = {"run_dir": str(self.run_dir), "epochs_completed": self.epoch,
+               "best_val_rel_l2": self.best_metric if self.best_epoch else None,
+               "best_epoch": self.best_epoch, "final_train_loss": last.get("train_loss"),
+               "final_val_rel_l2": last.get("val_rel_l2"), "n_train": self.n_train,
+               "n_val": self.n_val, "n_parameters": self.n_parameters, "model": self.model_config,
+               "world_size": self.info.world_size}
+        if self.info.is_main:
+            (self.run_dir / "summary.json").write_text(json.dumps(out, indent=2, default=str))
+        return out
+
+
+def main(argv=None) -> int:
+    """Entry point of ``python -m graphop.train`` / ``torchrun -m graphop.train``: the same
+    arguments as ``graphop train``."""
+    import argparse
+
+    from .cli import train as cli_train
+    from .distributed import teardown
+
+    parser = argparse.ArgumentParser(prog="python -m graphop.train", description=cli_train.HELP)
+    parser.add_argument("--debug", action="store_true")
+    cli_train.add_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        return int(cli_train.run(args) or 0)
+    except (GraphopError, MeshError, FileNotFoundError) as exc:
+        if args.debug:
+            raise
+        rank = int(__import__("os").environ.get("RANK", "0"))
+        prefix = f"[rank {rank}] " if int(__import__("os").environ.get("WORLD_SIZE", "1")) > 1 else ""
+        print(f"{prefix}graphop: error: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 2
+    finally:
+        teardown()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,111 @@
+"""Checkpoints: atomic writes, weights_only loading, RNG round trip, clear errors."""
+import pickle
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from graphop.checkpoint import (load_checkpoint, load_model_state, resolve_checkpoint, rng_state,
+                                save_checkpoint, set_rng_state)
+from graphop.errors import GraphopError
+from graphop.normalize import Normalizer
+from trainkit import PointwiseMLP, make_samples
+
+torch.set_num_threads(1)
+
+
+def _state(model):
+    norm = Normalizer.fit(make_samples(3))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=5)
+    model(make_samples(1)[0]).sum().backward()
+    opt.step()
+    sched.step()
+    return {"model_config": model.config, "model": model.state_dict(), "optimizer": opt.state_dict(),
+            "scheduler": sched.state_dict(), "normalizer": norm.state_dict(),
+            "train_config": {"inputs": ["a"], "targets": ["u"]}, "epoch": 3, "step_in_epoch": 0,
+            "history": [{"epoch": 1, "train_loss": 0.5}], "best_metric": 0.25, "best_epoch": 2,
+            "rng": rng_state()}
+
+
+def test_round_trip_with_weights_only(tmp_path):
+    torch.manual_seed(0)
+    model = PointwiseMLP()
+    path = save_checkpoint(tmp_path / "run" / "last.pt", _state(model))
+    assert path.exists() and not list(path.parent.glob(".*tmp*"))  # temp file renamed away
+    # the file loads with the strictest loader torch has
+    raw = torch.load(path, weights_only=True)
+    assert raw["format"] == "graphop-checkpoint" and raw["epoch"] == 3
+    ck = load_checkpoint(tmp_path / "run")  # a run directory resolves to its checkpoint
+    other = PointwiseMLP()
+    load_model_state(other, ck, expected_config=model.config)
+    for (k, v), (k2, v2) in zip(model.state_dict().items(), other.state_dict().items()):
+        assert k == k2 and torch.equal(v, v2)
+    norm = Normalizer.from_state_dict(ck["normalizer"])
+    assert norm.coords is not None and norm.targets.channels == 1
+    opt = torch.optim.AdamW(other.parameters(), lr=1e-3)
+    opt.load_state_dict(ck["optimizer"])
+    assert opt.state_dict()["state"][0]["step"] == 1
+
+
+def test_rng_states_round_trip():
+    torch.manual_seed(1)
+    np.random.seed(2)
+    random.seed(3)
+    st = rng_state()
+    a = (torch.rand(3), np.random.rand(3), random.random())
+    torch.rand(10), np.random.rand(10), random.random()
+    set_rng_state(st)
+    b = (torch.rand(3), np.random.rand(3), random.random())
+    assert torch.equal(a[0], b[0]) and np.array_equal(a[1], b[1]) and a[2] == b[2]
+
+
+def test_atomic_save_keeps_old_file_when_writing_fails(tmp_path):
+    model = PointwiseMLP()
+    path = save_checkpoint(tmp_path / "last.pt", _state(model))
+    before = path.read_bytes()
+    bad = _state(model)
+    bad["history"] = [object()]  # cannot go into a weights_only checkpoint
+    with pytest.raises(TypeError, match="weights_only"):
+        save_checkpoint(path, bad)
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]
+
+
+def test_corrupted_truncated_empty_and_foreign_files(tmp_path):
+    path = save_checkpoint(tmp_path / "ok.pt", _state(PointwiseMLP()))
+    data = path.read_bytes()
+    (tmp_path / "trunc.pt").write_bytes(data[: len(data) // 2])
+    with pytest.raises(GraphopError, match=r"trunc\.pt: corrupted or truncated checkpoint"):
+        load_checkpoint(tmp_path / "trunc.pt")
+    (tmp_path / "empty.pt").write_bytes(b"")
+    with pytest.raises(GraphopError, match="empty"):
+        load_checkpoint(tmp_path / "empty.pt")
+    (tmp_path / "garbage.pt").write_bytes(b"\x00not a checkpoint" * 10)
+    with pytest.raises(GraphopError, match="garbage.pt: corrupted"):
+        load_checkpoint(tmp_path / "garbage.pt")
+    torch.save(PointwiseMLP().state_dict(), tmp_path / "bare.pt")
+    with pytest.raises(GraphopError, match="not a graphop checkpoint"):
+        load_checkpoint(tmp_path / "bare.pt")
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("this must never run",))
+
+    with open(tmp_path / "evil.pt", "wb") as f:
+        pickle.dump({"format": "graphop-checkpoint", "x": Evil()}, f, protocol=2)
+    with pytest.raises(GraphopError, match="evil.pt: refusing to load.*GLOBAL print was not an allowed global"):
+        load_checkpoint(tmp_path / "evil.pt")
+    (tmp_path / "empty_run").mkdir()
+    with pytest.raises(GraphopError, match="no checkpoint in this directory"):
+        resolve_checkpoint(tmp_path / "empty_run")
+
+
+def test_checkpoint_from_another_model(tmp_path):
+    save_checkpoint(tmp_path / "a.pt", _state(PointwiseMLP(width=16)))
+    ck = load_checkpoint(tmp_path / "a.pt")
+    with pytest.raises(GraphopError, match="from another model.*width: 16 in the checkpoint vs 8"):
+        load_model_state(PointwiseMLP(width=8), ck, expected_config=PointwiseMLP(width=8).config)
+    with pytest.raises(GraphopError, match="from another model.*size mismatch"):
+        load_model_state(PointwiseMLP(width=8), ck)

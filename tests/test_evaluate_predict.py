@@ -1,0 +1,140 @@
+"""The command line end to end on a folder of mesh files: train, evaluate, predict (other
+format, other resolution, point cloud), and every bad-input case with its message."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from graphop.checkpoint import load_trained_model
+from graphop.cli import main as cli
+from graphop.io import read_mesh, write_mesh
+from graphop.predict import mesh_to_sample
+from trainkit import TINY_GNO, make_mesh, write_dataset
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("e2e")
+    data = write_dataset(root / "data", n_train=6, n_test=3, n=70)
+    out = root / "run"
+    code = cli(["train", "--data", str(data), "--inputs", "a", "--targets", "u", "--model",
+                "local_gno", "--epochs", "3", "--batch-size", "2", "--lr", "5e-3", "--out", str(out),
+                "--device", "cpu", "--no-progress", *TINY_GNO])
+    assert code == 0
+    return root, data, out
+
+
+def _rel_l2_numpy(model, normalizer, mesh):
+    """Independent per-sample metric: numpy sums over the lumped-mass weights."""
+    d = mesh_to_sample(mesh, ["a"], ["u"])
+    with torch.no_grad():
+        p = normalizer.decode(model(normalizer.encode(d))).double().numpy()[:, 0]
+    u, w = mesh.point_data["u"], mesh.weights
+    return float(np.sqrt(np.sum(w * (p - u) ** 2) / np.sum(w * u**2))), p
+
+
+def test_evaluate_json_tables_and_pictures(run, capsys):
+    root, data, out = run
+    capsys.readouterr()
+    assert cli(["evaluate", str(out), "--data", str(data), "--json", "--device", "cpu"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    assert rep["n_samples"] == 3 and rep["split"] == "test"
+    assert rep["splits"]["train"]["n_samples"] == 6
+    model, norm, _ = load_trained_model(out / "best.pt")
+    ref = [_rel_l2_numpy(model, norm, read_mesh(p))[0] for p in sorted((data / "test").glob("*.vtu"))]
+    assert rep["rel_l2"] == pytest.approx(float(np.mean(ref)), rel=1e-4)
+    # three test resolutions (70, 140, 280 points) -> three groups of one sample
+    groups = rep["by_resolution"]["test"]
+    assert len(groups) == 3 and all(g["n_samples"] == 1 for g in groups.values())
+    ev = out / "eval"
+    for f in ("results.md", "results.json", "sample_best.png", "sample_median.png", "sample_worst.png"):
+        assert (ev / f).is_file() and (ev / f).stat().st_size > 0, f
+    md = (ev / "results.md").read_text()
+    assert "| test | 3 |" in md and "By resolution" in md and "By domain family" in md
+
+
+def test_predict_other_format_resolution_and_point_cloud(run, capsys):
+    root, data, out = run
+    model, norm, _ = load_trained_model(out)
+    mesh = make_mesh(300, 777)  # a resolution the model never saw
+    write_mesh(root / "new.vtu", mesh)
+    write_mesh(root / "new.msh", mesh)  # another format: gmsh
+    capsys.readouterr()
+    assert cli(["predict", str(out / "best.pt"), str(root / "new.msh"), "--out",
+                str(root / "pred_msh.vtu"), "--json", "--device", "cpu"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    ref, p_ref = _rel_l2_numpy(model, norm, mesh)
+    assert info["rel_l2"] == pytest.approx(ref, rel=1e-4)
+    got = read_mesh(root / "pred_msh.vtu")
+    assert np.allclose(got.points, mesh.points)
+    assert np.allclose(got.point_data["u_pred"], p_ref, atol=1e-5)
+    assert np.allclose(got.point_data["u_error"], p_ref - mesh.point_data["u"], atol=1e-5)
+    # same mesh as .vtu: identical prediction (the format does not matter)
+    assert cli(["predict", str(out), str(root / "new.vtu"), "--out", str(root / "pred_vtu.vtu"),
+                "--device", "cpu"]) == 0
+    assert "relative L2 error against the file's fields" in capsys.readouterr().out
+    assert np.allclose(read_mesh(root / "pred_vtu.vtu").point_data["u_pred"], p_ref, atol=1e-5)
+    # a bare point cloud without the target: the prediction is written as 'u'
+    np.savez(root / "cloud.npz", points=mesh.points, a=mesh.point_data["a"])
+    assert cli(["predict", str(out), str(root / "cloud.npz"), "--json", "--device", "cpu"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["point_cloud"] and info["fields"] == ["u"] and info["rel_l2"] is None
+    cloud = read_mesh(root / "cloud_pred.vtu")
+    pc = np.asarray(cloud.point_data["u"])
+    assert pc.shape == (300,) and np.isfinite(pc).all()
+    # k-NN quadrature instead of lumped mass: the same function up to a modest difference
+    diff = np.sqrt(np.mean((pc - p_ref) ** 2) / np.mean(p_ref**2))
+    print("point cloud vs mesh prediction, relative difference", diff)
+    assert diff < 0.25
+
+
+def _err(capsys):
+    return capsys.readouterr().err.strip()
+
+
+def test_bad_inputs_give_one_line_errors(run, tmp_path, capsys):
+    root, data, out = run
+    # a mesh without the model's input field
+    write_mesh(tmp_path / "noa.vtu", make_mesh(80, 5, with_fields=False))
+    assert cli(["predict", str(out), str(tmp_path / "noa.vtu")]) == 2
+    assert "noa.vtu: no point_data field(s) 'a' (the model's inputs are ['a'])" in _err(capsys)
+    # missing and empty data
+    assert cli(["train", "--data", str(tmp_path / "nope"), "--targets", "u", "--out",
+                str(tmp_path / "r1")]) == 2
+    assert "nope" in _err(capsys)
+    (tmp_path / "empty").mkdir()
+    assert cli(["train", "--data", str(tmp_path / "empty"), "--inputs", "a", "--targets", "u",
+                "--out", str(tmp_path / "r2")]) == 2
+    assert "empty" in _err(capsys)
+    # NaN in a field
+    bad = write_dataset(tmp_path / "nan", n_train=3, n_test=1, n=40)
+    m = read_mesh(bad / "train" / "sample_001.vtu")
+    a = np.array(m.point_data["a"])
+    a[7] = np.nan
+    write_mesh(bad / "train" / "sample_001.vtu", m.with_point_data(a=a))
+    assert cli(["train", "--data", str(bad), "--inputs", "a", "--targets", "u", "--out",
+                str(tmp_path / "r3"), "--no-progress"]) == 2
+    msg = _err(capsys)
+    assert "NaN" in msg and "sample_001" in msg
+    assert not (tmp_path / "r3" / "last.pt").exists()
+    # unknown config key
+    assert cli(["train", "--data", str(data), "--targets", "u", "--set", "epoch=3"]) == 2
+    assert "unknown config key 'epoch'; valid keys: data, inputs" in _err(capsys)
+    # corrupted checkpoint
+    broken = tmp_path / "broken.pt"
+    broken.write_bytes((out / "best.pt").read_bytes()[:1000])
+    assert cli(["evaluate", str(broken), "--data", str(data)]) == 2
+    assert "broken.pt: corrupted or truncated checkpoint" in _err(capsys)
+    # resuming with another model: refused, nothing overwritten
+    before = (out / "last.pt").read_bytes()
+    assert cli(["train", "--resume", str(out), "--set", "model.width=16", "--no-progress"]) == 2
+    msg = _err(capsys)
+    assert "checkpoint is from another model (local_gno); differences:" in msg
+    assert "width: 8 in the checkpoint vs 16" in msg
+    assert (out / "last.pt").read_bytes() == before
+    # a fresh run into an existing run directory is refused
+    assert cli(["train", "--data", str(data), "--inputs", "a", "--targets", "u", "--out", str(out)]) == 2
+    assert "already holds a training run" in _err(capsys)
