@@ -1,0 +1,60 @@
+"""Sparse operators: neighbour CSR, block-diagonal assembly, both CPU backends, the cache."""
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import torch
+
+import graphop.operators as ops
+from graphop.neighbors import radius_neighbors
+from graphop.operators import OperatorCache, SparseOperator, _block_diagonal
+
+torch.set_num_threads(1)
+
+
+def test_radius_neighbors_sorted_and_complete():
+    rng = np.random.default_rng(0)
+    p = rng.uniform(size=(300, 2))
+    nb = radius_neighbors(p, radius=0.1)
+    d = np.sqrt(((p[:, None] - p[None]) ** 2).sum(-1))        # brute force, tiny test only
+    want = np.argwhere(d <= 0.1)
+    got = np.stack([nb.rows(), nb.indices], 1)
+    np.testing.assert_array_equal(got, want)                   # argwhere is (row, col) sorted
+    np.testing.assert_allclose(nb.offsets, p[nb.indices] - p[nb.rows()])
+
+
+def random_operator(n_out, n_in, L, seed):
+    m = sp.random(n_out * L, n_in, density=0.2, random_state=seed, format="csr")
+    return SparseOperator(m, L, n_out)
+
+
+def test_block_diagonal_equals_scipy_block_diag():
+    blocks = [random_operator(5, 7, 3, 0), random_operator(4, 4, 3, 1), random_operator(6, 2, 3, 2)]
+    got = _block_diagonal(blocks)
+    want = sp.block_diag([b.matrix for b in blocks], format="csr")
+    assert got.n_out == 15 and got.n_in == 13
+    assert abs(got.matrix - want).max() == 0
+
+
+@pytest.mark.parametrize("backend", ["scipy", "torch"])
+def test_backends_agree_and_backward_uses_transpose(backend, monkeypatch):
+    monkeypatch.setattr(ops, "CPU_BACKEND", backend)
+    op = random_operator(6, 9, 2, 3)
+    dense = torch.tensor(op.matrix.toarray())
+    x = torch.randn(9, 4, dtype=torch.float64, requires_grad=True)
+    y = op.matmul(x)
+    assert torch.allclose(y, dense @ x)
+    g = torch.randn_like(y)
+    y.backward(g)
+    assert torch.allclose(x.grad, dense.T @ g)
+    x32 = x.detach().float()
+    assert op.matmul(x32).dtype == torch.float32
+    assert torch.autograd.gradcheck(op.matmul, (x,))
+
+
+def test_cache_evicts_least_recently_used():
+    cache = OperatorCache(max_entries=2)
+    built = []
+    for key in ["a", "b", "a", "c", "b"]:
+        cache.get(key, lambda: built.append(key) or random_operator(2, 2, 1, 0))
+    assert built == ["a", "b", "c", "b"]          # "b" was evicted by "c" (after "a" was reused)
+    assert (cache.hits, cache.misses, len(cache)) == (1, 4, 2)
