@@ -1,0 +1,299 @@
+"""Mesh <-> regular latent grid: the encoder and decoder of the global (GINO-style) branch.
+
+The latent grid is a fixed physical box, a model hyperparameter (never a sample's own bounding
+box, which would show the FNO a different physical scale per sample). For a torus [0, L)^d
+(``data.periodic``) the grid covers the torus and wraps around.
+
+**Encoder** (mesh points y_j with quadrature weights w_j -> grid nodes z_k), a quadrature-weighted
+local average with the compact biweight kernel phi(s) = (1 - s^2)^2 for s < 1::
+
+    g_c(z_k) = sum_j phi(|y_j - z_k| / r) f_c(y_j) w_j  /  sum_j phi(|y_j - z_k| / r) w_j
+
+over the mesh points within the radius r of z_k (``graphop.neighbors.radius_neighbors``,
+bipartite, minimum image on a torus). r is a physical length (default 1.5 grid spacings), so
+for a fixed model the encoder converges to the continuous local average as the mesh is refined.
+Grid nodes with no mesh point within r get g = 0. The **occupancy** channel is
+
+    occ(z_k) = sum_j phi(|y_j - z_k| / r) w_j  /  integral_{R^d} phi(|u| / r) du
+
+the fraction of the kernel's mass that lies inside the domain: about 1 deep inside, about 1/2 on
+a straight boundary, 0 farther than r outside; it tells the FNO where the domain is and is
+mesh-independent in the limit. Mesh points outside the (non-periodic) box are not dropped: they
+are clamped onto the box's faces (``outside="warn"``, the default, warns; ``"error"`` raises a
+ValueError; ``"clamp"`` is silent).
+
+**Decoder** (grid -> any points x_i), multilinear interpolation: with u = (x - lo) / h, cell
+index i0 = floor(u) and t = u - i0 per axis, the value is sum over the 2^d corners c of
+prod_a (t_a if c_a else 1 - t_a) g(i0 + c). Linear functions are reproduced exactly. Points
+outside the box are clamped onto it; on a torus the indices wrap.
+
+Both operators are sparse matrices built with numpy/scipy, cached by content (positions,
+weights, grid, radius) in a module-level LRU cache, never in the state_dict. A batch of
+different meshes uses block-diagonal operators over ``data.ptr``; a batch whose samples share
+one mesh folds the batch into the columns (one sparse product for the whole batch).
+
+Shapes:
+    GridEncoder:  x [N, C], data (pos [N, d], weight [N], batch/ptr)  ->
+                  grid [B, C, *shape], occupancy [B, 1, *shape]
+    GridDecoder:  grid [B, C, *shape], data  ->  [N, C]
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+from torch import nn
+
+from ..neighbors import radius_neighbors
+from ._sparse import BatchOperator, OperatorCache, content_key, split_batch
+
+__all__ = ["LatentGrid", "GridEncoder", "GridDecoder", "encoder_matrix", "decoder_matrix",
+           "kernel_mass", "periodic_box"]
+
+
+@dataclass(frozen=True)
+class LatentGrid:
+    """A regular grid of ``shape`` nodes over the box [lo, hi] (non-periodic: nodes on both
+    faces, spacing (hi - lo) / (n - 1)) or over the torus [lo, lo + L) (periodic: spacing L / n,
+    ``hi`` = lo + L). Nodes are ordered in C order (last axis fastest)."""
+
+    shape: tuple
+    lo: tuple
+    hi: tuple
+    periodic: bool = False
+
+    def __post_init__(self):
+        if not (len(self.shape) == len(self.lo) == len(self.hi)) or len(self.shape) not in (1, 2, 3):
+            raise ValueError(f"latent grid shape {self.shape} and box {self.lo}..{self.hi} must "
+                             "have the same length d in (1, 2, 3)")
+        if min(self.shape) < 2:
+            raise ValueError(f"latent grid needs at least 2 nodes per axis, got {self.shape}")
+        if any(h <= l for l, h in zip(self.lo, self.hi)):
+            raise ValueError(f"latent box must have hi > lo on every axis, got {self.lo}..{self.hi}")
+
+    @classmethod
+    def make(cls, shape, box=None, padding: float = 0.05, periodic=None) -> "LatentGrid":
+        """``box=((lo...), (hi...))``, default the unit box padded by ``padding`` on every
+        side; ``periodic`` (box lengths [d]) makes the torus [0, L)^d instead."""
+        shape = tuple(int(n) for n in shape)
+        d = len(shape)
+        if periodic is not None:
+            L = np.broadcast_to(np.asarray(periodic, dtype=np.float64), (d,))
+            return cls(shape, (0.0,) * d, tuple(float(v) for v in L), True)
+        if box is None:
+            box = ((-padding,) * d, (1.0 + padding,) * d)
+        lo, hi = (tuple(float(v) for v in np.broadcast_to(np.asarray(b, dtype=np.float64), (d,)))
+                  for b in box)
+        return cls(shape, lo, hi, False)
+
+    @property
+    def dim(self) -> int:
+        return len(self.shape)
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape))
+
+    @property
+    def spacing(self) -> np.ndarray:
+        n = np.asarray(self.shape, dtype=np.float64)
+        ext = np.asarray(self.hi) - np.asarray(self.lo)
+        return ext / n if self.periodic else ext / (n - 1)
+
+    def nodes(self) -> np.ndarray:
+        """[G, d] node coordinates in C order."""
+        axes = [self.lo[a] + self.spacing[a] * np.arange(n) for a, n in enumerate(self.shape)]
+        return np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).reshape(-1, self.dim)
+
+
+def kernel_mass(d: int, radius: float) -> float:
+    """integral over R^d of phi(|u| / r) du for the biweight phi(s) = (1 - s^2)^2, s < 1:
+    |S^{d-1}| r^d (1/d - 2/(d+2) + 1/(d+4))."""
+    sphere = 2 * math.pi ** (d / 2) / math.gamma(d / 2)
+    return sphere * radius**d * (1 / d - 2 / (d + 2) + 1 / (d + 4))
+
+
+def _outside(pos: np.ndarray, grid: LatentGrid, mode: str) -> np.ndarray:
+    lo, hi = np.asarray(grid.lo), np.asarray(grid.hi)
+    tol = 1e-9 * float(np.max(hi - lo))
+    bad = np.any((pos < lo - tol) | (pos > hi + tol), axis=1)
+    if bad.any():
+        msg = (f"{int(bad.sum())} of {len(pos)} mesh points lie outside the latent box "
+               f"{tuple(grid.lo)}..{tuple(grid.hi)} (coordinate range {pos.min(0)}..{pos.max(0)}); "
+               "normalise coordinates into the box or enlarge latent_box")
+        if mode == "error":
+            raise ValueError(msg)
+        if mode == "warn":
+            warnings.warn(msg + "; they are clamped onto the box", stacklevel=4)
+    return np.clip(pos, lo, hi)
+
+
+def encoder_matrix(pos, weight, grid: LatentGrid, radius: float, outside: str = "warn"):
+    """The encoder as a scipy CSR matrix [G, N] and the occupancy [G] (see the module
+    docstring). ``pos`` [N, d], ``weight`` [N] (numpy)."""
+    pos = np.asarray(pos, dtype=np.float64)
+    weight = np.asarray(weight, dtype=np.float64)
+    if pos.ndim != 2 or pos.shape[1] != grid.dim:
+        raise ValueError(f"positions must have shape [N, {grid.dim}] for a {grid.dim}D latent "
+                         f"grid, got {pos.shape}")
+    if weight.shape != (len(pos),):
+        raise ValueError(f"weight must have shape [{len(pos)}], got {weight.shape}")
+    if grid.periodic:
+        nb = radius_neighbors(grid.nodes(), pos, radius, periodic=np.asarray(grid.hi))
+    else:
+        nb = radius_neighbors(grid.nodes(), _outside(pos, grid, outside), radius)
+    s2 = (nb.distances / radius) ** 2
+    vals = (1.0 - s2) ** 2 * weight[nb.indices]
+    rows = nb.rows()
+    den = np.bincount(rows, weights=vals, minlength=grid.size)
+    occupancy = den / kernel_mass(grid.dim, radius)
+    safe = np.where(den > 0, den, 1.0)
+    mat = sp.csr_matrix((vals / safe[rows], nb.indices, nb.indptr), shape=(grid.size, len(pos)))
+    return mat, occupancy
+
+
+def decoder_matrix(pos, grid: LatentGrid):
+    """Multilinear interpolation as a scipy CSR matrix [N, G] with 2^d entries per row."""
+    pos = np.asarray(pos, dtype=np.float64)
+    if pos.ndim != 2 or pos.shape[1] != grid.dim:
+        raise ValueError(f"positions must have shape [N, {grid.dim}] for a {grid.dim}D latent "
+                         f"grid, got {pos.shape}")
+    n = np.asarray(grid.shape)
+    u = (pos - np.asarray(grid.lo)) / grid.spacing
+    if grid.periodic:
+        u = np.mod(u, n)
+        i0 = np.minimum(np.floor(u).astype(np.int64), n - 1)
+    else:
+        u = np.clip(u, 0, n - 1)
+        i0 = np.clip(np.floor(u).astype(np.int64), 0, n - 2)
+    t = u - i0
+    d, N = grid.dim, len(pos)
+    cols, vals = [], []
+    for corner in range(2**d):
+        bits = np.array([(corner >> (d - 1 - a)) & 1 for a in range(d)])
+        idx = i0 + bits
+        if grid.periodic:
+            idx = np.mod(idx, n)
+        cols.append(np.ravel_multi_index(tuple(idx.T), grid.shape))
+        vals.append(np.prod(np.where(bits == 1, t, 1.0 - t), axis=1))
+    cols, vals = np.stack(cols, 1).ravel(), np.stack(vals, 1).ravel()
+    indptr = np.arange(0, N * 2**d + 1, 2**d)
+    return sp.csr_matrix((vals, cols, indptr), shape=(N, grid.size))
+
+
+def periodic_box(data, d: int):
+    """The torus lengths [d] of ``data.periodic`` (shared by every sample), or None."""
+    per = getattr(data, "periodic", None)
+    if per is None:
+        return None
+    per = torch.as_tensor(per).detach().cpu().double().reshape(-1, d).numpy()
+    if not np.allclose(per, per[0]):
+        raise ValueError(f"samples of one batch must share the periodic box, got {per.tolist()}")
+    return per[0]
+
+
+class _GridOperator(nn.Module):
+    def __init__(self, latent_shape, latent_box=None, box_padding: float = 0.05):
+        super().__init__()
+        self.latent_shape = tuple(int(n) for n in latent_shape)
+        self.latent_box = None if latent_box is None else tuple(tuple(float(v) for v in b)
+                                                                for b in latent_box)
+        self.box_padding = float(box_padding)
+
+    def grid(self, data=None) -> LatentGrid:
+        """The latent grid for ``data``: the fixed box, or the torus of ``data.periodic``."""
+        per = None if data is None else periodic_box(data, len(self.latent_shape))
+        return LatentGrid.make(self.latent_shape, self.latent_box, self.box_padding, per)
+
+
+class GridEncoder(_GridOperator):
+    """Mesh -> latent grid, quadrature-weighted local average plus occupancy (module docstring).
+
+    Args:
+        latent_shape: nodes per axis, e.g. (64, 64) or (32, 32, 32).
+        latent_box: ((lo...), (hi...)) in physical units; default the unit box padded by
+            ``box_padding`` (0.05) on each side. Ignored on a torus (``data.periodic``).
+        radius: kernel radius r (physical length); default ``radius_factor`` (1.5) times the
+            largest grid spacing.
+        outside: "warn" (default), "error" or "clamp" for mesh points outside the box.
+
+    Shapes: x [N, C] -> (grid [B, C, *latent_shape], occupancy [B, 1, *latent_shape]).
+    """
+
+    def __init__(self, latent_shape, latent_box=None, box_padding: float = 0.05,
+                 radius: float | None = None, radius_factor: float = 1.5, outside: str = "warn"):
+        super().__init__(latent_shape, latent_box, box_padding)
+        if outside not in ("warn", "error", "clamp"):
+            raise ValueError(f"outside must be 'warn', 'error' or 'clamp', got {outside!r}")
+        if radius is not None and not radius > 0:
+            raise ValueError(f"encoder radius must be positive, got {radius}")
+        self.radius, self.radius_factor, self.outside = radius, float(radius_factor), outside
+
+    def radius_for(self, grid: LatentGrid) -> float:
+        return float(self.radius) if self.radius else self.radius_factor * float(grid.spacing.max())
+
+    def operator(self, data) -> tuple[BatchOperator, torch.Tensor]:
+        """(block-diagonal encoder [B*G, N], occupancy [B, G]) for ``data``, from the cache."""
+        grid = self.grid(data)
+        r = self.radius_for(grid)
+        samples = split_batch(data)
+        if samples[0][1] is None:
+            raise ValueError("data has no 'weight' (quadrature weights [N]) for the grid encoder")
+        tag = ("enc", grid, r, self.outside)
+        keys = [content_key(p, w, tag) for p, w in samples]
+
+        def build(i):
+            return encoder_matrix(samples[i][0], samples[i][1], grid, r, self.outside)
+
+        return _CACHE.batch(keys, build, data.pos)
+
+    def forward(self, x: torch.Tensor, data, op=None):
+        op, occ = op if op is not None else self.operator(data)
+        B, G = occ.shape
+        out = op.apply(x)  # [B*G, C]
+        C = x.shape[1]
+        grid = out.reshape(B, G, C).transpose(1, 2).reshape(B, C, *self.latent_shape)
+        return grid, occ.to(x.dtype).reshape(B, 1, *self.latent_shape)
+
+    def extra_repr(self) -> str:
+        return (f"latent_shape={self.latent_shape}, latent_box={self.latent_box}, "
+                f"radius={self.radius or f'{self.radius_factor}*h'}, outside={self.outside!r}")
+
+
+class GridDecoder(_GridOperator):
+    """Latent grid -> points, multilinear interpolation (2^d entries per row; exact for linear
+    functions; points outside the box clamped onto it; indices wrap on a torus).
+
+    Args: as :class:`GridEncoder` (``latent_shape``, ``latent_box``, ``box_padding``).
+
+    Shapes: grid [B, C, *latent_shape], data with N points -> [N, C].
+    """
+
+    def operator(self, data) -> BatchOperator:
+        grid = self.grid(data)
+        samples = split_batch(data)
+        keys = [content_key(p, None, ("dec", grid)) for p, _ in samples]
+
+        def build(i):
+            return decoder_matrix(samples[i][0], grid), None
+
+        return _CACHE.batch(keys, build, data.pos)[0]
+
+    def forward(self, grid: torch.Tensor, data, op=None) -> torch.Tensor:
+        op = op if op is not None else self.operator(data)
+        B, C = grid.shape[:2]
+        if tuple(grid.shape[2:]) != self.latent_shape:
+            raise ValueError(f"grid has shape {tuple(grid.shape)}, expected [B, C, "
+                             f"{', '.join(map(str, self.latent_shape))}]")
+        flat = grid.reshape(B, C, -1).transpose(1, 2).reshape(-1, C)  # [B*G, C]
+        return op.apply(flat)
+
+    def extra_repr(self) -> str:
+        return f"latent_shape={self.latent_shape}, latent_box={self.latent_box}"
+
+
+_CACHE = OperatorCache()

@@ -1,0 +1,99 @@
+"""Tests of the FNO spectral convolution (graphop.layers.spectral)."""
+import itertools
+
+import numpy as np
+import pytest
+import torch
+
+from graphop.layers.spectral import SpectralConv
+
+torch.set_num_threads(1)
+
+
+def _direct(x, conv):
+    """out_o[x] = sum_{k kept} c_k Re(sum_c R[c,o,k] vhat_c[k] e^{2 pi i k.x/n}), by explicit sums."""
+    x = x.double().numpy()
+    B, C = x.shape[:2]
+    n = x.shape[2:]
+    d = len(n)
+    W = conv.weight.detach().cdouble().numpy()
+    coords = np.stack(np.meshgrid(*[np.arange(m) for m in n], indexing="ij"), -1).reshape(-1, d)
+    flat = x.reshape(B, C, -1)
+    out = np.zeros((B, conv.out_channels, coords.shape[0]))
+    ranges = [list(range(m)) + list(range(-m, 0)) for m in conv.modes[:-1]] + [list(range(conv.modes[-1]))]
+    for k in itertools.product(*ranges):
+        # weight block: non-negative k_a at index k_a, negative at m_a + (k_a + m_a)
+        widx = tuple(ki if (a == d - 1 or ki >= 0) else 2 * conv.modes[a] + ki for a, ki in enumerate(k))
+        phase = np.exp(-2j * np.pi * (coords @ (np.array(k) / np.array(n))))
+        vhat = flat @ phase / coords.shape[0]  # [B, C]
+        y = vhat @ W[(slice(None), slice(None), *widx)]  # [B, O]
+        c = 1 if (k[-1] == 0 or 2 * k[-1] == n[-1]) else 2
+        out += c * np.real(y[:, :, None] * np.conj(phase)[None, None, :])
+    return out.reshape(B, conv.out_channels, *n)
+
+
+@pytest.mark.parametrize("shape,modes", [((8, 6), (3, 3)), ((6, 4, 6), (2, 2, 3))])
+def test_matches_direct_dft(shape, modes):
+    torch.manual_seed(0)
+    conv = SpectralConv(3, 2, modes)
+    x = torch.randn(2, 3, *shape, dtype=torch.float64)
+    ref = _direct(x, conv)
+    got = conv(x, periodic=True).detach().numpy()
+    assert got.shape == ref.shape
+    assert np.abs(got - ref).max() < 1e-10 * max(1, np.abs(ref).max())
+
+
+def test_translation_equivariant_on_periodic_grid():
+    torch.manual_seed(1)
+    conv = SpectralConv(2, 3, (4, 5)).double()
+    x = torch.randn(1, 2, 12, 10, dtype=torch.float64)
+    y = conv(x, periodic=True)
+    for s in [(3, 0), (0, 7), (5, 2)]:
+        ys = conv(torch.roll(x, s, dims=(2, 3)), periodic=True)
+        assert torch.allclose(ys, torch.roll(y, s, dims=(2, 3)), atol=1e-12)
+
+
+def test_identity_weights_reproduce_band_limited_input():
+    conv = SpectralConv(1, 1, (4, 4))
+    with torch.no_grad():
+        conv.weight.fill_(1.0)
+    i, j = torch.meshgrid(torch.arange(16.0), torch.arange(16.0), indexing="ij")
+    x = (torch.cos(2 * torch.pi * (2 * i + 3 * j) / 16) + 0.5 * torch.sin(2 * torch.pi * (-3 * i + j) / 16)
+         + 0.25)[None, None]
+    assert torch.allclose(conv(x, periodic=True), x, atol=1e-5)
+    # a mode outside the kept band is removed entirely
+    hi = torch.cos(2 * torch.pi * 6 * i / 16)[None, None]
+    assert conv(hi, periodic=True).abs().max() < 1e-5
+
+
+def test_zero_padding_for_non_periodic_input():
+    torch.manual_seed(2)
+    conv = SpectralConv(2, 2, (4, 4), padding=0.25).double()
+    x = torch.zeros(1, 2, 16, 16, dtype=torch.float64)
+    x[..., :, 0] = 1.0  # a feature on the left face only
+    y_per, y_pad = conv(x, periodic=True), conv(x, periodic=False)
+    assert y_pad.shape == x.shape
+    # padding equals an explicit zero-padded periodic convolution, cropped
+    xp = torch.nn.functional.pad(x, (0, 4, 0, 4))
+    assert torch.allclose(y_pad, conv(xp, periodic=True)[..., :16, :16], atol=1e-12)
+    assert not torch.allclose(y_pad, y_per)
+    assert conv.pad_amount((16, 10)) == (4, 3)
+
+
+def test_bad_input_messages():
+    conv = SpectralConv(3, 2, (6, 6), padding=0.0)
+    with pytest.raises(ValueError, match=r"expects \[B, 3"):
+        conv(torch.randn(1, 2, 16, 16))
+    with pytest.raises(ValueError, match="too few for 6 modes"):
+        conv(torch.randn(1, 3, 10, 16))
+    with pytest.raises(ValueError, match="modes must be"):
+        SpectralConv(1, 1, (0, 3))
+    assert "modes=(6, 6)" in repr(conv)
+
+
+def test_gradients_reach_weights_and_input():
+    conv = SpectralConv(2, 2, (3, 3)).double()
+    x = torch.randn(1, 2, 8, 8, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x: conv(x), (x,))
+    conv(x).pow(2).sum().backward()
+    assert conv.weight.grad is not None and conv.weight.grad.abs().sum() > 0
