@@ -42,8 +42,14 @@ def _sync(device):
         torch.cuda.synchronize(device)
 
 
-def _time(fn, device, repeats: int) -> float:
-    fn()                                      # warm-up (also builds any cached operator)
+def time_call(fn, device, repeats: int) -> tuple[float, float]:
+    """(median of ``repeats`` timed calls, time of the first, warm-up call) in seconds. The first
+    call also builds any cached operator; CUDA is synchronised around every call."""
+    _sync(device)
+    t = time.perf_counter()
+    fn()
+    _sync(device)
+    first = time.perf_counter() - t
     ts = []
     for _ in range(repeats):
         _sync(device)
@@ -51,7 +57,11 @@ def _time(fn, device, repeats: int) -> float:
         fn()
         _sync(device)
         ts.append(time.perf_counter() - t)
-    return statistics.median(ts)
+    return statistics.median(ts), first
+
+
+def _time(fn, device, repeats: int) -> float:
+    return time_call(fn, device, repeats)[0]
 
 
 def _status_kb(field: str):

@@ -22,37 +22,16 @@ from __future__ import annotations
 
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
 
 import numpy as np
 import torch
 
+from .bench import time_call
+
 __all__ = ["bench_model"]
-
-
-def _sync(device):
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _time_steps(step, device, repeats):
-    _sync(device)
-    t = time.perf_counter()
-    step()
-    _sync(device)
-    first = time.perf_counter() - t
-    ts = []
-    for _ in range(repeats):
-        _sync(device)
-        t = time.perf_counter()
-        step()
-        _sync(device)
-        ts.append(time.perf_counter() - t)
-    return statistics.median(ts), first
 
 
 def _latent_nodes(shape, lo=-0.05, hi=1.05):
@@ -82,7 +61,7 @@ def _gino_step_time(pos, batch, width, n_layers, latent_shape, modes, radius, re
         torch.nn.functional.mse_loss(out, y).backward()
         opt.step()
 
-    t, first = _time_steps(step, device, repeats)
+    t, first = time_call(step, device, repeats)
     return {"neuralop_gino_step_s": t, "neuralop_gino_first_step_s": first,
             "neuralop_gino_params": sum(p.numel() for p in model.parameters())}
 
@@ -164,7 +143,7 @@ def bench_model(n_points: int = 20_000, batch: int = 8, width: int = 64, n_layer
             opt.step()
 
         log(f"bench model: timing {key} ({len(pos)} points x {batch}) ...")
-        t, first = _time_steps(step, device, repeats)
+        t, first = time_call(step, device, repeats)
         res[f"{key}_step_s"], res[f"{key}_first_step_s"] = t, first
         res[f"{key}_params"] = sum(p.numel() for p in model.parameters())
         del model, opt
