@@ -1,0 +1,384 @@
+"""The experiment runner: ``graphop experiment NAME [--quick]``.
+
+An experiment is a folder ``experiments/<name>/`` holding ``config.yaml``::
+
+    description: what the experiment measures
+    problem: darcy                      # darcy | ns | poisson3d
+    inputs: [a]
+    targets: [u]
+    params: {}                          # solver parameters of graphop.data.generate
+    seeds: [0, 1]                       # one training run per variant and seed
+    train: {n: 64, points: 2000, domains: [square, disk, lshape], seed: 0}
+    tests:                              # name -> set spec (graphop.experiment_data)
+      in_distribution: {n: 16, points: 2000, seed: 1000}
+      cloud: {from: in_distribution, point_cloud: true}
+    training: {epochs: 30, batch_size: 4, lr: 1.0e-3}   # TrainConfig keys
+    budget: {reference: full, tolerance: 0.1}           # equal parameter counts (optional)
+    variants:
+      full: {model: {name: local_gno, width: 32}}
+      global: {model: {name: local_gno, branches: [global]}, tune: width}
+      gnn: {model: {name: gnn}, tune: hidden, uniform_weights: false}
+    compare: global                     # report the change of every variant against this one
+    figures: {resolution: [test names in order], sample: in_distribution}
+    quick: {...}                        # deep-merged over the above for --quick
+
+For every variant and seed the runner trains with :class:`graphop.train.Trainer` (the final
+model, no checkpoint selection on test data), evaluates the quadrature-weighted relative L2
+error on every test set, and aggregates mean +- std over seeds (std with ddof=1 when there are
+two or more seeds). Parameter budgets: a variant with ``tune: KEY`` gets the integer value of
+``model.KEY`` whose parameter count is closest to the reference variant's
+(:func:`match_parameters`); the run stops with a ConfigError when the best count is more than
+``tolerance`` away. Outputs (``results-quick.*`` for ``--quick``): ``results.md``,
+``results.json`` (commit, config, per-run numbers, parameter counts, wall times) and
+``errors.png``, ``error_vs_resolution.png``, ``sample_prediction.png``.
+"""
+from __future__ import annotations
+
+import copy
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+from .errors import ConfigError
+
+__all__ = ["load_experiment", "validate_experiment", "match_parameters", "count_parameters",
+           "run_experiment", "list_experiments", "EXPERIMENT_KEYS", "VARIANT_KEYS"]
+
+EXPERIMENT_KEYS = {"description", "problem", "inputs", "targets", "params", "seeds", "train",
+                   "tests", "training", "budget", "variants", "compare", "figures", "quick"}
+VARIANT_KEYS = {"model", "tune", "uniform_weights"}
+BUDGET_KEYS = {"reference", "target", "tolerance"}
+FIGURE_KEYS = {"resolution", "sample"}
+TRAINING_RESERVED = {"data", "inputs", "targets", "model", "seed", "out"}
+
+
+def _merge(base: dict, over: dict) -> dict:
+    """Deep merge: dicts merge recursively, everything else (lists included) is replaced."""
+    out = copy.deepcopy(base)
+    for k, v in (over or {}).items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def _keys(where: str, d, valid) -> None:
+    if not isinstance(d, dict):
+        raise ConfigError(f"{where} must be a mapping, got {type(d).__name__}")
+    bad = sorted(set(d) - set(valid))
+    if bad:
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(bad)}; valid: {', '.join(sorted(valid))}")
+
+
+def validate_experiment(cfg: dict, where: str = "experiment") -> dict:
+    """Check an experiment config (after the quick merge); returns it. Unknown keys, missing
+    sections and dangling references raise :class:`ConfigError` naming them."""
+    from .config import TrainConfig
+    from .data.generate import PROBLEMS
+    from .experiment_data import MESH_KEYS, TEST_KEYS
+
+    _keys(where, cfg, EXPERIMENT_KEYS)
+    for k in ("problem", "targets", "train", "tests", "variants", "seeds"):
+        if k not in cfg:
+            raise ConfigError(f"{where}: missing key {k!r}")
+    if cfg["problem"] not in PROBLEMS:
+        raise ConfigError(f"{where}: unknown problem {cfg['problem']!r}; choose from {', '.join(PROBLEMS)}")
+    seeds = cfg["seeds"]
+    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) for s in seeds):
+        raise ConfigError(f"{where}: seeds must be a non-empty list of integers, got {seeds!r}")
+    _keys(f"{where}: train", cfg["train"], TEST_KEYS - {"from", "point_cloud", "mesh"})
+    tests = cfg["tests"]
+    _keys(f"{where}: tests", tests, tests.keys() if isinstance(tests, dict) else ())
+    if not tests:
+        raise ConfigError(f"{where}: tests must name at least one test set")
+    for name, spec in tests.items():
+        _keys(f"{where}: tests.{name}", spec, TEST_KEYS)
+        if "from" in spec:
+            if spec["from"] not in tests or "from" in tests[spec["from"]]:
+                raise ConfigError(f"{where}: tests.{name}.from must name a generated test set, "
+                                  f"got {spec['from']!r}")
+        elif "n" not in spec or "points" not in spec:
+            raise ConfigError(f"{where}: tests.{name} needs n and points (or from)")
+        if "mesh" in spec:
+            _keys(f"{where}: tests.{name}.mesh", spec["mesh"], MESH_KEYS)
+    training = cfg.get("training") or {}
+    _keys(f"{where}: training", training, set(TrainConfig.keys()) - TRAINING_RESERVED)
+    variants = cfg["variants"]
+    if not isinstance(variants, dict) or not variants:
+        raise ConfigError(f"{where}: variants must map names to {{model: ...}}")
+    for name, v in variants.items():
+        _keys(f"{where}: variants.{name}", v, VARIANT_KEYS)
+        if not isinstance(v.get("model"), dict) or "name" not in v["model"]:
+            raise ConfigError(f"{where}: variants.{name}.model must be a dict with a 'name'")
+    budget = cfg.get("budget")
+    if budget is not None:
+        _keys(f"{where}: budget", budget, BUDGET_KEYS)
+        ref = budget.get("reference")
+        if ref is not None and ref not in variants:
+            raise ConfigError(f"{where}: budget.reference {ref!r} is not a variant")
+        if ref is None and "target" not in budget:
+            raise ConfigError(f"{where}: budget needs a reference variant or a target count")
+    if cfg.get("compare") is not None and cfg["compare"] not in variants:
+        raise ConfigError(f"{where}: compare {cfg['compare']!r} is not a variant")
+    figures = cfg.get("figures") or {}
+    _keys(f"{where}: figures", figures, FIGURE_KEYS)
+    for t in list(figures.get("resolution") or []) + [figures.get("sample")]:
+        if t is not None and t not in tests:
+            raise ConfigError(f"{where}: figures refer to unknown test set {t!r}")
+    return cfg
+
+
+def load_experiment(path, quick: bool = False) -> dict:
+    """Read ``config.yaml`` (a file or an experiment folder), apply ``quick`` and validate."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "config.yaml"
+    if not path.is_file():
+        raise ConfigError(f"{path}: experiment config not found")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: invalid YAML ({' '.join(str(exc).split())})") from exc
+    validate_experiment(raw, str(path))
+    if quick:
+        if "quick" not in raw:
+            raise ConfigError(f"{path}: no 'quick' section")
+        cfg = _merge({k: v for k, v in raw.items() if k != "quick"}, raw["quick"])
+        validate_experiment(cfg, f"{path} (quick)")
+    else:
+        cfg = {k: v for k, v in raw.items() if k != "quick"}
+    return cfg
+
+
+def list_experiments(root) -> list[tuple[str, str]]:
+    """(name, description) of every ``root/<name>/config.yaml``."""
+    out = []
+    for p in sorted(Path(root).glob("*/config.yaml")):
+        try:
+            desc = (yaml.safe_load(p.read_text()) or {}).get("description", "")
+        except yaml.YAMLError:
+            desc = "(invalid YAML)"
+        out.append((p.parent.name, " ".join(str(desc).split())))
+    return out
+
+
+# ---------------------------------------------------------------------------- parameter budget
+def count_parameters(model_cfg: dict) -> int:
+    """Number of parameters of ``build_model(model_cfg)`` (a complex entry counts once)."""
+    from .models import build_model
+
+    return int(sum(p.numel() for p in build_model(model_cfg).parameters()))
+
+
+def match_parameters(model_cfg: dict, key: str, target: int, tolerance: float = 0.1,
+                     lo: int = 1, hi: int = 1024) -> tuple[dict, int]:
+    """The integer ``model_cfg[key]`` in [lo, hi] whose parameter count is closest to
+    ``target`` (doubling, then bisection; counts grow with ``key``). Returns (config, count); raises
+    ConfigError when the closest count misses ``target`` by more than ``tolerance``."""
+    def count(v):
+        return count_parameters({**model_cfg, key: int(v)})
+
+    top = max(lo, 2)  # doubling first: never build a model far larger than the target
+    while top < hi and count(top) < target:
+        top = min(hi, 2 * top)
+    if count(top) < target:
+        best = top
+    else:
+        a, b = lo, top  # invariant: count(b) >= target
+        while b - a > 1:
+            m = (a + b) // 2
+            if count(m) >= target:
+                b = m
+            else:
+                a = m
+        best = min((a, b), key=lambda v: (abs(count(v) - target), v))
+    n = count(best)
+    if abs(n - target) > tolerance * target:
+        raise ConfigError(f"cannot match {target:,} parameters with {model_cfg.get('name')}.{key} "
+                          f"in [{lo}, {hi}]: closest is {key}={best} with {n:,} "
+                          f"({100 * (n - target) / target:+.1f}%, tolerance {100 * tolerance:.0f}%)")
+    return {**model_cfg, key: int(best)}, n
+
+
+def _model_config(variant: dict, sample) -> dict:
+    """The variant's model config with channels, dim and periodic filled in from the data (as
+    the Trainer does)."""
+    from .models import MODELS, model_arguments
+
+    mc = dict(variant["model"])
+    x = getattr(sample, "x", None)
+    mc["in_channels"] = 0 if x is None else int(x.reshape(x.shape[0], -1).shape[1])
+    mc["out_channels"] = int(sample.y.reshape(sample.y.shape[0], -1).shape[1])
+    if mc["name"] not in MODELS:
+        raise ConfigError(f"unknown model {mc['name']!r}; available: {', '.join(sorted(MODELS))}")
+    acc = model_arguments(mc["name"])
+    if "dim" in acc and "dim" not in mc and "latent_shape" not in mc:
+        mc["dim"] = int(sample.pos.shape[1])
+    if "periodic" in acc and "periodic" not in mc:
+        mc["periodic"] = getattr(sample, "periodic", None) is not None
+    return mc
+
+
+def resolve_models(cfg: dict, sample) -> dict:
+    """{variant: (model config, parameter count)} with budgets matched."""
+    out = {name: _model_config(v, sample) for name, v in cfg["variants"].items()}
+    budget = cfg.get("budget")
+    counts = {name: count_parameters(mc) for name, mc in out.items()}
+    if budget:
+        tol = float(budget.get("tolerance", 0.1))
+        target = int(budget["target"]) if "target" in budget else counts[budget["reference"]]
+        for name, v in cfg["variants"].items():
+            if v.get("tune"):
+                out[name], counts[name] = match_parameters(out[name], v["tune"], target, tol)
+            elif abs(counts[name] - target) > tol * target:
+                raise ConfigError(f"variant {name!r} has {counts[name]:,} parameters, more than "
+                                  f"{100 * tol:.0f}% from the budget {target:,}; give it 'tune: width'")
+    return {name: (out[name], counts[name]) for name in out}
+
+
+# ---------------------------------------------------------------------------- running
+def git_commit(cwd=None) -> str | None:
+    try:
+        r = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True,
+                           timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return r.stdout.strip() or None if r.returncode == 0 else None
+
+
+@torch.no_grad()
+def evaluate_errors(model, normalizer, dataset, batch_size: int = 4) -> np.ndarray:
+    """Relative L2 error of every sample, with the true quadrature weights (``weight_true``
+    when the dataset is wrapped by UniformWeights)."""
+    from torch_geometric.loader import DataLoader
+
+    from .metrics import relative_l2
+
+    model.eval()
+    dev = next(model.parameters()).device
+    errs = []
+    for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False):
+        batch = batch.to(dev)
+        pred = normalizer.decode(model(normalizer.encode(batch)))
+        w = getattr(batch, "weight_true", None)
+        w = batch.weight if w is None else w
+        errs.append(relative_l2(pred, batch.y.to(pred.dtype), w, batch.batch,
+                                batch.num_graphs).double().cpu())
+    return torch.cat(errs).numpy()
+
+
+def _split(n: int, fraction: float, seed: int):
+    n_val = max(1, int(round(fraction * n)))
+    if n - n_val < 1:
+        raise ConfigError(f"{n} training samples cannot be split with val_fraction={fraction}")
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
+    return sorted(perm[n_val:]), sorted(perm[:n_val])
+
+
+def _stats(values) -> dict:
+    v = np.asarray(values, dtype=np.float64)
+    return {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0,
+            "n_seeds": int(len(v)), "values": [float(x) for x in v]}
+
+
+def run_experiment(folder, quick: bool = False, datasets_dir=None, runs_dir=None,
+                   workers: int = 2, device: str = "cpu", progress: bool = True,
+                   log=print) -> dict:
+    """Run the experiment in ``folder`` (see the module docstring); returns the results dict
+    (also written to ``folder/results[-quick].json`` with the markdown and figures)."""
+    from .config import TrainConfig
+    from .experiment_data import PointCloudView, UniformWeights, build_set, load_set
+    from .experiment_report import write_report
+    from .models import build_model
+    from .train import Trainer
+
+    folder = Path(folder)
+    cfg = load_experiment(folder, quick=quick)
+    name = folder.name + ("-quick" if quick else "")
+    repo = folder.resolve().parent.parent
+    datasets_dir = Path(datasets_dir) if datasets_dir else repo / "datasets" / "experiments"
+    runs_dir = Path(runs_dir) if runs_dir else repo / "runs" / "experiments" / name
+    t_start = time.perf_counter()
+    started = time.strftime("%Y-%m-%d %H:%M:%S %Z")
+    problem, params = cfg["problem"], dict(cfg.get("params") or {})
+    inputs, targets = list(cfg.get("inputs") or []), list(cfg["targets"])
+
+    log(f"[{name}] data")
+    t0 = time.perf_counter()
+    train_root = build_set(problem, cfg["train"], params, datasets_dir, workers, progress)
+    train_all = load_set(train_root, inputs, targets)
+    sets, info = {}, {}
+    for tname, spec in cfg["tests"].items():
+        if "from" not in spec:
+            root = build_set(problem, spec, params, datasets_dir, workers, progress)
+            sets[tname] = load_set(root, inputs, targets)
+            info[tname] = {"root": str(root), "spec": spec}
+    for tname, spec in cfg["tests"].items():
+        if "from" in spec:
+            sets[tname] = PointCloudView(sets[spec["from"]])
+            info[tname] = {"root": info[spec["from"]]["root"], "spec": spec}
+    for tname, ds in sets.items():
+        npts = [int(ds[i].pos.shape[0]) for i in range(len(ds))]
+        info[tname].update(n_samples=len(ds), mean_points=float(np.mean(npts)),
+                           min_points=int(min(npts)), max_points=int(max(npts)))
+    data_s = time.perf_counter() - t0
+    train_pts = [int(train_all[i].pos.shape[0]) for i in range(len(train_all))]
+
+    models = resolve_models(cfg, train_all[0])
+    training = dict(cfg.get("training") or {})
+    val_fraction = float(training.pop("val_fraction", 0.1))
+    runs, keep = [], {}
+    for vname, variant in cfg["variants"].items():
+        mc, n_par = models[vname]
+        uniform = bool(variant.get("uniform_weights", False))
+        wrap = UniformWeights if uniform else (lambda d: d)
+        for seed in cfg["seeds"]:
+            tr_idx, va_idx = _split(len(train_all), val_fraction, seed)
+            train = wrap(torch.utils.data.Subset(train_all, tr_idx))
+            val = wrap(torch.utils.data.Subset(train_all, va_idx))
+            tc = TrainConfig.from_dict({**training, "data": str(train_root), "inputs": inputs,
+                                        "targets": targets, "model": mc, "seed": int(seed),
+                                        "out": str(runs_dir / f"{vname}-s{seed}"),
+                                        "device": device, "progress": progress,
+                                        "val_fraction": val_fraction})
+            torch.manual_seed(int(seed))
+            model = build_model(mc)
+            log(f"[{name}] train {vname} seed {seed} ({n_par:,} parameters)")
+            t1 = time.perf_counter()
+            trainer = Trainer(tc, model=model, datasets=(train, val), overwrite=True)
+            summary = trainer.fit()
+            train_s = time.perf_counter() - t1
+            tests, t2 = {}, time.perf_counter()
+            for tname, ds in sets.items():
+                e = evaluate_errors(trainer.module, trainer.normalizer, wrap(ds))
+                tests[tname] = {"rel_l2": float(e.mean()), "median": float(np.median(e)),
+                                "max": float(e.max()), "n_samples": int(len(e)),
+                                "per_sample": [float(x) for x in e]}
+            eval_s = time.perf_counter() - t2
+            log(f"[{name}]   " + ", ".join(f"{t}: {r['rel_l2']:.4f}" for t, r in tests.items()))
+            runs.append({"variant": vname, "seed": int(seed), "n_parameters": n_par,
+                         "uniform_weights": uniform, "epochs": summary["epochs_completed"],
+                         "final_train_loss": summary["final_train_loss"],
+                         "final_val_rel_l2": summary["final_val_rel_l2"],
+                         "train_wall_s": train_s, "eval_wall_s": eval_s, "tests": tests})
+            if seed == cfg["seeds"][0]:
+                keep[vname] = (trainer.module, trainer.normalizer, wrap)
+    summary = {v: {t: _stats([r["tests"][t]["rel_l2"] for r in runs if r["variant"] == v])
+                   for t in sets} for v in cfg["variants"]}
+    results = {"experiment": folder.name, "quick": bool(quick), "commit": git_commit(repo),
+               "started": started, "wall_s": time.perf_counter() - t_start, "data_wall_s": data_s,
+               "torch": torch.__version__, "threads": torch.get_num_threads(), "config": cfg,
+               "train_set": {"root": str(train_root), "n_samples": len(train_all),
+                             "mean_points": float(np.mean(train_pts))},
+               "test_sets": info,
+               "variants": {v: {"model": models[v][0], "n_parameters": models[v][1],
+                                "uniform_weights": bool(cfg["variants"][v].get("uniform_weights", False))}
+                            for v in cfg["variants"]},
+               "runs": runs, "summary": summary}
+    write_report(folder, results, sets, keep)
+    return results

@@ -1,0 +1,223 @@
+"""Tests of the experiment runner: config validation, the parameter-budget matcher, the
+uniform-weights and point-cloud wrappers, the mesh-type writer and one tiny end-to-end run."""
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from graphop.errors import ConfigError
+from graphop.experiment_data import PointCloudView, UniformWeights, write_meshtype_set
+from graphop.experiments import (count_parameters, evaluate_errors, load_experiment,
+                                 match_parameters, validate_experiment)
+from graphop.mesh import Mesh
+from graphop.metrics import relative_l2
+from graphop.normalize import Normalizer
+
+torch.set_num_threads(1)
+REPO = Path(__file__).resolve().parents[1]
+
+BASE = {
+    "problem": "darcy", "inputs": ["a"], "targets": ["u"], "seeds": [0],
+    "train": {"n": 4, "points": 100},
+    "tests": {"t": {"n": 2, "points": 100, "seed": 5}},
+    "variants": {"m": {"model": {"name": "gnn", "hidden": 4}}},
+}
+
+
+def _write(tmp_path, cfg, name="exp"):
+    d = tmp_path / name
+    d.mkdir()
+    (d / "config.yaml").write_text(yaml.safe_dump(cfg))
+    return d
+
+
+@pytest.mark.parametrize("path, bad, msg", [
+    ((), {"epochs": 3}, "unknown key(s) epochs"),
+    (("variants", "m"), {"widht": 3}, "variants.m: unknown key(s) widht"),
+    (("tests", "t"), {"pointz": 3}, "tests.t: unknown key(s) pointz"),
+    (("tests", "t"), {"mesh": {"structure": "tri"}}, "tests.t.mesh: unknown key(s) structure"),
+    (("train",), {"mesh": {}}, "train: unknown key(s) mesh"),
+])
+def test_unknown_keys_are_errors(tmp_path, path, bad, msg):
+    cfg = json.loads(json.dumps(BASE))
+    node = cfg
+    for k in path:
+        node = node[k]
+    node.update(bad)
+    with pytest.raises(ConfigError, match=msg.replace("(", r"\(").replace(")", r"\)")):
+        load_experiment(_write(tmp_path, cfg))
+
+
+def test_training_keys_and_references_are_checked():
+    cfg = json.loads(json.dumps(BASE))
+    cfg["training"] = {"epochs": 2, "model": {}}
+    with pytest.raises(ConfigError, match=r"training: unknown key\(s\) model"):
+        validate_experiment(cfg)
+    cfg["training"] = {"epochs": 2}
+    cfg["tests"]["c"] = {"from": "nope", "point_cloud": True}
+    with pytest.raises(ConfigError, match="tests.c.from must name a generated test set"):
+        validate_experiment(cfg)
+    del cfg["tests"]["c"]
+    cfg["budget"] = {"reference": "other"}
+    with pytest.raises(ConfigError, match="budget.reference 'other' is not a variant"):
+        validate_experiment(cfg)
+    del cfg["budget"]
+    cfg["seeds"] = []
+    with pytest.raises(ConfigError, match="seeds must be a non-empty list"):
+        validate_experiment(cfg)
+
+
+def test_quick_section_is_deep_merged_and_required(tmp_path):
+    cfg = json.loads(json.dumps(BASE))
+    cfg["quick"] = {"train": {"n": 2}, "seeds": [3, 4], "variants": {"m": {"model": {"hidden": 2}}}}
+    d = _write(tmp_path, cfg)
+    q = load_experiment(d, quick=True)
+    assert q["train"] == {"n": 2, "points": 100}
+    assert q["seeds"] == [3, 4]
+    assert q["variants"]["m"]["model"] == {"name": "gnn", "hidden": 2}
+    full = load_experiment(d)
+    assert full["train"]["n"] == 4 and "quick" not in full
+    del cfg["quick"]
+    with pytest.raises(ConfigError, match="no 'quick' section"):
+        load_experiment(_write(tmp_path, cfg, "other"), quick=True)
+
+
+def test_committed_configs_are_valid():
+    names = sorted(p.parent.name for p in (REPO / "experiments").glob("*/config.yaml"))
+    assert {"ablation_darcy", "ablation_ns", "ablation_poisson3d", "generalization_resolution",
+            "generalization_meshtype", "generalization_domain",
+            "generalization_ns_density"} <= set(names)
+    for n in names:
+        for quick in (False, True):
+            cfg = load_experiment(REPO / "experiments" / n, quick=quick)
+            if n.startswith("ablation"):
+                assert len(cfg["seeds"]) >= 2 and cfg["budget"]["tolerance"] <= 0.1
+
+
+def test_match_parameters_finds_the_closest_width():
+    base = {"name": "local_gno", "in_channels": 1, "out_channels": 1, "dim": 2,
+            "latent_shape": [8, 8], "modes": [3, 3], "n_layers": 2}
+    target = count_parameters({**base, "width": 12})
+    cfg, n = match_parameters({**base, "branches": ["global"]}, "width", target, 0.1, hi=64)
+    w = cfg["width"]
+    assert n == count_parameters(cfg) and abs(n - target) <= 0.1 * target
+    for other in (w - 1, w + 1):  # no neighbouring width is closer
+        assert abs(count_parameters({**cfg, "width": other}) - target) >= abs(n - target)
+    assert w > 12  # without the local branches a wider model has the same budget
+    with pytest.raises(ConfigError, match="cannot match"):
+        match_parameters({**base, "branches": ["global"]}, "width", target, 0.1, lo=1, hi=3)
+
+
+def _square_data(n=6):
+    from graphop.domains import mesh_domain
+
+    m = mesh_domain("square", 80, seed=1, perturb=0.3)
+    m = Mesh(m.points[:, :2], {"triangle": m.cells["triangle"]})
+    d = m.to_data(fields=[])
+    d.x = torch.sin(3 * d.pos[:, :1])
+    d.y = d.pos[:, :1] ** 2 + 0.5
+    return m, d
+
+
+def test_uniform_weights_wrapper():
+    m, d = _square_data()
+    u = UniformWeights([d])[0]
+    n = d.pos.shape[0]
+    assert torch.allclose(u.weight, torch.full((n,), float(d.weight.sum()) / n))
+    assert torch.isclose(u.weight.sum(), d.weight.sum())
+    assert torch.equal(u.weight_true, d.weight) and torch.equal(u.pos, d.pos)
+    assert u.mesh_hash == d.mesh_hash + ":uniform"
+    assert d.weight.std() > 0  # the original is untouched and was not uniform
+
+    class Const(torch.nn.Module):  # predicts 1 everywhere
+        def __init__(self):
+            super().__init__()
+            self.p = torch.nn.Parameter(torch.zeros(1))
+
+        def forward(self, data):
+            return torch.ones(data.pos.shape[0], 1) + 0 * self.p
+
+    norm = Normalizer()
+    e_uniform = evaluate_errors(Const(), norm, UniformWeights([d]))
+    e_true = relative_l2(torch.ones(n, 1), d.y, d.weight)
+    e_flat = relative_l2(torch.ones(n, 1), d.y, u.weight)
+    assert np.isclose(e_uniform[0], float(e_true), rtol=1e-6)  # measured with the quadrature
+    assert not np.isclose(float(e_flat), float(e_true), rtol=1e-4)
+
+
+def test_point_cloud_view_drops_cells_and_keeps_measure():
+    m, d = _square_data()
+    c = PointCloudView([d])[0]
+    assert getattr(c, "face", None) is None
+    assert torch.equal(c.pos, d.pos) and torch.equal(c.y, d.y) and torch.equal(c.x, d.x)
+    assert torch.isclose(c.weight.double().sum(), torch.tensor(1.0, dtype=torch.float64), atol=1e-5)
+    assert not torch.allclose(c.weight, d.weight)
+    assert c.mesh_hash != d.mesh_hash
+
+
+def test_meshtype_writer_quads(tmp_path):
+    from graphop.io import read_mesh
+
+    root = write_meshtype_set(tmp_path / "q", 2, 100, 7, {"structured": "quad"}, {})
+    files = sorted((root / "train").glob("*.vtu"))
+    assert len(files) == 2
+    m = read_mesh(files[0])
+    assert set(m.cells) == {"quad"} and m.n_points == 100
+    assert np.isclose(m.weights.sum(), 1.0)
+    u, a = m.point_data["u"], m.point_data["a"]
+    assert np.allclose(u[m.boundary], 0.0) and (u[~m.boundary] > 0).all()
+    assert set(np.unique(a)) <= {3.0, 12.0}
+    with pytest.raises(ConfigError, match="unknown mesh option"):
+        write_meshtype_set(tmp_path / "z", 1, 100, 0, {"bogus": 1}, {})
+
+
+def test_tiny_experiment_end_to_end(tmp_path):
+    from graphop.experiments import run_experiment
+
+    cfg = {
+        "description": "tiny", "problem": "darcy", "inputs": ["a"], "targets": ["u"],
+        "seeds": [0, 1],
+        "train": {"n": 6, "points": 120, "domains": ["square", "disk"], "seed": 0},
+        "tests": {"mesh": {"n": 2, "points": 120, "domains": ["square", "disk"], "seed": 9},
+                  "cloud": {"from": "mesh", "point_cloud": True},
+                  "quad": {"n": 1, "points": 100, "seed": 9, "mesh": {"structured": "quad"}}},
+        "training": {"epochs": 1, "batch_size": 2, "val_fraction": 0.2},
+        "budget": {"reference": "lgno", "tolerance": 0.1},
+        "variants": {
+            "lgno": {"model": {"name": "local_gno", "width": 6, "n_layers": 1,
+                               "latent_shape": [8, 8], "modes": [3, 3]}},
+            "gnn": {"model": {"name": "gnn", "n_layers": 1}, "tune": "hidden"},
+            "lgno_uw": {"model": {"name": "local_gno", "width": 6, "n_layers": 1,
+                                  "latent_shape": [8, 8], "modes": [3, 3]},
+                        "uniform_weights": True}},
+        "compare": "lgno",
+        "figures": {"resolution": ["mesh", "quad"], "sample": "mesh"},
+        "quick": {"training": {"epochs": 1}},
+    }
+    folder = _write(tmp_path, cfg, "tiny")
+    res = run_experiment(folder, quick=True, datasets_dir=tmp_path / "data",
+                         runs_dir=tmp_path / "runs", workers=1, device="cpu", progress=False,
+                         log=lambda *a: None)
+    for f in ("results-quick.md", "results-quick.json", "errors-quick.png",
+              "error_vs_resolution-quick.png", "sample_prediction-quick.png"):
+        assert (folder / f).is_file(), f
+    assert not (folder / "results.md").exists()
+    js = json.loads((folder / "results-quick.json").read_text())
+    assert js["quick"] is True and js["config"]["seeds"] == [0, 1]
+    assert set(js) >= {"commit", "config", "runs", "summary", "variants", "test_sets", "wall_s"}
+    assert len(js["runs"]) == 6  # 3 variants x 2 seeds
+    counts = {v: js["variants"][v]["n_parameters"] for v in js["variants"]}
+    assert abs(counts["gnn"] - counts["lgno"]) <= 0.1 * counts["lgno"]
+    for v in js["variants"]:
+        for t in ("mesh", "cloud", "quad"):
+            vals = [r["tests"][t]["rel_l2"] for r in js["runs"] if r["variant"] == v]
+            s = js["summary"][v][t]
+            assert s["n_seeds"] == 2 and np.isclose(s["mean"], np.mean(vals))
+            assert np.isclose(s["std"], np.std(vals, ddof=1)) and np.isfinite(vals).all()
+    assert js["test_sets"]["quad"]["mean_points"] == 100
+    md = (folder / "results-quick.md").read_text()
+    assert "QUICK" in md and "| lgno |" in md and "Change against `lgno`" in md
+    assert res["summary"] == js["summary"]
