@@ -41,8 +41,12 @@ Args:
         ``box_padding`` = 0.05).
     fft_padding: zero padding fraction of the FFT on non-periodic domains (default 0.25).
     encoder_radius: radius of the grid encoder (default 1.5 grid spacings).
-    disco_radius: radius of the DISCO kernel in physical units (default 0.06; for 3D meshes
-        choose it so a ball holds ~20+ points).
+    disco_radius: radius of the DISCO kernel in physical units (default 0.06). It must cover
+        several spacings of the coarsest mesh the model will meet (~30+ points per ball): a
+        kernel that holds only a handful of points is under-resolved, and a model trained there
+        learns the discretisation instead of the operator and does not transfer across
+        resolutions (measured: experiments/README.md). For ~1000-point meshes of a unit-size
+        2D domain use ~0.12.
     kernel_shape: DISCO basis shape (default (3, 4)).
     disco_kwargs, diff_kwargs: extra keyword arguments of DISCOConv / DifferentialConv
         (DISCO and differential get ``bias=False``: the pointwise W carries the bias).
