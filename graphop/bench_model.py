@@ -22,16 +22,39 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
+import time
 
 import numpy as np
 import torch
 
-from .bench import time_call
-
 __all__ = ["bench_model"]
+
+
+def time_call(step, device, repeats):
+    """(median step time, first step time). Kept here rather than imported from graphop.bench:
+    this file also runs standalone as the neuraloperator worker, in an interpreter that may not
+    have graphop installed."""
+    def sync():
+        if torch.device(device).type == "cuda":
+            torch.cuda.synchronize(device)
+
+    sync()
+    t = time.perf_counter()
+    step()
+    sync()
+    first = time.perf_counter() - t
+    ts = []
+    for _ in range(repeats):
+        sync()
+        t = time.perf_counter()
+        step()
+        sync()
+        ts.append(time.perf_counter() - t)
+    return statistics.median(ts), first
 
 
 def _latent_nodes(shape, lo=-0.05, hi=1.05):
