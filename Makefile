@@ -7,11 +7,11 @@ TORCH  ?= torch==2.13.0
 
 .PHONY: demo test install bench clean
 
+# torch first, pinned: an unpinned torch pulls a multi-GB CUDA build.
+# GPU users: install your CUDA torch into .venv first and run `make TORCH=torch ...`.
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	# torch first, pinned: an unpinned torch pulls a multi-GB CUDA build.
-	# GPU users: install your CUDA torch into .venv first and run `make TORCH=torch ...`.
 	$(PY) -m pip install --quiet "$(TORCH)"
 	$(PY) -m pip install --quiet -e ".[dev,viz]"
 	touch $(STAMP)
