@@ -58,7 +58,7 @@ def write_meshtype_set(out, n: int, points: int, seed: int, mesh: dict, params: 
     """Darcy samples on meshes of the unit square of one type (see the module docstring).
 
     Args:
-        out: folder (files go to ``out/train/sample_XXXXXX.vtu``; existing files are kept).
+        out: folder (files go to ``out/train/sample_NNNNNN.vtu``; existing files are kept).
         n: number of samples.
         points: nodes per mesh (structured grids: the nearest n x n).
         seed: sample i draws its coefficient from ``default_rng([seed, i])`` (as the generator

@@ -103,6 +103,11 @@ def _bars(res, path):
         ax.bar(np.arange(len(tests)) + (k - (len(variants) - 1) / 2) * w, m, w, yerr=s, label=v,
                capsize=2)
     ax.set_xticks(np.arange(len(tests)), tests, rotation=20, ha="right")
+    _finish(plt, fig, ax, res, path)
+
+
+def _finish(plt, fig, ax, res, path):
+    """Shared axis label, title, legend and save of the experiment figures."""
     ax.set_ylabel("relative L2 error")
     ax.set_title(res["experiment"] + (" (quick)" if res["quick"] else ""))
     ax.legend(fontsize=8)
@@ -123,12 +128,7 @@ def _resolution(res, tests, path):
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("points per sample (test)")
-    ax.set_ylabel("relative L2 error")
-    ax.set_title(res["experiment"] + (" (quick)" if res["quick"] else ""))
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _finish(plt, fig, ax, res, path)
 
 
 def _draw(ax, data, values, title, cmap="viridis", clim=None):
