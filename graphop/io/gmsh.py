@@ -145,17 +145,24 @@ def write_msh(path: str, mesh, version: str = "4.1", binary: bool = False) -> No
                 _write_node_data(out, key, np.asarray(v, dtype=np.float64))
 
 
+def _write_numbered_rows(out: _Out, values: np.ndarray) -> None:
+    """Rows ``k, values[k-1, :]`` (1-based int32 tag, float64 values): packed records in binary
+    files, text lines in ASCII ones. Used by $Nodes (gmsh 2.2) and $NodeData."""
+    n = len(values)
+    if out.binary:
+        rec = np.empty(n, dtype=[("i", "<i4"), ("v", "<f8", (values.shape[1],))])
+        rec["i"], rec["v"] = np.arange(1, n + 1), values
+        rec.tofile(out.fh)
+        out.line("")
+    else:
+        out.rows(np.column_stack([np.arange(1, n + 1), values]), int_cols=1)
+
+
 def _write22(out: _Out, pts, blocks) -> None:
     n = len(pts)
     out.line("$Nodes")
     out.line(str(n))
-    if out.binary:
-        rec = np.empty(n, dtype=[("i", "<i4"), ("x", "<f8", (3,))])
-        rec["i"], rec["x"] = np.arange(1, n + 1), pts
-        rec.tofile(out.fh)
-        out.line("")
-    else:
-        out.rows(np.column_stack([np.arange(1, n + 1), pts]), int_cols=1)
+    _write_numbered_rows(out, pts)
     out.line("$EndNodes")
     out.line("$Elements")
     out.line(str(sum(len(b[4]) for b in blocks)))
@@ -261,11 +268,5 @@ def _write_node_data(out: _Out, name: str, values: np.ndarray) -> None:
     out.line("$NodeData")
     for text in ("1", f'"{name}"', "1", "0.0", "3", "0", str(v.shape[1]), str(n)):
         out.line(text)
-    if out.binary:
-        rec = np.empty(n, dtype=[("i", "<i4"), ("v", "<f8", (v.shape[1],))])
-        rec["i"], rec["v"] = np.arange(1, n + 1), v
-        rec.tofile(out.fh)
-        out.line("")
-    else:
-        out.rows(np.column_stack([np.arange(1, n + 1), v]), int_cols=1)
+    _write_numbered_rows(out, v)
     out.line("$EndNodeData")
