@@ -243,12 +243,19 @@ def resolve_models(cfg: dict, sample) -> dict:
 
 # ---------------------------------------------------------------------------- running
 def git_commit(cwd=None) -> str | None:
+    """HEAD of the repository at ``cwd``, with ``-dirty`` appended when tracked files differ
+    from it (so results never claim a commit that does not hold the code that made them)."""
+    def git(*a):
+        return subprocess.run(["git", *a], cwd=cwd, capture_output=True, text=True, timeout=10)
+
     try:
-        r = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True,
-                           timeout=10)
+        r = git("rev-parse", "HEAD")
+        if r.returncode != 0 or not r.stdout.strip():
+            return None
+        dirty = git("status", "--porcelain", "--untracked-files=no").stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None
-    return r.stdout.strip() or None if r.returncode == 0 else None
+    return r.stdout.strip() + ("-dirty" if dirty else "")
 
 
 @torch.no_grad()
@@ -286,30 +293,13 @@ def _stats(values) -> dict:
             "n_seeds": int(len(v)), "values": [float(x) for x in v]}
 
 
-def run_experiment(folder, quick: bool = False, datasets_dir=None, runs_dir=None,
-                   workers: int = 2, device: str = "cpu", progress: bool = True,
-                   log=print) -> dict:
-    """Run the experiment in ``folder`` (see the module docstring); returns the results dict
-    (also written to ``folder/results[-quick].json`` with the markdown and figures)."""
-    from .config import TrainConfig
-    from .experiment_data import PointCloudView, UniformWeights, build_set, load_set
-    from .experiment_report import write_report
-    from .models import build_model
-    from .train import Trainer
+def _load_data(cfg: dict, datasets_dir: Path, workers: int = 2, progress: bool = False):
+    """Generate (or reuse) and load the experiment's sets: ``(train root, train set, tests,
+    info)`` where ``tests`` maps test name -> dataset and ``info`` test name -> root and spec."""
+    from .experiment_data import PointCloudView, build_set, load_set
 
-    folder = Path(folder)
-    cfg = load_experiment(folder, quick=quick)
-    name = folder.name + ("-quick" if quick else "")
-    repo = folder.resolve().parent.parent
-    datasets_dir = Path(datasets_dir) if datasets_dir else repo / "datasets" / "experiments"
-    runs_dir = Path(runs_dir) if runs_dir else repo / "runs" / "experiments" / name
-    t_start = time.perf_counter()
-    started = time.strftime("%Y-%m-%d %H:%M:%S %Z")
     problem, params = cfg["problem"], dict(cfg.get("params") or {})
     inputs, targets = list(cfg.get("inputs") or []), list(cfg["targets"])
-
-    log(f"[{name}] data")
-    t0 = time.perf_counter()
     train_root = build_set(problem, cfg["train"], params, datasets_dir, workers, progress)
     train_all = load_set(train_root, inputs, targets)
     sets, info = {}, {}
@@ -322,6 +312,127 @@ def run_experiment(folder, quick: bool = False, datasets_dir=None, runs_dir=None
         if "from" in spec:
             sets[tname] = PointCloudView(sets[spec["from"]])
             info[tname] = {"root": info[spec["from"]]["root"], "spec": spec}
+    return train_root, train_all, sets, info
+
+
+# data loaded once per process and reused by every run it trains (key: config + datasets dir)
+_DATA_CACHE: dict = {}
+
+
+def _cached_data(cfg: dict, datasets_dir: Path):
+    key = (yaml.safe_dump(cfg, sort_keys=True), str(datasets_dir))
+    if key not in _DATA_CACHE:
+        _DATA_CACHE.clear()
+        _DATA_CACHE[key] = _load_data(cfg, datasets_dir)
+    return _DATA_CACHE[key]
+
+
+def _init_worker(threads: int) -> None:
+    torch.set_num_threads(int(threads))
+
+
+def _train_run(job: dict):
+    """Train one (variant, seed) and evaluate it on every test set. Runs in the calling process
+    (``jobs=1``) or in a spawned worker, where the trainer's output goes to ``RUN_DIR.log``.
+    Returns ``(run record, (model state, normalizer) or None)``."""
+    import contextlib
+
+    from .config import TrainConfig
+    from .experiment_data import UniformWeights
+    from .models import build_model
+    from .train import Trainer
+
+    cfg, vname, seed = job["cfg"], job["variant"], int(job["seed"])
+    train_root, train_all, sets, _ = _cached_data(cfg, Path(job["datasets_dir"]))
+    variant, mc, n_par = cfg["variants"][vname], job["model"], job["n_parameters"]
+    uniform = bool(variant.get("uniform_weights", False))
+    wrap = UniformWeights if uniform else (lambda d: d)
+    training = dict(cfg.get("training") or {})
+    val_fraction = float(training.pop("val_fraction", 0.1))
+    tr_idx, va_idx = _split(len(train_all), val_fraction, seed)
+    train = wrap(torch.utils.data.Subset(train_all, tr_idx))
+    val = wrap(torch.utils.data.Subset(train_all, va_idx))
+    out = Path(job["runs_dir"]) / f"{vname}-s{seed}"
+    tc = TrainConfig.from_dict({**training, "data": str(train_root),
+                                "inputs": list(cfg.get("inputs") or []),
+                                "targets": list(cfg["targets"]), "model": mc, "seed": seed,
+                                "out": str(out), "device": job["device"],
+                                "progress": job["progress"], "val_fraction": val_fraction})
+    with contextlib.ExitStack() as stack:
+        if job["log_file"]:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            fh = stack.enter_context(open(f"{out}.log", "w"))
+            stack.enter_context(contextlib.redirect_stdout(fh))
+            stack.enter_context(contextlib.redirect_stderr(fh))
+        torch.manual_seed(seed)
+        model = build_model(mc)
+        t1 = time.perf_counter()
+        trainer = Trainer(tc, model=model, datasets=(train, val), overwrite=True)
+        summary = trainer.fit()
+        train_s = time.perf_counter() - t1
+        tests, t2 = {}, time.perf_counter()
+        for tname, ds in sets.items():
+            e = evaluate_errors(trainer.module, trainer.normalizer, wrap(ds))
+            tests[tname] = {"rel_l2": float(e.mean()), "median": float(np.median(e)),
+                            "max": float(e.max()), "n_samples": int(len(e)),
+                            "per_sample": [float(x) for x in e]}
+        eval_s = time.perf_counter() - t2
+    run = {"variant": vname, "seed": seed, "n_parameters": n_par, "uniform_weights": uniform,
+           "epochs": summary["epochs_completed"], "final_train_loss": summary["final_train_loss"],
+           "final_val_rel_l2": summary["final_val_rel_l2"], "train_wall_s": train_s,
+           "eval_wall_s": eval_s, "tests": tests}
+    kept = None
+    if job["keep"]:
+        state = {k: v.detach().cpu() for k, v in trainer.module.state_dict().items()}
+        kept = (state, trainer.normalizer)
+    return run, kept
+
+
+def default_jobs() -> int:
+    """Training processes run at once by default: the CPU cores this process may use, at most 4
+    (each process trains with one torch thread unless told otherwise)."""
+    import os
+
+    try:
+        n = len(os.sched_getaffinity(0))
+    except AttributeError:
+        n = os.cpu_count() or 1
+    return max(1, min(4, n))
+
+
+def run_experiment(folder, quick: bool = False, datasets_dir=None, runs_dir=None,
+                   workers: int = 2, device: str = "cpu", progress: bool = True,
+                   log=print, jobs: int = 1) -> dict:
+    """Run the experiment in ``folder`` (see the module docstring); returns the results dict
+    (also written to ``folder/results[-quick].json`` with the markdown and figures).
+
+    ``jobs`` > 1 trains that many (variant, seed) runs at once in spawned processes, each with
+    this process's torch thread count; every run is seeded the same way as with ``jobs=1``, and
+    each worker's training log goes to ``RUNS_DIR/<variant>-s<seed>.log``."""
+    import concurrent.futures
+    import multiprocessing
+
+    from .experiment_data import UniformWeights
+    from .experiment_report import write_report
+    from .models import build_model
+
+    if int(jobs) < 1:
+        raise ConfigError(f"jobs must be >= 1, got {jobs}")
+    folder = Path(folder)
+    cfg = load_experiment(folder, quick=quick)
+    name = folder.name + ("-quick" if quick else "")
+    repo = folder.resolve().parent.parent
+    datasets_dir = Path(datasets_dir) if datasets_dir else repo / "datasets" / "experiments"
+    runs_dir = Path(runs_dir) if runs_dir else repo / "runs" / "experiments" / name
+    t_start = time.perf_counter()
+    started = time.strftime("%Y-%m-%d %H:%M:%S %Z")
+
+    log(f"[{name}] data")
+    t0 = time.perf_counter()
+    _DATA_CACHE.clear()
+    data = _load_data(cfg, datasets_dir, workers, progress)
+    _DATA_CACHE[(yaml.safe_dump(cfg, sort_keys=True), str(datasets_dir))] = data
+    train_root, train_all, sets, info = data
     for tname, ds in sets.items():
         npts = [int(ds[i].pos.shape[0]) for i in range(len(ds))]
         info[tname].update(n_samples=len(ds), mean_points=float(np.mean(npts)),
@@ -330,49 +441,50 @@ def run_experiment(folder, quick: bool = False, datasets_dir=None, runs_dir=None
     train_pts = [int(train_all[i].pos.shape[0]) for i in range(len(train_all))]
 
     models = resolve_models(cfg, train_all[0])
-    training = dict(cfg.get("training") or {})
-    val_fraction = float(training.pop("val_fraction", 0.1))
-    runs, keep = [], {}
-    for vname, variant in cfg["variants"].items():
-        mc, n_par = models[vname]
-        uniform = bool(variant.get("uniform_weights", False))
-        wrap = UniformWeights if uniform else (lambda d: d)
-        for seed in cfg["seeds"]:
-            tr_idx, va_idx = _split(len(train_all), val_fraction, seed)
-            train = wrap(torch.utils.data.Subset(train_all, tr_idx))
-            val = wrap(torch.utils.data.Subset(train_all, va_idx))
-            tc = TrainConfig.from_dict({**training, "data": str(train_root), "inputs": inputs,
-                                        "targets": targets, "model": mc, "seed": int(seed),
-                                        "out": str(runs_dir / f"{vname}-s{seed}"),
-                                        "device": device, "progress": progress,
-                                        "val_fraction": val_fraction})
-            torch.manual_seed(int(seed))
-            model = build_model(mc)
-            log(f"[{name}] train {vname} seed {seed} ({n_par:,} parameters)")
-            t1 = time.perf_counter()
-            trainer = Trainer(tc, model=model, datasets=(train, val), overwrite=True)
-            summary = trainer.fit()
-            train_s = time.perf_counter() - t1
-            tests, t2 = {}, time.perf_counter()
-            for tname, ds in sets.items():
-                e = evaluate_errors(trainer.module, trainer.normalizer, wrap(ds))
-                tests[tname] = {"rel_l2": float(e.mean()), "median": float(np.median(e)),
-                                "max": float(e.max()), "n_samples": int(len(e)),
-                                "per_sample": [float(x) for x in e]}
-            eval_s = time.perf_counter() - t2
-            log(f"[{name}]   " + ", ".join(f"{t}: {r['rel_l2']:.4f}" for t, r in tests.items()))
-            runs.append({"variant": vname, "seed": int(seed), "n_parameters": n_par,
-                         "uniform_weights": uniform, "epochs": summary["epochs_completed"],
-                         "final_train_loss": summary["final_train_loss"],
-                         "final_val_rel_l2": summary["final_val_rel_l2"],
-                         "train_wall_s": train_s, "eval_wall_s": eval_s, "tests": tests})
-            if seed == cfg["seeds"][0]:
-                keep[vname] = (trainer.module, trainer.normalizer, wrap)
+    order = [(v, int(s)) for v in cfg["variants"] for s in cfg["seeds"]]
+    jobs = min(int(jobs), len(order))
+    base = {"cfg": cfg, "datasets_dir": str(datasets_dir), "runs_dir": str(runs_dir),
+            "device": device, "progress": progress and jobs == 1, "log_file": jobs > 1}
+    todo = [{**base, "variant": v, "seed": s, "model": models[v][0],
+             "n_parameters": models[v][1], "keep": s == int(cfg["seeds"][0])} for v, s in order]
+    done = {}
+
+    def finished(job, result):
+        run = result[0]
+        done[(job["variant"], job["seed"])] = result
+        log(f"[{name}] {job['variant']} seed {job['seed']}: "
+            + ", ".join(f"{t}: {r['rel_l2']:.4f}" for t, r in run["tests"].items())
+            + f"  (train {run['train_wall_s']:.0f} s)")
+
+    if jobs == 1:
+        for job in todo:
+            log(f"[{name}] train {job['variant']} seed {job['seed']} "
+                f"({job['n_parameters']:,} parameters)")
+            finished(job, _train_run(job))
+    else:
+        log(f"[{name}] {len(todo)} runs, {jobs} at a time; training logs in {runs_dir}/*.log")
+        ctx = multiprocessing.get_context("spawn")
+        with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_init_worker,
+                                                    initargs=(torch.get_num_threads(),)) as ex:
+            futs = {ex.submit(_train_run, job): job for job in todo}
+            for fut in concurrent.futures.as_completed(futs):
+                finished(futs[fut], fut.result())
+    runs = [done[k][0] for k in order]
+    keep = {}
+    for (vname, seed) in order:
+        kept = done[(vname, seed)][1]
+        if kept is not None:
+            model = build_model(models[vname][0])
+            model.load_state_dict(kept[0])
+            uniform = bool(cfg["variants"][vname].get("uniform_weights", False))
+            keep[vname] = (model, kept[1], UniformWeights if uniform else (lambda d: d))
+
     summary = {v: {t: _stats([r["tests"][t]["rel_l2"] for r in runs if r["variant"] == v])
                    for t in sets} for v in cfg["variants"]}
     results = {"experiment": folder.name, "quick": bool(quick), "commit": git_commit(repo),
                "started": started, "wall_s": time.perf_counter() - t_start, "data_wall_s": data_s,
-               "torch": torch.__version__, "threads": torch.get_num_threads(), "config": cfg,
+               "torch": torch.__version__, "threads": torch.get_num_threads(), "jobs": jobs,
+               "config": cfg,
                "train_set": {"root": str(train_root), "n_samples": len(train_all),
                              "mean_points": float(np.mean(train_pts))},
                "test_sets": info,
