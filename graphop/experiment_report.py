@@ -37,7 +37,8 @@ def format_results(res: dict) -> str:
     lines = [f"# {res['experiment']}{q}", "", " ".join(str(cfg.get("description", "")).split()), "",
              f"- commit: `{res['commit'] or 'unknown (not a git checkout)'}`; started {res['started']}; "
              f"total wall time {res['wall_s'] / 60:.1f} min (data {res['data_wall_s']:.0f} s); "
-             f"torch {res['torch']}, {res['threads']} thread(s)",
+             f"torch {res['torch']}, {res['threads']} thread(s) per run, "
+             f"{res.get('jobs', 1)} run(s) at a time",
              f"- problem `{cfg['problem']}`, inputs {cfg.get('inputs') or []} -> targets {cfg['targets']}",
              f"- training set: {res['train_set']['n_samples']} samples, "
              f"{res['train_set']['mean_points']:.0f} points on average "
