@@ -426,6 +426,7 @@ def run_experiment(folder, quick: bool = False, datasets_dir=None, runs_dir=None
     runs_dir = Path(runs_dir) if runs_dir else repo / "runs" / "experiments" / name
     t_start = time.perf_counter()
     started = time.strftime("%Y-%m-%d %H:%M:%S %Z")
+    commit = git_commit(repo)  # the code this run starts with
 
     log(f"[{name}] data")
     t0 = time.perf_counter()
@@ -481,7 +482,7 @@ def run_experiment(folder, quick: bool = False, datasets_dir=None, runs_dir=None
 
     summary = {v: {t: _stats([r["tests"][t]["rel_l2"] for r in runs if r["variant"] == v])
                    for t in sets} for v in cfg["variants"]}
-    results = {"experiment": folder.name, "quick": bool(quick), "commit": git_commit(repo),
+    results = {"experiment": folder.name, "quick": bool(quick), "commit": commit,
                "started": started, "wall_s": time.perf_counter() - t_start, "data_wall_s": data_s,
                "torch": torch.__version__, "threads": torch.get_num_threads(), "jobs": jobs,
                "config": cfg,
