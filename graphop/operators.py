@@ -33,9 +33,10 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 import torch
+from scipy.spatial import cKDTree
 
 from .basis import KernelBasis
-from .neighbors import radius_neighbors
+from .neighbors import _boxsize, radius_neighbors
 
 __all__ = ["SparseOperator", "OperatorCache", "disco_matrix", "GraphSet", "graph_set",
            "cached_operator", "apply_operator", "operator_cache", "blockdiag_cache",
@@ -189,24 +190,66 @@ def apply_operator(op: SparseOperator, fold: int, x: torch.Tensor,
 
 
 # ---------------------------------------------------------------------------- DISCO build
-def disco_matrix(pos_out, pos_in, weight_in, radius: float, basis: KernelBasis, *,
-                 periodic=None, normalize: bool = True, same: bool = False) -> sp.csr_matrix:
-    """The DISCO operator Psi (see the module docstring) as scipy CSR [N_out * L, N_in].
+#: most neighbour pairs one chunk of a DISCO build holds. The build's scratch arrays take about
+#: 100 bytes a pair, so this bounds them near 0.5 GB however large the mesh; the finished CSR
+#: keeps about 12 bytes a non-zero.
+BUILD_CHUNK_PAIRS = 5_000_000
 
-    ``same=True`` means pos_out is pos_in (uses the faster symmetric pair search).
-    """
-    pos_in = np.asarray(pos_in, dtype=np.float64)
-    pos_out = pos_in if same else np.asarray(pos_out, dtype=np.float64)
-    w = np.asarray(weight_in, dtype=np.float64)
-    nb = radius_neighbors(pos_out, None if same else pos_in, radius, periodic=periodic)
+
+def _mean_neighbours(pos_out, pos_in, radius, periodic, sample: int = 256) -> float:
+    """Neighbours within ``radius`` per output point, estimated on a random sample of them."""
+    box = _boxsize(periodic, pos_in.shape[1])
+    src = pos_in if box is None else np.mod(pos_in, box)
+    q = pos_out[np.random.default_rng(0).choice(len(pos_out), min(sample, len(pos_out)),
+                                                replace=False)]
+    q = q if box is None else np.mod(q, box)
+    return float(cKDTree(src, boxsize=box).query_ball_point(q, radius, return_length=True).mean())
+
+
+def _disco_rows(nb, w, radius: float, basis: KernelBasis, normalize: bool) -> sp.csr_matrix:
     e, l, v = basis.evaluate(nb.offsets / radius)
     rows = np.repeat(np.arange(nb.n_query, dtype=np.int64), nb.counts())[e]
     cols = nb.indices[e]
     vals = v * w[cols]
     if normalize:
         vals = vals / (radius ** basis.dim * basis.l1_norms())[l]
-    L, n_out = basis.n_basis, len(pos_out)
-    return csr_from_coo(rows * L + l, cols, vals, (n_out * L, len(pos_in)))
+    L = basis.n_basis
+    return csr_from_coo(rows * L + l, cols, vals, (nb.n_query * L, len(w)))
+
+
+def _stack_rows(parts) -> sp.csr_matrix:
+    """CSR matrices with the same columns stacked vertically, by concatenating their arrays."""
+    nnz_off = np.cumsum([0] + [m.nnz for m in parts])
+    indptr = np.concatenate([m.indptr[:-1].astype(np.int64) + o for m, o in zip(parts, nnz_off)]
+                            + [nnz_off[-1:]])
+    return sp.csr_matrix((np.concatenate([m.data for m in parts]),
+                          np.concatenate([m.indices for m in parts]), indptr),
+                         shape=(sum(m.shape[0] for m in parts), parts[0].shape[1]))
+
+
+def disco_matrix(pos_out, pos_in, weight_in, radius: float, basis: KernelBasis, *,
+                 periodic=None, normalize: bool = True, same: bool = False) -> sp.csr_matrix:
+    """The DISCO operator Psi (see the module docstring) as scipy CSR [N_out * L, N_in].
+
+    ``same=True`` means pos_out is pos_in (uses the faster symmetric pair search). Large
+    operators are built in chunks of output rows holding about :data:`BUILD_CHUNK_PAIRS`
+    neighbour pairs each, so the scratch memory stays bounded (the result is identical).
+    """
+    pos_in = np.asarray(pos_in, dtype=np.float64)
+    pos_out = pos_in if same else np.asarray(pos_out, dtype=np.float64)
+    w = np.asarray(weight_in, dtype=np.float64)
+    n_out = len(pos_out)
+    chunk = n_out
+    if n_out * len(pos_in) > BUILD_CHUNK_PAIRS:
+        per_row = _mean_neighbours(pos_out, pos_in, radius, periodic)
+        chunk = max(1, int(BUILD_CHUNK_PAIRS / max(per_row, 1.0)))
+    if chunk >= n_out:
+        nb = radius_neighbors(pos_out, None if same else pos_in, radius, periodic=periodic)
+        return _disco_rows(nb, w, radius, basis, normalize)
+    return _stack_rows([_disco_rows(radius_neighbors(pos_out[a:a + chunk], pos_in, radius,
+                                                     periodic=periodic), w, radius, basis,
+                                    normalize)
+                        for a in range(0, n_out, chunk)])
 
 
 # ---------------------------------------------------------------------------- graphs + keys

@@ -58,3 +58,24 @@ def test_cache_evicts_least_recently_used():
         cache.get(key, lambda: built.append(key) or random_operator(2, 2, 1, 0))
     assert built == ["a", "b", "c", "b"]          # "b" was evicted by "c" (after "a" was reused)
     assert (cache.hits, cache.misses, len(cache)) == (1, 4, 2)
+
+
+@pytest.mark.parametrize("periodic,same", [(None, True), (None, False), (1.0, True)])
+def test_chunked_disco_build_equals_one_piece(periodic, same, monkeypatch):
+    """Large builds go in chunks of output rows to bound their scratch memory; the chunks must
+    stack to exactly the matrix of one piece (same rows, columns, values and order)."""
+    from graphop.basis import KernelBasis
+
+    rng = np.random.default_rng(3)
+    p_in = rng.uniform(size=(700, 2))
+    p_out = p_in if same else rng.uniform(size=(450, 2))
+    w = rng.uniform(0.5, 1.5, size=700) / 700
+    basis = KernelBasis(dim=2, kernel_shape=(3, 4))
+    kw = dict(periodic=periodic, same=same)
+    whole = ops.disco_matrix(p_out, p_in, w, 0.15, basis, **kw)
+    monkeypatch.setattr(ops, "BUILD_CHUNK_PAIRS", 2000)     # ~30 neighbours: ~65 rows a chunk
+    chunked = ops.disco_matrix(p_out, p_in, w, 0.15, basis, **kw)
+    assert chunked.shape == whole.shape and chunked.nnz == whole.nnz > 0
+    np.testing.assert_array_equal(chunked.indptr, whole.indptr)
+    np.testing.assert_array_equal(chunked.indices, whole.indices)
+    np.testing.assert_allclose(chunked.data, whole.data, rtol=1e-14, atol=0)
