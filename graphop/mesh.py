@@ -24,7 +24,12 @@ import numpy as np
 from .geometry import boundary_facets, cell_dim, cell_measures, lumped_mass, unique_edges
 from .neighbors import knn_distances
 
-__all__ = ["Mesh", "AffineMap", "MeshError"]
+__all__ = ["Mesh", "AffineMap", "MeshError", "DERIVED_FIELDS"]
+
+#: point fields graphop computes from the geometry when a file does not hold them, so that they
+#: can be model inputs on any mesh (training files, test files, a user's own mesh at predict
+#: time): ``boundary_distance``, the distance to the nearest boundary point.
+DERIVED_FIELDS = ("boundary_distance",)
 
 
 class MeshError(ValueError):
@@ -287,6 +292,30 @@ class Mesh:
     @property
     def top_or_dim(self) -> int:
         return self.top_dim or self.dim
+
+    def boundary_distance(self) -> np.ndarray:
+        """[N] distance from every point to the nearest boundary point (0 on the boundary), in
+        the mesh's units: a geometry input that tells a model where the walls are (GINO feeds a
+        signed distance for the same reason). It converges to the distance to the boundary
+        with the boundary spacing.
+
+        Raises:
+            MeshError: the mesh has no boundary points (a bare point cloud, a closed surface).
+        """
+        from scipy.spatial import cKDTree
+
+        b = self.boundary
+        if not b.any():
+            raise MeshError(f"{self.source}: no boundary points (a point cloud or a closed "
+                            "surface), so 'boundary_distance' is undefined")
+        return cKDTree(self.points[b]).query(self.points)[0]
+
+    def with_derived_fields(self, names) -> "Mesh":
+        """This mesh with every name of :data:`DERIVED_FIELDS` in ``names`` that is not already
+        a point field computed and added (the mesh itself when there is none to add)."""
+        new = {n: getattr(self, n)() for n in names
+               if n in DERIVED_FIELDS and n not in self.point_data}
+        return self.with_point_data(**new) if new else self
 
     def with_point_data(self, **fields) -> "Mesh":
         """A copy sharing geometry with extra/replaced point_data fields."""

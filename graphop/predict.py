@@ -23,6 +23,7 @@ import torch
 
 from .checkpoint import load_trained_model
 from .errors import DataError
+from .mesh import MeshError
 from .metrics import relative_l2
 from .normalize import check_sample
 
@@ -32,6 +33,10 @@ __all__ = ["predict_mesh", "predict_file", "mesh_to_sample"]
 def mesh_to_sample(mesh, inputs, targets=(), periodic=None, dtype=torch.float32):
     """A training-style ``Data`` (pos, weight, boundary, face, x, and y when every target is
     present) from a :class:`graphop.Mesh`."""
+    try:
+        mesh = mesh.with_derived_fields(inputs)
+    except MeshError as exc:
+        raise DataError(str(exc)) from exc
     missing = [f for f in inputs if f not in mesh.point_data]
     if missing:
         raise DataError(f"{mesh.source}: no point_data field(s) {', '.join(map(repr, missing))} "

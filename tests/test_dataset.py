@@ -126,3 +126,31 @@ def test_empty_folder_and_nan(tmp_path):
         MeshFolderDataset(tmp_path, targets=["u"])
     with pytest.raises(ValueError, match="split"):
         MeshFolderDataset(tmp_path, split="val")
+
+
+def test_boundary_distance_is_derived_from_the_geometry(tmp_path):
+    """An input named boundary_distance that the files lack is computed from each mesh: on a
+    structured unit square it is min(x, 1-x, y, 1-y) up to the boundary spacing, zero on the
+    boundary; prediction on a user's mesh does the same; a point cloud has no boundary."""
+    from graphop.mesh import DERIVED_FIELDS
+    from graphop.predict import mesh_to_sample
+
+    assert "boundary_distance" in DERIVED_FIELDS
+    n = 21
+    write_mesh(tmp_path / "a.vtu", tri_mesh(n, a=np.ones(n * n), u=np.zeros(n * n)))
+    ds = MeshFolderDataset(tmp_path, inputs=["a", "boundary_distance"], targets=["u"], cache=False)
+    d = ds[0]
+    p = d.pos.double()
+    exact = torch.minimum(torch.minimum(p[:, 0], 1 - p[:, 0]), torch.minimum(p[:, 1], 1 - p[:, 1]))
+    got = d.x[:, 1].double()
+    assert d.x.shape == (n * n, 2)
+    assert torch.all(got[d.boundary] == 0) and (~d.boundary).sum() > 0
+    assert (got - exact).abs().max() <= 0.5 / (n - 1) + 1e-6        # half the boundary spacing
+    assert torch.all(got >= exact - 1e-6)                            # never closer than the wall
+    m = read_mesh(tmp_path / "a.vtu")
+    assert "boundary_distance" not in m.point_data
+    s = mesh_to_sample(m, ["a", "boundary_distance"], ["u"])
+    torch.testing.assert_close(s.x, d.x)
+    cloud = Mesh.from_points(m.points, point_data={"a": np.ones(n * n)})
+    with pytest.raises(DataError, match="no boundary points"):
+        mesh_to_sample(cloud, ["a", "boundary_distance"])

@@ -10,6 +10,9 @@ the shared data contract:
     normal [N, d] when the file has a point_data ``normal``/``normals``/``Normals`` field,
     periodic [1, d] for torus data, family / n_points from a generator's ``manifest.json``.
 
+An input named in :data:`graphop.mesh.DERIVED_FIELDS` (``boundary_distance``) that a file does
+not hold is computed from its geometry, as ``graphop predict`` does for a user's mesh.
+
 Splits: ``split="train"`` / ``"test"`` reads the subfolder of that name when ``root`` has a
 ``train/`` or ``test/`` subfolder (a missing one is an empty split, an error); otherwise the
 files are split by a permutation seeded with ``seed``, ``split_fraction`` of them
@@ -192,6 +195,10 @@ class MeshFolderDataset(torch.utils.data.Dataset):
         except (GraphopError, MeshError) as exc:
             msg = str(exc)
             raise DataError(msg if str(path) in msg else f"{path}: {msg}") from exc
+        try:
+            mesh = mesh.with_derived_fields(self.inputs)
+        except MeshError as exc:
+            raise DataError(f"{path}: {exc}") from exc
         n = mesh.n_points
         cols = {}
         for name in self.inputs + self.targets:
