@@ -3,8 +3,9 @@
     (D f)_o(x_i) = sum_l sum_c theta[l, c, o] * (1 / h_i) * sum_{j in N(i)} a_l(i, j) (f_c(y_j) - f_c(x_i))
                    (+ bias_o)
 
-``h_i`` is ``scale`` times the distance from x_i to its d-th nearest neighbour (the grid width
-on a regular grid), so h -> 0 under refinement. Stencil function l belongs to the grid offset
+``h_i`` is ``scale`` times the distance from x_i to its k-th nearest neighbour (k = d by
+default: the grid width on a regular grid; ``spacing_neighbours`` sets k), so h -> 0 under
+refinement. Stencil function l belongs to the grid offset
 s_l in {-m..m}^d without the centre (m = (kernel_size - 1) / 2, L = kernel_size^d - 1); its
 coefficients a_l(i, j) interpolate s_l from the neighbours and are corrected per node by
 weighted least squares so that ``sum_j a_l(i, j) (y_j - x_i) / h_i = s_l`` exactly
@@ -46,8 +47,12 @@ class DifferentialConv(nn.Module):
         out_channels: O.
         kernel_size: odd stencil width k >= 3 (default 3), L = k^d - 1 stencil functions.
         dim: spatial dimension d of the points (default 2); fixes L.
-        scale: h_i = scale x (distance to the d-th nearest neighbour) (default 1.0).
+        scale: h_i = scale x (distance to the k-th nearest neighbour) (default 1.0).
         bias: learned bias per output channel (default True).
+        spacing_neighbours: k (default None = d, the grid width on a regular grid). On
+            scattered points (Monte Carlo clouds) the d-th neighbour is sometimes very close and
+            1/h_i explodes; ``spacing_neighbours=3**d - 1, scale=0.5`` keeps the coefficients
+            bounded (measured in experiments/README.md).
 
     Call: ``conv(x, data)`` with ``data`` a ``Data``/``Batch`` holding ``pos`` [N, d]
     (``periodic`` [1, d] for tori). Weights are not needed.
@@ -57,7 +62,7 @@ class DifferentialConv(nn.Module):
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, dim: int = 2,
-                 scale: float = 1.0, bias: bool = True):
+                 scale: float = 1.0, bias: bool = True, spacing_neighbours: int | None = None):
         super().__init__()
         if in_channels < 1 or out_channels < 1:
             raise ValueError(f"DifferentialConv: channel counts must be >= 1, got "
@@ -68,7 +73,11 @@ class DifferentialConv(nn.Module):
             raise ValueError(f"DifferentialConv: scale must be positive, got {scale}")
         self.offsets = stencil_offsets(kernel_size, dim)       # validates kernel_size
         self.in_channels, self.out_channels = in_channels, out_channels
+        if spacing_neighbours is not None and int(spacing_neighbours) < 1:
+            raise ValueError(f"DifferentialConv: spacing_neighbours must be >= 1, got "
+                             f"{spacing_neighbours}")
         self.kernel_size, self.dim, self.scale = int(kernel_size), int(dim), float(scale)
+        self.spacing_neighbours = None if spacing_neighbours is None else int(spacing_neighbours)
         self.n_basis = len(self.offsets)
         self.weight = nn.Parameter(torch.empty(self.n_basis, in_channels, out_channels))
         self.bias = nn.Parameter(torch.empty(out_channels)) if bias else None
@@ -98,13 +107,13 @@ class DifferentialConv(nn.Module):
         if g.pos.shape[1] != self.dim:
             raise ValueError(f"DifferentialConv: data.pos is {g.pos.shape[1]}D but the layer was "
                              f"built with dim={self.dim} (dimension mismatch)")
-        k, s = self.kernel_size, self.scale
+        k, s, nb = self.kernel_size, self.scale, self.spacing_neighbours
 
         def build(p_out, p_in, w_in, periodic, same):
-            rows, cols, vals, L = stencil_matrix(p_in, k, s, periodic)
+            rows, cols, vals, L = stencil_matrix(p_in, k, s, periodic, nb)
             return csr_from_coo(rows, cols, vals, (L * len(p_in), len(p_in))), L
 
-        return cached_operator("stencil", (k, s), g, None, build)
+        return cached_operator("stencil", (k, s, nb), g, None, build)
 
     def forward(self, x: torch.Tensor, data) -> torch.Tensor:
         check_features(x, _n_points(data), self.in_channels, "DifferentialConv")
@@ -124,5 +133,6 @@ class DifferentialConv(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
-                f"dim={self.dim}, scale={self.scale:g}, n_basis={self.n_basis}, "
+                f"dim={self.dim}, scale={self.scale:g}, spacing_neighbours="
+                f"{self.spacing_neighbours or self.dim}, n_basis={self.n_basis}, "
                 f"bias={self.bias is not None}")
