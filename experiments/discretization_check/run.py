@@ -31,6 +31,7 @@ from graphop.mesh import Mesh
 
 HERE = Path(__file__).resolve().parent
 N_INPUTS = 3
+REF = "delaunay 16000 (reference)"
 
 
 def meshes() -> dict:
@@ -66,25 +67,30 @@ def main() -> None:
     psis = [DARCY_GRF.sample(rng) for _ in range(N_INPUTS)]
     pts, tris = random_mesh("square", 16000, np.random.default_rng(9))
     ref_mesh, tests = Mesh(pts, {"triangle": tris}), meshes()
-    rows = {}
+    rows, peaks = {}, {}
     for ckpt in sorted(runs.glob("*-s*/last.pt")):
         variant = ckpt.parent.name.rsplit("-s", 1)[0]
         model, norm, _ = load_trained_model(ckpt)
         uniform = variant.endswith("uniform_w")
         vals = {name: [] for name in tests}
+        peak = {name: [] for name in [*tests, REF]}
         for psi in psis:
             def run(mesh):
                 return norm.decode(model(norm.encode(sample(mesh, psi, uniform)))
                                    ).double().numpy()[:, 0]
-            interp = LinearNDInterpolator(ref_mesh.points[:, :2], run(ref_mesh))
+            y_ref = run(ref_mesh)
+            peak[REF].append(float(np.abs(y_ref).max()))
+            interp = LinearNDInterpolator(ref_mesh.points[:, :2], y_ref)
             for name, mesh in tests.items():
                 y, want = run(mesh), interp(mesh.points[:, :2])
+                peak[name].append(float(np.abs(y).max()))
                 ok = np.isfinite(want)
                 w = mesh.weights[ok]
                 vals[name].append(float(np.sqrt((w * (y[ok] - want[ok]) ** 2).sum()
                                                 / (w * want[ok] ** 2).sum())))
         key = f"{variant} ({ckpt.parent.name.rsplit('-', 1)[-1]})"
         rows[key] = {k: float(np.mean(v)) for k, v in vals.items()}
+        peaks[key] = {k: float(np.mean(v)) for k, v in peak.items()}
         print(key, {k: f"{v:.4f}" for k, v in rows[key].items()}, flush=True)
     if not rows:
         raise SystemExit(f"no checkpoints under {runs}: run "
@@ -102,6 +108,14 @@ def main() -> None:
              "| model (seed) | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
     for key, vals in rows.items():
         lines.append(f"| {key} | " + " | ".join(f"{vals[n]:.4f}" for n in names) + " |")
+    pnames = [*names, REF]
+    lines += ["", "Largest |output| on each mesh (mean over the inputs), relative to the training-kind "
+              "mesh (delaunay 1000). The solution u is bounded independently of the mesh, so a "
+              "ratio far above 1 on a fine mesh means the model's output grows under refinement.",
+              "", "| model (seed) | " + " | ".join(pnames) + " |", "|---|" + "---|" * len(pnames)]
+    for key, vals in peaks.items():
+        base = vals["delaunay 1000"]
+        lines.append(f"| {key} | " + " | ".join(f"{vals[n] / base:.2f}" for n in pnames) + " |")
     out = HERE / f"results-{args.experiment}.md"
     out.write_text("\n".join(lines) + "\n")
     print(f"written: {out}")
