@@ -1,6 +1,5 @@
 """Shared behaviour of DISCOConv and DifferentialConv: batches, permutations, gradients,
 errors, operator caching."""
-import numpy as np
 import pytest
 import torch
 from torch_geometric.data import Batch, Data
