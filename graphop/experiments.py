@@ -43,7 +43,7 @@ import numpy as np
 import torch
 import yaml
 
-from .errors import ConfigError
+from .errors import ConfigError, GraphopError
 
 __all__ = ["load_experiment", "validate_experiment", "match_parameters", "count_parameters",
            "run_experiment", "list_experiments", "EXPERIMENT_KEYS", "VARIANT_KEYS"]
@@ -343,6 +343,13 @@ def _cached_data(cfg: dict, datasets_dir: Path):
 
 def _init_worker(threads: int) -> None:
     torch.set_num_threads(int(threads))
+    try:  # Linux: die with the parent, so a killed experiment leaves no training orphans
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 def _train_run(job: dict):
@@ -484,8 +491,15 @@ def run_experiment(folder, quick: bool = False, datasets_dir=None, runs_dir=None
         with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_init_worker,
                                                     initargs=(torch.get_num_threads(),)) as ex:
             futs = {ex.submit(_train_run, job): job for job in todo}
-            for fut in concurrent.futures.as_completed(futs):
-                finished(futs[fut], fut.result())
+            try:
+                for fut in concurrent.futures.as_completed(futs):
+                    finished(futs[fut], fut.result())
+            except concurrent.futures.process.BrokenProcessPool as exc:
+                raise GraphopError(
+                    f"a training process of {name} died without a Python error (most often the "
+                    f"system ran out of memory; the kernel log says so). {len(done)} of "
+                    f"{len(todo)} runs had finished. Rerun with fewer runs at once "
+                    f"(--jobs {max(1, jobs - 1)})") from exc
     runs = [done[k][0] for k in order]
     keep = {}
     for (vname, seed) in order:

@@ -1,6 +1,7 @@
 """Tests of the experiment runner: config validation, the parameter-budget matcher, the
 uniform-weights and point-cloud wrappers, the mesh-type writer and one tiny end-to-end run."""
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -251,3 +252,54 @@ def test_parallel_jobs_reproduce_the_serial_run(tmp_path):
                                    b["tests"]["mesh"]["per_sample"], rtol=1e-6)
     assert (tmp_path / "runs2" / "lgno-s1.log").read_text().count("epoch 1/1") == 1
     assert (tmp_path / "j2" / "tiny" / "sample_prediction-quick.png").is_file()
+
+
+def _sleeping_worker(path):
+    import os
+    import time
+
+    Path(path).write_text(str(os.getpid()))
+    time.sleep(120)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux-only")
+def test_training_workers_die_with_a_killed_experiment(tmp_path):
+    """A killed `graphop experiment` must not leave its training processes running (orphans
+    once held 11 GB and both cores of this machine for 40 minutes)."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    marker = tmp_path / "worker.pid"
+    script = (
+        "import concurrent.futures, multiprocessing, time\n"
+        "from graphop.experiments import _init_worker\n"
+        "from tests.test_experiments import _sleeping_worker\n"
+        "if __name__ == '__main__':\n"
+        "    ctx = multiprocessing.get_context('spawn')\n"
+        "    ex = concurrent.futures.ProcessPoolExecutor(1, mp_context=ctx,\n"
+        "                                                initializer=_init_worker, initargs=(1,))\n"
+        f"    ex.submit(_sleeping_worker, {str(marker)!r})\n"
+        "    time.sleep(120)\n")
+    parent = subprocess.Popen([sys.executable, "-c", script], cwd=Path(__file__).parents[1])
+    try:
+        for _ in range(600):
+            if marker.exists() and marker.read_text():
+                break
+            time.sleep(0.1)
+        pid = int(marker.read_text())
+        parent.kill()                       # SIGKILL: no cleanup code of the parent runs
+        parent.wait()
+        for _ in range(100):
+            try:
+                state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+            except FileNotFoundError:
+                return
+            if state in ("Z", "X"):         # dead, waiting to be reaped by init
+                return
+            time.sleep(0.1)
+        os.kill(pid, signal.SIGKILL)
+        pytest.fail("the training worker outlived its killed parent")
+    finally:
+        parent.kill()
