@@ -333,12 +333,19 @@ def _load_data(cfg: dict, datasets_dir: Path, workers: int = 2, progress: bool =
 _DATA_CACHE: dict = {}
 
 
-def _cached_data(cfg: dict, datasets_dir: Path):
+def _cached_data(cfg: dict, datasets_dir: Path, workers: int = 2, progress: bool = False):
     key = (yaml.safe_dump(cfg, sort_keys=True), str(datasets_dir))
     if key not in _DATA_CACHE:
         _DATA_CACHE.clear()
-        _DATA_CACHE[key] = _load_data(cfg, datasets_dir)
+        _DATA_CACHE[key] = _load_data(cfg, datasets_dir, workers, progress)
     return _DATA_CACHE[key]
+
+
+def _weights_wrapper(variant: dict):
+    """UniformWeights for a ``uniform_weights`` variant, else the identity."""
+    from .experiment_data import UniformWeights
+
+    return UniformWeights if variant.get("uniform_weights", False) else (lambda d: d)
 
 
 def _init_worker(threads: int) -> None:
@@ -359,7 +366,6 @@ def _train_run(job: dict):
     import contextlib
 
     from .config import TrainConfig
-    from .experiment_data import UniformWeights
     from .models import build_model
     from .operators import blockdiag_cache, operator_cache
     from .train import Trainer
@@ -368,7 +374,7 @@ def _train_run(job: dict):
     train_root, train_all, sets, _ = _cached_data(cfg, Path(job["datasets_dir"]))
     variant, mc, n_par = cfg["variants"][vname], job["model"], job["n_parameters"]
     uniform = bool(variant.get("uniform_weights", False))
-    wrap = UniformWeights if uniform else (lambda d: d)
+    wrap = _weights_wrapper(variant)
     training = dict(cfg.get("training") or {})
     val_fraction = float(training.pop("val_fraction", 0.1))
     tr_idx, va_idx = _split(len(train_all), val_fraction, seed)
@@ -435,7 +441,6 @@ def run_experiment(folder, quick: bool = False, datasets_dir=None, runs_dir=None
     import concurrent.futures
     import multiprocessing
 
-    from .experiment_data import UniformWeights
     from .experiment_report import write_report
     from .models import build_model
 
@@ -453,10 +458,8 @@ def run_experiment(folder, quick: bool = False, datasets_dir=None, runs_dir=None
 
     log(f"[{name}] data")
     t0 = time.perf_counter()
-    _DATA_CACHE.clear()
-    data = _load_data(cfg, datasets_dir, workers, progress)
-    _DATA_CACHE[(yaml.safe_dump(cfg, sort_keys=True), str(datasets_dir))] = data
-    train_root, train_all, sets, info = data
+    _DATA_CACHE.clear()   # load afresh; spawned workers load the same sets by the same key
+    train_root, train_all, sets, info = _cached_data(cfg, datasets_dir, workers, progress)
     for tname, ds in sets.items():
         npts = [int(ds[i].pos.shape[0]) for i in range(len(ds))]
         info[tname].update(n_samples=len(ds), mean_points=float(np.mean(npts)),
@@ -507,8 +510,7 @@ def run_experiment(folder, quick: bool = False, datasets_dir=None, runs_dir=None
         if kept is not None:
             model = build_model(models[vname][0])
             model.load_state_dict(kept[0])
-            uniform = bool(cfg["variants"][vname].get("uniform_weights", False))
-            keep[vname] = (model, kept[1], UniformWeights if uniform else (lambda d: d))
+            keep[vname] = (model, kept[1], _weights_wrapper(cfg["variants"][vname]))
 
     summary = {v: {t: _stats([r["tests"][t]["rel_l2"] for r in runs if r["variant"] == v])
                    for t in sets} for v in cfg["variants"]}
