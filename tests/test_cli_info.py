@@ -81,16 +81,58 @@ def test_info_on_point_cloud_and_warnings(tmp_path, capsys):
     assert s["warnings"] == ["1 pair(s) of duplicate points"]
 
 
-def test_example_meshes_match_their_recipe():
-    """meshes/make_meshes.py is deterministic and the committed files are its output."""
+def _min_angles_deg(mesh) -> np.ndarray:
+    """Smallest interior angle of every triangle of ``mesh``, in degrees."""
+    p = mesh.points[mesh.cells["triangle"]]                      # [T, 3, 2]
+    out = np.full(len(p), 180.0)
+    for k in range(3):
+        a, b, c = p[:, k], p[:, (k + 1) % 3], p[:, (k + 2) % 3]
+        u, v = b - a, c - a
+        cos = (u * v).sum(1) / (np.linalg.norm(u, axis=1) * np.linalg.norm(v, axis=1))
+        out = np.minimum(out, np.degrees(np.arccos(np.clip(cos, -1, 1))))
+    return out
+
+
+# name, recipe, target point count, exact measure (None: checked against the committed file)
+RECIPES = [("lshape.msh", "lshape", 800, 3.0),
+           ("airfoil.msh", "airfoil", 1000, None),
+           ("disk_holes.vtu", "disk_holes", 1500, None)]
+
+
+@pytest.mark.parametrize("name,fn,target,exact", RECIPES)
+def test_example_meshes_keep_their_recipe_promise(name, fn, target, exact):
+    """meshes/make_meshes.py makes what it promises (Triangle's refinement is not bit-for-bit
+    reproducible across machines, so the recipe's output is checked by its properties, and the
+    committed file is checked to be a mesh of the same kind, not an identical one)."""
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("make_meshes", MESHES / "make_meshes.py")
     recipe = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(recipe)
-    for name, make in [("lshape.msh", recipe.lshape), ("airfoil.msh", recipe.airfoil),
-                       ("disk_holes.vtu", recipe.disk_holes)]:
-        made, stored = make(), read_mesh(MESHES / name)
-        assert made.hash == stored.hash, name
-        for k, v in made.point_data.items():
-            np.testing.assert_allclose(stored.point_data[k], v, rtol=1e-12, atol=1e-15)
+    made, stored = getattr(recipe, fn)(), read_mesh(MESHES / name)
+    for m in (made, stored):
+        # mesh_domain promises the point count within ~10% of its target
+        assert abs(m.n_points / target - 1) < 0.10, (name, m.n_points)
+        assert m.measure == pytest.approx(exact if exact else stored.measure, rel=2e-3)
+        assert m.weights.sum() == pytest.approx(m.measure, rel=1e-12)
+        # the boundary groups survive (VTU keeps their tags, gmsh their names as well)
+        assert len(m.boundary_sets) == len(made.boundary_sets)
+        if name.endswith(".msh"):
+            assert set(m.boundary_sets) == set(made.boundary_sets)
+        assert set(m.point_data) == set(stored.point_data)
+        # Triangle's "q30" quality bound: no angle below 30 degrees, except where the input
+        # boundary itself has a sharper corner (the airfoil's trailing edge)
+        angles = _min_angles_deg(m)
+        assert np.mean(angles >= 29.9) > 0.99, (name, np.sort(angles)[:5])
+        assert angles.min() > 5.0
+        # every point is used by a cell: no orphans, so every weight is positive
+        assert (m.weights > 0).all()
+    # the fields are the recipe's formulas evaluated at the stored file's own points
+    x, y = stored.points[:, 0], stored.points[:, 1]
+    if name == "disk_holes.vtu":
+        np.testing.assert_allclose(stored.point_data["u"], np.sin(math.pi * x) * np.cos(math.pi * y),
+                                   atol=1e-12)
+    if name == "lshape.msh":
+        r = np.hypot(x - 1, y - 1)
+        assert np.abs(stored.point_data["u"]).max() <= 2 ** (1 / 3) + 1e-12
+        assert np.abs(stored.point_data["u"][r < 1e-12]).max(initial=0) < 1e-12
