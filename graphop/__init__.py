@@ -6,10 +6,10 @@ generator's worker processes start fast.
 """
 from importlib import import_module
 
-from .errors import ConfigError, DataError, GraphopError, MeshReadError
-from .io import MeshWriteError, formats, read_mesh, write_mesh
-from .mesh import AffineMap, Mesh, MeshError
-from .neighbors import Neighborhood, knn_distances, radius_neighbors
+from graphop.errors import ConfigError, DataError, GraphopError, MeshError, MeshReadError
+from graphop.io import MeshWriteError, formats, read_mesh, write_mesh
+from graphop.geometry.mesh import AffineMap, Mesh
+from graphop.geometry.neighbors import Neighborhood, knn_distances, radius_neighbors
 
 __version__ = "0.1.0"
 
@@ -25,16 +25,16 @@ _LAZY = {
     "build_model": "graphop.models",
     "MeshFolderDataset": "graphop.data",
     "generate": "graphop.data",
-    "Trainer": "graphop.train",
-    "TrainConfig": "graphop.config",
-    "load_config": "graphop.config",
-    "relative_l2": "graphop.metrics",
-    "Normalizer": "graphop.normalize",
-    "save_checkpoint": "graphop.checkpoint",
-    "load_checkpoint": "graphop.checkpoint",
-    "load_trained_model": "graphop.evaluate",
-    "evaluate_checkpoint": "graphop.evaluate",
-    "predict_file": "graphop.predict",
+    "Trainer": "graphop.training",
+    "TrainConfig": "graphop.training",
+    "load_config": "graphop.training",
+    "relative_l2": "graphop.training",
+    "Normalizer": "graphop.data.normalize",
+    "save_checkpoint": "graphop.training",
+    "load_checkpoint": "graphop.training",
+    "load_trained_model": "graphop.training",
+    "evaluate_checkpoint": "graphop.inference",
+    "predict_file": "graphop.inference",
     "testing": "graphop.testing",
 }
 

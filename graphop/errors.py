@@ -1,14 +1,16 @@
 """Exception types shown to command-line users as one-line messages (exit code 2)."""
 from __future__ import annotations
 
-from .mesh import MeshError
-
 __all__ = ["GraphopError", "MeshError", "MeshReadError", "ConfigError", "DataError"]
 
 
 class GraphopError(Exception):
     """Base class of errors that are the user's input, not a bug: the CLI prints the message
     on one line and exits with code 2 (``--debug`` shows the traceback)."""
+
+
+class MeshError(GraphopError, ValueError):
+    """Invalid mesh content (bad coordinates, bad connectivity, wrong field length, ...)."""
 
 
 class MeshReadError(GraphopError, ValueError):

@@ -146,7 +146,7 @@ def nested_meshes(domain: str = "square", levels: int = 4, max_area: float = 0.0
     """
     import triangle
 
-    from .mesh import Mesh
+    from graphop.geometry.mesh import Mesh
 
     rng = np.random.default_rng(seed)
     if domain == "square":

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
-from graphop.domains import mesh_ball, mesh_domain
+from graphop.geometry.domains import mesh_ball, mesh_domain
 from graphop.io import read_mesh, write_mesh
-from graphop.mesh import Mesh
+from graphop.geometry.mesh import Mesh
 
 HERE = Path(__file__).resolve().parent
 

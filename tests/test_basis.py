@@ -4,7 +4,7 @@ import math
 import numpy as np
 import pytest
 
-from graphop.basis import KernelBasis
+from graphop.layers.basis import KernelBasis
 
 
 def ball_samples(n, d, seed=0):

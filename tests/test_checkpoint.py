@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from graphop.checkpoint import (load_checkpoint, load_model_state, resolve_checkpoint, rng_state,
+from graphop.training.checkpoint import (load_checkpoint, load_model_state, resolve_checkpoint, rng_state,
                                 save_checkpoint, set_rng_state)
 from graphop.errors import GraphopError
-from graphop.normalize import Normalizer
+from graphop.data.normalize import Normalizer
 from trainkit import PointwiseMLP, make_samples
 
 torch.set_num_threads(1)

@@ -6,7 +6,7 @@ from graphop.data.darcy import DARCY_GRF, darcy_sample, solve_darcy
 from graphop.data.domains_random import DOMAINS_2D, mesh_domain
 from graphop.data.fem import boundary_nodes, l2_error
 from graphop.data.grf import GaussianRandomField, fourier_eval, threshold
-from graphop.mesh import Mesh
+from graphop.geometry.mesh import Mesh
 
 PI = np.pi
 

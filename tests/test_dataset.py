@@ -9,7 +9,7 @@ from graphop.data import MeshFolderDataset
 from graphop.data.generate import generate
 from graphop.errors import DataError
 from graphop.io import read_mesh, write_mesh
-from graphop.mesh import Mesh
+from graphop.geometry.mesh import Mesh
 
 torch.set_num_threads(1)
 
@@ -132,8 +132,8 @@ def test_boundary_distance_is_derived_from_the_geometry(tmp_path):
     """An input named boundary_distance that the files lack is computed from each mesh: on a
     structured unit square it is min(x, 1-x, y, 1-y) up to the boundary spacing, zero on the
     boundary; prediction on a user's mesh does the same; a point cloud has no boundary."""
-    from graphop.mesh import DERIVED_FIELDS
-    from graphop.predict import mesh_to_sample
+    from graphop.geometry.mesh import DERIVED_FIELDS
+    from graphop.inference.predict import mesh_to_sample
 
     assert "boundary_distance" in DERIVED_FIELDS
     n = 21

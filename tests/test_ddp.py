@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import torch
 
-from graphop.checkpoint import load_checkpoint
+from graphop.training.checkpoint import load_checkpoint
 from graphop.cli import main as cli
 from trainkit import TINY_GNO, write_dataset
 
@@ -28,7 +28,7 @@ def test_two_process_gloo_equals_one_process(tmp_path):
     assert cli(["train", *common, "--out", str(one)]) == 0
     two = tmp_path / "two"
     env_cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-               "-m", "graphop.train", *common, "--out", str(two)]
+               "-m", "graphop.cli.worker", *common, "--out", str(two)]
     res = subprocess.run(env_cmd, capture_output=True, text=True, timeout=240,
                          env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
     assert res.returncode == 0, res.stderr[-3000:]

@@ -109,7 +109,7 @@ def test_wider_spacing_tames_monte_carlo_clouds():
     1/h, still maps linear functions exactly and is more accurate on a smooth function."""
     import scipy.sparse as sp
 
-    from graphop.stencil import stencil_matrix, stencil_offsets
+    from graphop.layers.stencil import stencil_matrix, stencil_offsets
 
     rng = np.random.default_rng(0)
     pos = rng.uniform(size=(1024, 2))

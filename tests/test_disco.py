@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch_geometric.data import Data
 
-from graphop.basis import KernelBasis
+from graphop.layers.basis import KernelBasis
 from graphop.layers import DISCOConv
 from graphop.testing import check_convergence_rate, check_refinement_convergence, nested_meshes
 

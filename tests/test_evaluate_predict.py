@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from graphop.checkpoint import load_trained_model
+from graphop.training.checkpoint import load_trained_model
 from graphop.cli import main as cli
 from graphop.io import read_mesh, write_mesh
-from graphop.predict import mesh_to_sample
+from graphop.inference.predict import mesh_to_sample
 from trainkit import TINY_GNO, make_mesh, write_dataset
 
 torch.set_num_threads(1)

@@ -10,12 +10,12 @@ import torch
 import yaml
 
 from graphop.errors import ConfigError
-from graphop.experiment_data import PointCloudView, UniformWeights, write_meshtype_set
-from graphop.experiments import (count_parameters, evaluate_errors, load_experiment,
+from graphop.experiments.sets import PointCloudView, UniformWeights, write_meshtype_set
+from graphop.experiments.runner import (count_parameters, evaluate_errors, load_experiment,
                                  match_parameters, validate_experiment)
-from graphop.mesh import Mesh
-from graphop.metrics import relative_l2
-from graphop.normalize import Normalizer
+from graphop.geometry.mesh import Mesh
+from graphop.training.metrics import relative_l2
+from graphop.data.normalize import Normalizer
 
 torch.set_num_threads(1)
 REPO = Path(__file__).resolve().parents[1]
@@ -113,7 +113,7 @@ def test_match_parameters_finds_the_closest_width():
 
 
 def _square_data(n=6):
-    from graphop.domains import mesh_domain
+    from graphop.geometry.domains import mesh_domain
 
     m = mesh_domain("square", 80, seed=1, perturb=0.3)
     m = Mesh(m.points[:, :2], {"triangle": m.cells["triangle"]})
@@ -199,7 +199,7 @@ def _tiny_config():
 
 
 def test_tiny_experiment_end_to_end(tmp_path):
-    from graphop.experiments import run_experiment
+    from graphop.experiments.runner import run_experiment
 
     cfg = _tiny_config()
     folder = _write(tmp_path, cfg, "tiny")
@@ -232,7 +232,7 @@ def test_parallel_jobs_reproduce_the_serial_run(tmp_path):
     """jobs=2 trains the (variant, seed) runs in spawned processes; every run is seeded alike,
     so the errors equal those of jobs=1, the runs keep the config's order, and each worker's
     training log lands next to its run directory."""
-    from graphop.experiments import run_experiment
+    from graphop.experiments.runner import run_experiment
 
     cfg = _tiny_config()
     cfg["variants"] = {k: cfg["variants"][k] for k in ("lgno", "lgno_uw")}
@@ -274,7 +274,7 @@ def test_training_workers_die_with_a_killed_experiment(tmp_path):
     marker = tmp_path / "worker.pid"
     script = (
         "import concurrent.futures, multiprocessing, time\n"
-        "from graphop.experiments import _init_worker\n"
+        "from graphop.experiments.runner import _init_worker\n"
         "from tests.test_experiments import _sleeping_worker\n"
         "if __name__ == '__main__':\n"
         "    ctx = multiprocessing.get_context('spawn')\n"

@@ -10,7 +10,7 @@ import pytest
 
 from graphop import Mesh, MeshError
 from graphop.cli import main
-from graphop.domains import mesh_ball, mesh_domain
+from graphop.geometry.domains import mesh_ball, mesh_domain
 from graphop.errors import MeshReadError
 from graphop.io import MeshWriteError, detect_format, formats, read_mesh, write_mesh
 

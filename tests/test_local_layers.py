@@ -5,7 +5,7 @@ import torch
 from torch_geometric.data import Batch, Data
 
 from graphop.layers import DifferentialConv, DISCOConv
-from graphop.operators import operator_cache
+from graphop.layers.sparse import operator_cache
 from graphop.testing import (check_batch_consistency, check_permutation_equivariance,
                              nested_meshes)
 

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from graphop import Mesh, MeshError
-from graphop.domains import mesh_ball, mesh_domain, mesh_sphere, structured_square
-from graphop.mesh import AffineMap
+from graphop.geometry.domains import mesh_ball, mesh_domain, mesh_sphere, structured_square
+from graphop.geometry.mesh import AffineMap
 
 
 def _orders(sizes, errors, dim):
@@ -89,7 +89,7 @@ def test_lumped_mass_integrates_linear_functions_exactly_on_the_square():
     assert np.allclose(quads.weights[interior], 1 / 25)
 
 
-_HASH_SCRIPT = ("from graphop.domains import mesh_domain; "
+_HASH_SCRIPT = ("from graphop.geometry.domains import mesh_domain; "
                 "print(mesh_domain('disk', 300).hash)")
 
 
@@ -115,7 +115,7 @@ def test_boundary_detection():
     disk = mesh_domain("disk", 600)
     r = np.linalg.norm(disk.points, axis=1)
     # boundary facets (edges used by one triangle) are exactly the points on the circle
-    from graphop.geometry import boundary_facets
+    from graphop.geometry.cells import boundary_facets
     facet_points = np.unique(np.concatenate([f.ravel() for f in boundary_facets(disk.cells)]))
     assert np.array_equal(facet_points, np.flatnonzero(np.isclose(r, 1.0)))
     ann = mesh_domain("annulus", 600)

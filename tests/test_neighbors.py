@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from graphop.neighbors import knn_distances, radius_neighbors
+from graphop.geometry.neighbors import knn_distances, radius_neighbors
 
 
 def _brute(x, y, r, box=None):

@@ -4,9 +4,9 @@ import pytest
 import scipy.sparse as sp
 import torch
 
-import graphop.operators as ops
-from graphop.neighbors import radius_neighbors
-from graphop.operators import OperatorCache, SparseOperator, _block_diagonal
+import graphop.layers.sparse as ops
+from graphop.geometry.neighbors import radius_neighbors
+from graphop.layers.sparse import OperatorCache, SparseOperator, _block_diagonal
 
 torch.set_num_threads(1)
 
@@ -64,7 +64,7 @@ def test_cache_evicts_least_recently_used():
 def test_chunked_disco_build_equals_one_piece(periodic, same, monkeypatch):
     """Large builds go in chunks of output rows to bound their scratch memory; the chunks must
     stack to exactly the matrix of one piece (same rows, columns, values and order)."""
-    from graphop.basis import KernelBasis
+    from graphop.layers.basis import KernelBasis
 
     rng = np.random.default_rng(3)
     p_in = rng.uniform(size=(700, 2))

@@ -5,8 +5,8 @@ import pytest
 from graphop.data.fem import boundary_nodes, l2_error, p1_gradients
 from graphop.data.poisson3d import (SHAPES_3D, kuhn_cube_mesh, poisson3d_sample, shape_mesh,
                                     solve_poisson)
-from graphop.geometry import cell_measures
-from graphop.mesh import Mesh
+from graphop.geometry.cells import cell_measures
+from graphop.geometry.mesh import Mesh
 
 
 def exact_u(p):

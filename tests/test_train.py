@@ -9,11 +9,11 @@ import pytest
 import torch
 from torch_geometric.data import Batch
 
-from graphop.config import TrainConfig, load_config
+from graphop.training.config import TrainConfig, load_config
 from graphop.errors import ConfigError, DataError
-from graphop.metrics import relative_l2
-from graphop.normalize import Normalizer
-from graphop.train import Trainer, TrainingDiverged, TrainingInterrupted
+from graphop.training.metrics import relative_l2
+from graphop.data.normalize import Normalizer
+from graphop.training.trainer import Trainer, TrainingDiverged, TrainingInterrupted
 from trainkit import PointwiseMLP, make_mesh, make_samples
 
 torch.set_num_threads(1)
@@ -209,7 +209,7 @@ def test_sigterm_in_a_subprocess_then_resume_matches(tmp_path):
     import sys
     import time
 
-    from graphop.checkpoint import load_checkpoint
+    from graphop.training.checkpoint import load_checkpoint
     from graphop.cli import main as cli
     from trainkit import TINY_GNO, write_dataset
 

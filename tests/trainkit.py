@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from scipy.spatial import Delaunay
 
-from graphop.mesh import Mesh
+from graphop.geometry.mesh import Mesh
 
 
 def make_mesh(n: int, seed: int, size=(1.0, 1.0), with_fields: bool = True) -> Mesh:

@@ -22,12 +22,12 @@ import numpy as np
 import torch
 from scipy.interpolate import LinearNDInterpolator
 
-from graphop.checkpoint import load_trained_model
+from graphop.training.checkpoint import load_trained_model
 from graphop.data.darcy import DARCY_GRF
 from graphop.data.grf import threshold
 from graphop.data.domains_random import mesh_domain as random_mesh
-from graphop.domains import mesh_domain
-from graphop.mesh import Mesh
+from graphop.geometry.domains import mesh_domain
+from graphop.geometry.mesh import Mesh
 
 HERE = Path(__file__).resolve().parent
 N_INPUTS = 3

@@ -28,7 +28,7 @@ def _subcommand_modules():
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .. import __version__
+    from graphop import __version__
 
     parser = argparse.ArgumentParser(
         prog="graphop",
@@ -50,10 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _user_error_types():
-    from ..errors import GraphopError
-    from ..mesh import MeshError
+    from graphop.errors import GraphopError
 
-    return (GraphopError, MeshError, FileNotFoundError, IsADirectoryError, PermissionError)
+    return (GraphopError, FileNotFoundError, IsADirectoryError, PermissionError)
 
 
 def main(argv=None) -> int:

@@ -1,4 +1,4 @@
-"""``graphop bench TARGET [--json] [--points N]``: run a benchmark from graphop.bench.TARGETS."""
+"""``graphop bench TARGET [--json] [--points N]``: run a benchmark from graphop.bench.layers.TARGETS."""
 from __future__ import annotations
 
 import json
@@ -6,11 +6,11 @@ import json
 NAME = "bench"
 HELP = "measure layer/model speed and memory against baselines"
 DESCRIPTION = ("Run a benchmark and print its numbers and ratios (targets: "
-               "see graphop.bench.TARGETS). Not a test: nothing fails on a missed target.")
+               "see graphop.bench.layers.TARGETS). Not a test: nothing fails on a missed target.")
 
 
 def add_arguments(parser) -> None:
-    from ..bench import TARGETS
+    from graphop.bench.layers import TARGETS
 
     parser.add_argument("target", choices=sorted(TARGETS), help="what to benchmark")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
@@ -21,8 +21,8 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from ..bench import format_result, run_target
-    from ..errors import GraphopError
+    from graphop.bench.layers import format_result, run_target
+    from graphop.errors import GraphopError
 
     if args.points is not None and args.points < 100:
         raise GraphopError(f"--points must be at least 100, got {args.points}")

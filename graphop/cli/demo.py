@@ -33,10 +33,10 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    from ..config import TrainConfig
-    from ..data.generate import generate
-    from ..evaluate import evaluate_checkpoint
-    from ..train import Trainer
+    from graphop.training.config import TrainConfig
+    from graphop.data.generate import generate
+    from graphop.inference.evaluate import evaluate_checkpoint
+    from graphop.training.trainer import Trainer
 
     if args.quick:
         args.n, args.epochs, args.points = 24, 2, 500

@@ -24,7 +24,7 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    from ..evaluate import evaluate_checkpoint, format_markdown
+    from graphop.inference.evaluate import evaluate_checkpoint, format_markdown
 
     splits = [s.strip() for s in args.splits.split(",") if s.strip()]
     rep = evaluate_checkpoint(args.checkpoint, args.data, splits, args.out, args.device,

@@ -35,8 +35,8 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    from ..errors import GraphopError
-    from ..experiments import default_jobs, list_experiments, run_experiment
+    from graphop.errors import GraphopError
+    from graphop.experiments.runner import default_jobs, list_experiments, run_experiment
 
     if getattr(args, "threads", None) is None:
         import torch

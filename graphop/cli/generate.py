@@ -35,7 +35,7 @@ def add_arguments(parser) -> None:
 
 
 def _parse_sets(items):
-    from ..errors import GraphopError
+    from graphop.errors import GraphopError
 
     out = {}
     for item in items:
@@ -52,7 +52,7 @@ def _parse_sets(items):
 
 
 def run(args) -> int:
-    from ..data.generate import generate
+    from graphop.data.generate import generate
 
     params = _parse_sets(args.set)
     command = ["graphop", "generate", args.problem, "--n", str(args.n), "--points",

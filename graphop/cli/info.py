@@ -87,7 +87,7 @@ def format_summary(s: dict) -> str:
 
 
 def run(args) -> int:
-    from ..io import detect_format, read_mesh
+    from graphop.io import detect_format, read_mesh
 
     fmt = detect_format(args.mesh, args.format)
     mesh = read_mesh(args.mesh, format=args.format)

@@ -19,8 +19,8 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from ..io import read_mesh
-    from ..plot import save_field_plot
+    from graphop.io import read_mesh
+    from graphop.inference.plot import save_field_plot
 
     mesh = read_mesh(args.file)
     out = args.out or str(Path(args.file).with_suffix(".png"))

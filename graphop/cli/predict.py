@@ -23,8 +23,8 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    from ..errors import ConfigError
-    from ..predict import predict_file
+    from graphop.errors import ConfigError
+    from graphop.inference.predict import predict_file
 
     periodic = None
     if args.periodic:

@@ -71,15 +71,15 @@ def _argv(args) -> list[str]:
 
 def _launch(args) -> int:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-           f"--nproc_per_node={args.nproc}", "-m", "graphop.train", *_argv(args)]
+           f"--nproc_per_node={args.nproc}", "-m", "graphop.cli.worker", *_argv(args)]
     print("graphop train: launching", " ".join(cmd[1:]), file=sys.stderr, flush=True)
     return subprocess.call(cmd)
 
 
 def run(args) -> int:
-    from ..config import load_config
-    from ..errors import ConfigError
-    from ..train import Trainer, TrainingInterrupted
+    from graphop.training.config import load_config
+    from graphop.errors import ConfigError
+    from graphop.training.trainer import Trainer, TrainingInterrupted
 
     if args.nproc < 1:
         raise ConfigError(f"--nproc must be >= 1, got {args.nproc}")
@@ -90,7 +90,7 @@ def run(args) -> int:
         if not args.resume:  # fail here, once, for what can be checked before launching
             from pathlib import Path
 
-            from ..errors import DataError
+            from graphop.errors import DataError
 
             cfg = load_config(args.config, overrides, args.sets).validate()
             if not Path(cfg.data).exists():

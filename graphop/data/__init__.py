@@ -8,13 +8,13 @@ in physical space (:class:`GaussianRandomField`), domain families (:func:`mesh_d
 :func:`shape_mesh`). Torch-dependent classes are imported lazily so worker processes of the
 generator stay light.
 """
-from .darcy import DARCY_GRF, darcy_sample, solve_darcy
-from .domains_random import DOMAINS_2D, mesh_domain
-from .fem import l2_error, load_vector, mass_matrix, solve_dirichlet, stiffness_matrix
-from .generate import PROBLEMS, generate
-from .grf import GaussianRandomField, fourier_eval, threshold
-from .navier_stokes import ns_sample, sample_at_points, solve_navier_stokes
-from .poisson3d import SHAPES_3D, poisson3d_sample, shape_mesh, solve_poisson
+from graphop.data.darcy import DARCY_GRF, darcy_sample, solve_darcy
+from graphop.data.domains_random import DOMAINS_2D, mesh_domain
+from graphop.data.fem import l2_error, load_vector, mass_matrix, solve_dirichlet, stiffness_matrix
+from graphop.data.generate import PROBLEMS, generate
+from graphop.data.grf import GaussianRandomField, fourier_eval, threshold
+from graphop.data.navier_stokes import ns_sample, sample_at_points, solve_navier_stokes
+from graphop.data.poisson3d import SHAPES_3D, poisson3d_sample, shape_mesh, solve_poisson
 
 __all__ = [
     "MeshFolderDataset",
@@ -30,7 +30,7 @@ __all__ = [
 
 def __getattr__(name):
     if name == "MeshFolderDataset":
-        from .dataset import MeshFolderDataset
+        from graphop.data.dataset import MeshFolderDataset
 
         return MeshFolderDataset
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

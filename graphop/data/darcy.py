@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .fem import boundary_nodes, load_vector, solve_dirichlet, stiffness_matrix
-from .grf import GaussianRandomField, threshold
+from graphop.data.fem import boundary_nodes, load_vector, solve_dirichlet, stiffness_matrix
+from graphop.data.grf import GaussianRandomField, threshold
 
 __all__ = ["solve_darcy", "darcy_sample", "DARCY_GRF"]
 

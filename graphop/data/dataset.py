@@ -10,7 +10,7 @@ the shared data contract:
     normal [N, d] when the file has a point_data ``normal``/``normals``/``Normals`` field,
     periodic [1, d] for torus data, family / n_points from a generator's ``manifest.json``.
 
-An input named in :data:`graphop.mesh.DERIVED_FIELDS` (``boundary_distance``) that a file does
+An input named in :data:`graphop.geometry.mesh.DERIVED_FIELDS` (``boundary_distance``) that a file does
 not hold is computed from its geometry, as ``graphop predict`` does for a user's mesh.
 
 Splits: ``split="train"`` / ``"test"`` reads the subfolder of that name when ``root`` has a
@@ -33,8 +33,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import DataError, GraphopError
-from ..mesh import MeshError
+from graphop.errors import DataError, GraphopError
+from graphop.errors import MeshError
 
 __all__ = ["MeshFolderDataset", "list_mesh_files"]
 
@@ -45,7 +45,7 @@ _NORMAL_NAMES = ("normal", "normals", "Normals")
 def list_mesh_files(root) -> list[Path]:
     """Every file under ``root`` (recursively, hidden entries skipped) with a registered mesh
     extension, sorted by relative path."""
-    from ..io import detect_format
+    from graphop.io import detect_format
 
     root = Path(root)
     out = []
@@ -142,7 +142,7 @@ class MeshFolderDataset(torch.utils.data.Dataset):
 
     # ------------------------------------------------------------------ loading
     def _cache_path(self, digests: list[str]) -> Path:
-        from .. import __version__
+        from graphop import __version__
 
         h = hashlib.sha256()
         for f, d in zip(self.files, digests):
@@ -188,11 +188,11 @@ class MeshFolderDataset(torch.utils.data.Dataset):
         return data
 
     def _process(self, path: Path, record: dict | None):
-        from ..io import read_mesh
+        from graphop.io import read_mesh
 
         try:
             mesh = read_mesh(path)
-        except (GraphopError, MeshError) as exc:
+        except GraphopError as exc:
             msg = str(exc)
             raise DataError(msg if str(path) in msg else f"{path}: {msg}") from exc
         try:

@@ -10,9 +10,9 @@
   -10..10 degrees) in the channel [0, 2] x [0, 1].
 
 ``square``, ``disk``, ``lshape`` and ``airfoil`` are meshed by
-:func:`graphop.domains.mesh_domain` (the library's shared domains, scaled and shifted into this
+:func:`graphop.geometry.domains.mesh_domain` (the library's shared domains, scaled and shifted into this
 layout; with ``rng`` given, ``perturb=0.25`` moves interior points irregularly and
-re-triangulates). ``holes`` (unlike the fixed disk-with-holes of :mod:`graphop.domains`) and
+re-triangulates). ``holes`` (unlike the fixed disk-with-holes of :mod:`graphop.geometry.domains`) and
 ``star`` are random families built here: boundary loops (outer counter-clockwise, holes
 clockwise, irregular node spacing when ``rng`` is given) meshed by ``triangle`` as quality
 Delaunay meshes (minimum angle 30 degrees). In every family the spacing is chosen so the node
@@ -89,7 +89,7 @@ def domain_loops(family: str, h: float, rng: np.random.Generator | None = None):
         t = 2 * np.pi * (np.arange(n) + phase) / n
         rad = 0.36 * (1 + (amp[:, None] * np.cos(ks[:, None] * t[None] + ph[:, None])).sum(0))
         return [np.stack([0.5 + rad * np.cos(t), 0.5 + rad * np.sin(t)], 1)], np.zeros((0, 2))
-    raise ValueError(f"{family!r} is meshed by graphop.domains; domain_loops builds "
+    raise ValueError(f"{family!r} is meshed by graphop.geometry.domains; domain_loops builds "
                      f"{', '.join(RANDOM_DOMAINS)}")
 
 
@@ -115,7 +115,7 @@ def _polygon_area(loop):
     return 0.5 * (x @ np.roll(y, -1) - y @ np.roll(x, -1))
 
 
-# families meshed by graphop.domains (shared with the rest of the library), with the parameters
+# families meshed by graphop.geometry.domains (shared with the rest of the library), with the parameters
 # and the affine placement (scale, shift) that put them in the layout of the module docstring
 _SHARED = {"square": ({}, 1.0, (0.0, 0.0)),
            "disk": ({"radius": 0.5}, 1.0, (0.5, 0.5)),
@@ -124,7 +124,7 @@ _SHARED = {"square": ({}, 1.0, (0.0, 0.0)),
 
 
 def _shared_mesh(family, n_points, rng):
-    from ..domains import mesh_domain as shared_mesh_domain
+    from graphop.geometry.domains import mesh_domain as shared_mesh_domain
 
     params, scale, shift = _SHARED[family]
     params = dict(params)
@@ -141,7 +141,7 @@ def mesh_domain(family: str, n_points: int, rng: np.random.Generator | None = No
     """A triangle mesh of a domain of ``family`` with about ``n_points`` nodes (within ~10%).
 
     ``square``, ``disk``, ``lshape`` and ``airfoil`` are meshed by
-    :func:`graphop.domains.mesh_domain` (with ``perturb=0.25`` irregular placement when ``rng``
+    :func:`graphop.geometry.domains.mesh_domain` (with ``perturb=0.25`` irregular placement when ``rng``
     is given) and placed as in the module docstring; ``holes`` and ``star`` are built here. The
     spacing h solves N ~ 2 |D| / (sqrt(3) h^2) (equilateral triangles), then one correction
     step rescales the area bound by the ratio of the node counts.

@@ -23,7 +23,7 @@ import numpy as np
 import scipy.sparse as sp
 from scipy.sparse.linalg import splu
 
-from ..geometry import boundary_facets
+from graphop.geometry.cells import boundary_facets
 
 __all__ = ["p1_gradients", "stiffness_matrix", "mass_matrix", "load_vector",
            "solve_dirichlet", "boundary_nodes", "l2_error", "cell_average"]

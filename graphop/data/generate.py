@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import DataError
+from graphop.errors import DataError
 
 __all__ = ["PROBLEMS", "Problem", "generate", "MANIFEST"]
 
@@ -72,23 +72,23 @@ def _fixed_mesh(problem: str, family: str, n_points: int, seed: int):
 
 def _make_mesh(problem, family, n_points, rng):
     if problem == "darcy":
-        from .domains_random import mesh_domain
+        from graphop.data.domains_random import mesh_domain
 
         return mesh_domain(family, n_points, rng)
-    from .poisson3d import shape_mesh
+    from graphop.data.poisson3d import shape_mesh
 
     return shape_mesh(family, n_points, rng)
 
 
 def _solve(task: dict):
     """Compute one sample: returns a Mesh with point_data (and the family)."""
-    from ..mesh import Mesh
+    from graphop.geometry.mesh import Mesh
 
     problem, i, seed = task["problem"], task["index"], task["seed"]
     family, n_points, params = task["family"], task["n_points"], task["params"]
     rng = np.random.default_rng([seed, i])
     if problem == "ns":
-        from .navier_stokes import ns_sample
+        from graphop.data.navier_stokes import ns_sample
 
         s = ns_sample(rng, n_points, **params)
         # a point cloud: the writer stores the Monte Carlo weights 1/P as the field "weight"
@@ -100,11 +100,11 @@ def _solve(task: dict):
     else:
         pts, cells = _make_mesh(problem, family, n_points, rng)
     if problem == "darcy":
-        from .darcy import darcy_sample
+        from graphop.data.darcy import darcy_sample
 
         fields = darcy_sample(pts, cells, rng, **params)
         return Mesh(pts, {"triangle": cells}, fields, validate=False)
-    from .poisson3d import poisson3d_sample
+    from graphop.data.poisson3d import poisson3d_sample
 
     fields = poisson3d_sample(pts, cells, rng)
     return Mesh(pts, {"tetra": cells}, fields, validate=False)
@@ -112,7 +112,7 @@ def _solve(task: dict):
 
 def _valid(path: Path, names) -> int | None:
     """Number of points of a readable sample file holding every field in ``names``, else None."""
-    from ..io import read_mesh
+    from graphop.io import read_mesh
 
     try:
         m = read_mesh(path)
@@ -131,7 +131,7 @@ def _work(task: dict) -> dict:
         if n is not None:
             return {**rec, "n_points": n, "skipped": True}
     mesh = _solve(task)
-    from ..io import write_mesh
+    from graphop.io import write_mesh
 
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
@@ -257,7 +257,7 @@ def generate(problem: str, out, n: int, points=2000, domains=None, seed: int = 0
     elapsed = time.perf_counter() - t0
     records.sort(key=lambda r: r["index"])
     skipped = sum(r.pop("skipped") for r in records)
-    from .. import __version__
+    from graphop import __version__
 
     manifest = {"format": FORMAT, **recipe, "n": n, "test_fraction": float(test_fraction),
                 "dim": spec.dim, "inputs": list(spec.inputs), "targets": list(spec.targets),

@@ -26,7 +26,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import fft
 
-from .grf import GaussianRandomField, fourier_eval
+from graphop.data.grf import GaussianRandomField, fourier_eval
 
 __all__ = ["fno_forcing", "wavenumbers", "velocity", "advection", "solve_navier_stokes",
            "spectral_coefficients", "sample_at_points", "ns_sample", "NS_INITIAL_GRF"]

@@ -25,8 +25,8 @@ import itertools
 
 import numpy as np
 
-from .fem import boundary_nodes, load_vector, solve_dirichlet, stiffness_matrix
-from .grf import GaussianRandomField
+from graphop.data.fem import boundary_nodes, load_vector, solve_dirichlet, stiffness_matrix
+from graphop.data.grf import GaussianRandomField
 
 __all__ = ["SHAPES_3D", "kuhn_cube_mesh", "shape_mesh", "solve_poisson", "poisson3d_sample",
            "POISSON3D_GRF"]

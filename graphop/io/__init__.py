@@ -27,8 +27,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from ..errors import GraphopError, MeshReadError
-from ..mesh import Mesh, MeshError
+from graphop.errors import GraphopError, MeshReadError
+from graphop.errors import MeshError
+from graphop.geometry.mesh import Mesh
 
 __all__ = ["Format", "MeshWriteError", "read_mesh", "write_mesh", "formats", "detect_format",
            "register_format"]
@@ -74,7 +75,7 @@ def register_format(fmt: Format) -> None:
 def _ensure_registered() -> None:
     if _REGISTRY:
         return
-    from . import pointcloud, surface, volume
+    from graphop.io import pointcloud, surface, volume
 
     for module in (volume, surface, pointcloud):
         for fmt in module.FORMATS:
@@ -139,7 +140,7 @@ def read_mesh(path, format: str | None = None, **kwargs) -> Mesh:
         raise MeshReadError(f"{path}: the file is empty")
     try:
         mesh = fmt.reader(path, **kwargs)
-    except (GraphopError, MeshError):
+    except GraphopError:
         raise
     except Exception as exc:  # any parser failure of a third-party reader is a bad file
         raise MeshReadError(

@@ -18,8 +18,8 @@ import re
 
 import numpy as np
 
-from ..errors import MeshReadError
-from ..geometry import CELL_DIM
+from graphop.errors import MeshReadError
+from graphop.geometry.cells import CELL_DIM
 
 __all__ = ["merge_blocks", "boundary_sets_from_cells", "split_components", "group_components",
            "PHYSICAL_KEY"]

@@ -20,8 +20,8 @@ import tempfile
 
 import numpy as np
 
-from ..geometry import CELL_DIM
-from ._common import PHYSICAL_KEY, split_components
+from graphop.geometry.cells import CELL_DIM
+from graphop.io._common import PHYSICAL_KEY, split_components
 
 __all__ = ["read_msh", "write_msh", "GMSH_TYPE"]
 

@@ -20,10 +20,11 @@ import csv
 
 import numpy as np
 
-from ..errors import MeshReadError
-from ..mesh import Mesh, MeshError
-from . import Format
-from ._common import group_components, split_components
+from graphop.errors import MeshReadError
+from graphop.errors import MeshError
+from graphop.geometry.mesh import Mesh
+from graphop.io import Format
+from graphop.io._common import group_components, split_components
 
 __all__ = ["read_npz", "write_npz", "read_csv", "write_csv", "FORMATS"]
 

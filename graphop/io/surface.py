@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import MeshReadError
-from ..mesh import Mesh
-from . import Format, MeshWriteError
-from ._common import split_components
+from graphop.errors import MeshReadError
+from graphop.geometry.mesh import Mesh
+from graphop.io import Format, MeshWriteError
+from graphop.io._common import split_components
 
 __all__ = ["read_surface", "read_ply", "write_ply", "write_obj", "write_off", "write_stl",
            "merge_coincident", "FORMATS"]
@@ -77,7 +77,7 @@ def read_ply(path: str, measure: float | None = None, k: int = 8) -> Mesh:
     """
     import meshio
 
-    from .volume import mesh_from_meshio
+    from graphop.io.volume import mesh_from_meshio
 
     return mesh_from_meshio(meshio.ply.read(path), path, measure=measure, k=k)
 

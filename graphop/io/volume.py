@@ -23,11 +23,11 @@ import warnings
 
 import numpy as np
 
-from ..geometry import CELL_DIM
-from ..mesh import Mesh
-from . import Format
-from ._common import boundary_sets_from_cells, group_components, merge_blocks, split_components
-from .gmsh import read_msh, write_msh
+from graphop.geometry.cells import CELL_DIM
+from graphop.geometry.mesh import Mesh
+from graphop.io import Format
+from graphop.io._common import boundary_sets_from_cells, group_components, merge_blocks, split_components
+from graphop.io.gmsh import read_msh, write_msh
 
 __all__ = ["mesh_from_meshio", "mesh_to_meshio", "read_meshio", "write_meshio", "FORMATS"]
 

@@ -1,8 +1,8 @@
 """Neural-operator layers on meshes and point clouds (each layer: ``layer(x, data)``)."""
-from .differential import DifferentialConv
-from .disco import DISCOConv
-from .latent import GridDecoder, GridEncoder, LatentGrid
-from .spectral import SpectralConv
+from graphop.layers.differential import DifferentialConv
+from graphop.layers.disco import DISCOConv
+from graphop.layers.latent import GridDecoder, GridEncoder, LatentGrid
+from graphop.layers.spectral import SpectralConv
 
 __all__ = [
     "DISCOConv",

@@ -9,7 +9,7 @@ refinement. Stencil function l belongs to the grid offset
 s_l in {-m..m}^d without the centre (m = (kernel_size - 1) / 2, L = kernel_size^d - 1); its
 coefficients a_l(i, j) interpolate s_l from the neighbours and are corrected per node by
 weighted least squares so that ``sum_j a_l(i, j) (y_j - x_i) / h_i = s_l`` exactly
-(:mod:`graphop.stencil`). Consequences, for fixed theta:
+(:mod:`graphop.layers.stencil`). Consequences, for fixed theta:
 
 * constants map to 0 (to rounding), the paper's centring;
 * linear f map to exactly ``sum_l theta[l] s_l . grad f``, on any mesh;
@@ -32,9 +32,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..operators import apply_operator, cached_operator, csr_from_coo, graph_set
-from ..stencil import stencil_matrix, stencil_offsets
-from .disco import _n_points, check_features
+from graphop.layers.sparse import apply_operator, cached_operator, csr_from_coo, graph_set
+from graphop.layers.stencil import stencil_matrix, stencil_offsets
+from graphop.layers.disco import _n_points, check_features
 
 __all__ = ["DifferentialConv"]
 

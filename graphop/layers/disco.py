@@ -4,7 +4,7 @@
                    (+ bias_o)
 
 with quadrature weights w_j (``data.weight``), a fixed physical radius r that does not shrink
-under refinement, and the kernel basis psi_l of :mod:`graphop.basis` (L = 1 + (n_r - 1) n_a
+under refinement, and the kernel basis psi_l of :mod:`graphop.layers.basis` (L = 1 + (n_r - 1) n_a
 functions for ``kernel_shape = (n_r, n_a)``). With ``normalize=True`` (default) each psi_l is
 divided by ``r^d ||psi_l||_1`` so that outputs stay O(|f|) for any radius; the operator is
 still the discretisation of a fixed integral operator, so it converges under refinement.
@@ -14,7 +14,7 @@ Kernels", ICML 2024 (arXiv 2402.16845), section on DISCO convolutions.
 
 Computation: one cached sparse CSR product ``Y = Psi @ X`` (Psi [N_out L, N_in], values
 psi_l * w_j) and one dense GEMM ``Y.view(N_out, L C) @ theta.view(L C, O)`` (see
-:mod:`graphop.operators`); never per-edge message tensors. A batch sharing one mesh is one
+:mod:`graphop.layers.sparse`); never per-edge message tensors. A batch sharing one mesh is one
 product with the batch in the columns of X; a batch of different meshes uses a block-diagonal
 Psi. The backward pass is ``grad_X = Psi^T grad_Y`` with a precomputed transposed CSR.
 """
@@ -25,8 +25,8 @@ import math
 import torch
 from torch import nn
 
-from ..basis import KernelBasis, make_basis
-from ..operators import apply_operator, cached_operator, disco_matrix, graph_set
+from graphop.layers.basis import KernelBasis, make_basis
+from graphop.layers.sparse import apply_operator, cached_operator, disco_matrix, graph_set
 
 __all__ = ["DISCOConv", "check_features"]
 

@@ -9,7 +9,7 @@ local average with the compact biweight kernel phi(s) = (1 - s^2)^2 for s < 1::
 
     g_c(z_k) = sum_j phi(|y_j - z_k| / r) f_c(y_j) w_j  /  sum_j phi(|y_j - z_k| / r) w_j
 
-over the mesh points within the radius r of z_k (``graphop.neighbors.radius_neighbors``,
+over the mesh points within the radius r of z_k (``graphop.geometry.neighbors.radius_neighbors``,
 bipartite, minimum image on a torus). r is a physical length (default 1.5 grid spacings), so
 for a fixed model the encoder converges to the continuous local average as the mesh is refined.
 Grid nodes with no mesh point within r get g = 0. The **occupancy** channel is
@@ -48,8 +48,8 @@ import scipy.sparse as sp
 import torch
 from torch import nn
 
-from ..neighbors import radius_neighbors
-from ._sparse import BatchOperator, OperatorCache, content_key, split_batch
+from graphop.geometry.neighbors import radius_neighbors
+from graphop.layers._sparse import BatchOperator, OperatorCache, content_key, split_batch
 
 __all__ = ["LatentGrid", "GridEncoder", "GridDecoder", "encoder_matrix", "decoder_matrix",
            "kernel_mass", "periodic_box"]

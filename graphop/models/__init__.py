@@ -1,7 +1,7 @@
 """Models: LocalGNO (global FNO + DISCO + differential branches), its ablations and baselines,
 all built from plain dicts through :func:`build_model`."""
-from .gnn import MeshGraphNet
-from .local_gno import LocalGNO
-from .registry import MODELS, build_model, model_arguments, register_model
+from graphop.models.gnn import MeshGraphNet
+from graphop.models.local_gno import LocalGNO
+from graphop.models.registry import MODELS, build_model, model_arguments, register_model
 
 __all__ = ["LocalGNO", "MeshGraphNet", "MODELS", "build_model", "register_model", "model_arguments"]

@@ -38,10 +38,10 @@ from scipy.spatial import cKDTree
 from torch import nn
 from torch_geometric.nn import MessagePassing
 
-from ..layers._sparse import content_key, split_batch
-from ..layers.latent import periodic_box
-from ..neighbors import radius_neighbors
-from .local_gno import _plain, mlp
+from graphop.layers._sparse import content_key, split_batch
+from graphop.layers.latent import periodic_box
+from graphop.geometry.neighbors import radius_neighbors
+from graphop.models.local_gno import _plain, mlp
 
 __all__ = ["MeshGraphNet", "mesh_edges"]
 

@@ -70,8 +70,8 @@ import math
 import torch
 from torch import nn
 
-from ..layers.latent import GridDecoder, GridEncoder, periodic_box
-from ..layers.spectral import SpectralConv
+from graphop.layers.latent import GridDecoder, GridEncoder, periodic_box
+from graphop.layers.spectral import SpectralConv
 
 __all__ = ["LocalGNO", "GlobalBranch", "BRANCHES", "ACTIVATIONS", "mlp"]
 
@@ -120,13 +120,13 @@ class _Block(nn.Module):
         self.disco = self.diff = None
         self.diff_scale = float(diff_scale)
         if "disco" in branches:
-            from ..layers.disco import DISCOConv
+            from graphop.layers.disco import DISCOConv
 
             # the pointwise W carries the bias
             self.disco = DISCOConv(width, width, disco_radius, kernel_shape=tuple(kernel_shape),
                                    **{"bias": False, **disco_kwargs})
         if "diff" in branches:
-            from ..layers.differential import DifferentialConv
+            from graphop.layers.differential import DifferentialConv
 
             self.diff = DifferentialConv(width, width, **{"dim": dim, "bias": False, **diff_kwargs})
 

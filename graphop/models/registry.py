@@ -21,9 +21,9 @@ import inspect
 
 from torch import nn
 
-from ..errors import ConfigError
-from .gnn import MeshGraphNet
-from .local_gno import LocalGNO
+from graphop.errors import ConfigError
+from graphop.models.gnn import MeshGraphNet
+from graphop.models.local_gno import LocalGNO
 
 __all__ = ["MODELS", "build_model", "register_model", "model_arguments"]
 

@@ -2,7 +2,7 @@
 markdown table, JSON, and pictures of the best, median and worst test samples.
 
 The metric is the quadrature-weighted relative L2 error of every sample
-(:func:`graphop.metrics.relative_l2`), in physical units::
+(:func:`graphop.training.metrics.relative_l2`), in physical units::
 
     rel_l2(s) = sqrt( sum_j w_j |pred_j - u_j|^2 / sum_j w_j |u_j|^2 )
 
@@ -28,9 +28,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .checkpoint import load_trained_model
-from .errors import DataError
-from .metrics import relative_l2
+from graphop.training.checkpoint import load_trained_model
+from graphop.errors import DataError
+from graphop.training.metrics import relative_l2
 
 __all__ = ["evaluate_dataset", "evaluate_checkpoint", "summarize", "format_markdown",
            "plot_sample", "sample_mesh", "predict_data"]
@@ -85,7 +85,7 @@ def evaluate_dataset(model, normalizer, dataset, device="cpu", batch_size: int =
     from torch_geometric.loader import DataLoader
     from tqdm.auto import tqdm
 
-    from .normalize import NormalizedDataset
+    from graphop.data.normalize import NormalizedDataset
 
     root = Path(root) if root is not None else None
     man = _manifest(root) if root is not None else None
@@ -170,7 +170,7 @@ def format_markdown(report: dict) -> str:
 
 def sample_mesh(data):
     """A :class:`graphop.Mesh` (points, cells, weights) back from a sample ``Data``."""
-    from .mesh import Mesh
+    from graphop.geometry.mesh import Mesh
 
     cells = {}
     face = getattr(data, "face", None)
@@ -186,10 +186,10 @@ def sample_mesh(data):
 
 def plot_sample(data, pred: torch.Tensor, path, title: str = "", target_names=None) -> Path:
     """Truth, prediction and error (prediction - truth) of one sample drawn on its mesh, one
-    row per target channel, with :func:`graphop.plot.plot_fields` (tripcolor in 2D, a cut
+    row per target channel, with :func:`graphop.inference.plot.plot_fields` (tripcolor in 2D, a cut
     volume or a scatter in 3D). In 2D truth and prediction share one colour scale and the
     error uses a symmetric diverging one."""
-    from .plot import _pyplot, plot_fields
+    from graphop.inference.plot import _pyplot, plot_fields
 
     n = data.pos.shape[0]
     y = data.y.detach().cpu().double().reshape(n, -1).numpy()
@@ -229,8 +229,8 @@ def evaluate_checkpoint(checkpoint, data=None, splits=("train", "test"), out=Non
     run's training data). Writes ``results.md``/``results.json`` (and PNGs) to ``out`` and
     returns the report; ``report["rel_l2"]``/``["n_samples"]`` are those of the test split
     (or of the first split evaluated when there is no test split)."""
-    from .data import MeshFolderDataset
-    from .distributed import resolve_device
+    from graphop.data import MeshFolderDataset
+    from graphop.training.distributed import resolve_device
 
     dev = resolve_device(device)
     model, normalizer, ckpt = load_trained_model(checkpoint, dev)

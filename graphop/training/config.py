@@ -26,7 +26,7 @@ from pathlib import Path
 
 import yaml
 
-from .errors import ConfigError
+from graphop.errors import ConfigError
 
 __all__ = ["TrainConfig", "load_config", "apply_overrides", "parse_value"]
 

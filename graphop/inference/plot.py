@@ -56,7 +56,7 @@ def _draw_3d(ax, mesh, vals, label):
     from matplotlib import cm, colors
     from mpl_toolkits.mplot3d.art3d import Poly3DCollection
 
-    from .geometry import boundary_facets
+    from graphop.geometry.cells import boundary_facets
 
     pts = mesh.points
     faces = None
@@ -102,7 +102,7 @@ def plot_fields(mesh, fields=None, title: str | None = None, panel_size: float =
     names = list(mesh.point_data) if fields is None else list(fields)
     for name in names:
         if name not in mesh.point_data:
-            from .errors import DataError
+            from graphop.errors import DataError
 
             raise DataError(f"{mesh.source}: no point_data field {name!r}; available: "
                             f"{sorted(mesh.point_data) or 'none'}")

@@ -9,7 +9,7 @@ An experiment is a folder ``experiments/<name>/`` holding ``config.yaml``::
     params: {}                          # solver parameters of graphop.data.generate
     seeds: [0, 1]                       # one training run per variant and seed
     train: {n: 64, points: 2000, domains: [square, disk, lshape], seed: 0}
-    tests:                              # name -> set spec (graphop.experiment_data)
+    tests:                              # name -> set spec (graphop.experiments.sets)
       in_distribution: {n: 16, points: 2000, seed: 1000}
       cloud: {from: in_distribution, point_cloud: true}
     training: {epochs: 30, batch_size: 4, lr: 1.0e-3}   # TrainConfig keys
@@ -22,7 +22,7 @@ An experiment is a folder ``experiments/<name>/`` holding ``config.yaml``::
     figures: {resolution: [test names in order], sample: in_distribution}
     quick: {...}                        # deep-merged over the above for --quick
 
-For every variant and seed the runner trains with :class:`graphop.train.Trainer` (the final
+For every variant and seed the runner trains with :class:`graphop.training.Trainer` (the final
 model, no checkpoint selection on test data), evaluates the quadrature-weighted relative L2
 error on every test set, and aggregates mean +- std over seeds (std with ddof=1 when there are
 two or more seeds). Parameter budgets: a variant with ``tune: KEY`` gets the integer value of
@@ -43,7 +43,7 @@ import numpy as np
 import torch
 import yaml
 
-from .errors import ConfigError, GraphopError
+from graphop.errors import ConfigError, GraphopError
 
 __all__ = ["load_experiment", "validate_experiment", "match_parameters", "count_parameters",
            "run_experiment", "list_experiments", "EXPERIMENT_KEYS", "VARIANT_KEYS"]
@@ -78,9 +78,9 @@ def _keys(where: str, d, valid) -> None:
 def validate_experiment(cfg: dict, where: str = "experiment") -> dict:
     """Check an experiment config (after the quick merge); returns it. Unknown keys, missing
     sections and dangling references raise :class:`ConfigError` naming them."""
-    from .config import TrainConfig
-    from .data.generate import PROBLEMS
-    from .experiment_data import MESH_KEYS, TEST_KEYS
+    from graphop.training.config import TrainConfig
+    from graphop.data.generate import PROBLEMS
+    from graphop.experiments.sets import MESH_KEYS, TEST_KEYS
 
     _keys(where, cfg, EXPERIMENT_KEYS)
     for k in ("problem", "targets", "train", "tests", "variants", "seeds"):
@@ -170,7 +170,7 @@ def list_experiments(root) -> list[tuple[str, str]]:
 # ---------------------------------------------------------------------------- parameter budget
 def count_parameters(model_cfg: dict) -> int:
     """Number of parameters of ``build_model(model_cfg)`` (a complex entry counts once)."""
-    from .models import build_model
+    from graphop.models import build_model
 
     return int(sum(p.numel() for p in build_model(model_cfg).parameters()))
 
@@ -208,7 +208,7 @@ def match_parameters(model_cfg: dict, key: str, target: int, tolerance: float = 
 def _model_config(variant: dict, sample) -> dict:
     """The variant's model config with channels, dim and periodic filled in from the data (as
     the Trainer does)."""
-    from .models import MODELS, model_arguments
+    from graphop.models import MODELS, model_arguments
 
     mc = dict(variant["model"])
     x = getattr(sample, "x", None)
@@ -266,7 +266,7 @@ def evaluate_errors(model, normalizer, dataset, max_points: int = 16384) -> np.n
     batch of large meshes are never built at once."""
     from torch_geometric.data import Batch
 
-    from .metrics import relative_l2
+    from graphop.training.metrics import relative_l2
 
     model.eval()
     dev = next(model.parameters()).device
@@ -310,7 +310,7 @@ def _stats(values) -> dict:
 def _load_data(cfg: dict, datasets_dir: Path, workers: int = 2, progress: bool = False):
     """Generate (or reuse) and load the experiment's sets: ``(train root, train set, tests,
     info)`` where ``tests`` maps test name -> dataset and ``info`` test name -> root and spec."""
-    from .experiment_data import PointCloudView, build_set, load_set
+    from graphop.experiments.sets import PointCloudView, build_set, load_set
 
     problem, params = cfg["problem"], dict(cfg.get("params") or {})
     inputs, targets = list(cfg.get("inputs") or []), list(cfg["targets"])
@@ -343,7 +343,7 @@ def _cached_data(cfg: dict, datasets_dir: Path, workers: int = 2, progress: bool
 
 def _weights_wrapper(variant: dict):
     """UniformWeights for a ``uniform_weights`` variant, else the identity."""
-    from .experiment_data import UniformWeights
+    from graphop.experiments.sets import UniformWeights
 
     return UniformWeights if variant.get("uniform_weights", False) else (lambda d: d)
 
@@ -365,10 +365,10 @@ def _train_run(job: dict):
     Returns ``(run record, (model state, normalizer) or None)``."""
     import contextlib
 
-    from .config import TrainConfig
-    from .models import build_model
-    from .operators import blockdiag_cache, operator_cache
-    from .train import Trainer
+    from graphop.training.config import TrainConfig
+    from graphop.models import build_model
+    from graphop.layers.sparse import blockdiag_cache, operator_cache
+    from graphop.training.trainer import Trainer
 
     cfg, vname, seed = job["cfg"], job["variant"], int(job["seed"])
     train_root, train_all, sets, _ = _cached_data(cfg, Path(job["datasets_dir"]))
@@ -441,8 +441,8 @@ def run_experiment(folder, quick: bool = False, datasets_dir=None, runs_dir=None
     import concurrent.futures
     import multiprocessing
 
-    from .experiment_report import write_report
-    from .models import build_model
+    from graphop.experiments.report import write_report
+    from graphop.models import build_model
 
     if int(jobs) < 1:
         raise ConfigError(f"jobs must be >= 1, got {jobs}")

@@ -21,19 +21,17 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .geometry import boundary_facets, cell_dim, cell_measures, lumped_mass, unique_edges
-from .neighbors import knn_distances
+from graphop.errors import MeshError
+from graphop.geometry.cells import (boundary_facets, cell_dim, cell_measures, lumped_mass,
+                                    unique_edges)
+from graphop.geometry.neighbors import knn_distances
 
-__all__ = ["Mesh", "AffineMap", "MeshError", "DERIVED_FIELDS"]
+__all__ = ["Mesh", "AffineMap", "DERIVED_FIELDS"]
 
 #: point fields graphop computes from the geometry when a file does not hold them, so that they
 #: can be model inputs on any mesh (training files, test files, a user's own mesh at predict
 #: time): ``boundary_distance``, the distance to the nearest boundary point.
 DERIVED_FIELDS = ("boundary_distance",)
-
-
-class MeshError(ValueError):
-    """Invalid mesh content (bad coordinates, bad connectivity, wrong field length, ...)."""
 
 
 def _unit_ball_volume(d: int) -> float:

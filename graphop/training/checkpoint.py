@@ -8,7 +8,7 @@ dicts, so loading one can never execute code. Contents (see :func:`make_checkpoi
     model_config             dict that graphop.models.build_model rebuilds the model from
     model                    the model's state_dict
     optimizer, scheduler     their state_dicts (scheduler may be None)
-    normalizer               graphop.normalize.Normalizer.state_dict()
+    normalizer               graphop.data.normalize.Normalizer.state_dict()
     train_config             the TrainConfig as a dict (inputs, targets, ...)
     epoch                    number of completed epochs
     step_in_epoch            batches already done in epoch ``epoch`` (> 0 only for a
@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import GraphopError
+from graphop.errors import GraphopError
 
 __all__ = ["FORMAT", "VERSION", "save_checkpoint", "load_checkpoint", "resolve_checkpoint",
            "load_model_state", "rng_state", "set_rng_state", "load_trained_model"]
@@ -188,11 +188,11 @@ def load_model_state(model: torch.nn.Module, ckpt: dict, expected_config: dict |
 def load_trained_model(path, device="cpu"):
     """(model, normalizer, checkpoint) from a checkpoint file or run directory, ready for
     inference (``model.eval()``, on ``device``)."""
-    from .normalize import Normalizer
+    from graphop.data.normalize import Normalizer
 
     ckpt = load_checkpoint(path)
     try:
-        from .models import build_model
+        from graphop.models import build_model
     except ImportError as exc:  # pragma: no cover - models package missing
         raise GraphopError(f"cannot rebuild the model: {exc}") from exc
     cfg = dict(ckpt["model_config"])

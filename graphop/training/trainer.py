@@ -1,15 +1,15 @@
-"""Training: the :class:`Trainer`, and ``python -m graphop.train`` for ``torchrun``.
+"""Training: the :class:`Trainer` (``torchrun`` runs it through ``graphop.cli.worker``).
 
 One epoch visits every training sample once in an order drawn from ``seed + epoch``
-(:class:`graphop.distributed.EpochSampler`). The loss of a batch is the mean over its samples
-of the quadrature-weighted relative L2 error (:mod:`graphop.metrics`), computed in physical
-units after :meth:`graphop.normalize.Normalizer.decode`::
+(:class:`graphop.training.distributed.EpochSampler`). The loss of a batch is the mean over its samples
+of the quadrature-weighted relative L2 error (:mod:`graphop.training.metrics`), computed in physical
+units after :meth:`graphop.data.normalize.Normalizer.decode`::
 
     loss = 1/B sum_b sqrt( sum_j w_j |decode(model(encode(data_b)))_j - y_j|^2 / sum_j w_j |y_j|^2 )
 
 After each epoch the validation set is scored with the same metric; ``best.pt`` is written
-when it improves and ``last.pt`` always (:mod:`graphop.checkpoint`, atomic). ``metrics.csv``,
-TensorBoard events and ``loss_curves.png`` go to the run directory (:mod:`graphop.runlog`).
+when it improves and ``last.pt`` always (:mod:`graphop.training.checkpoint`, atomic). ``metrics.csv``,
+TensorBoard events and ``loss_curves.png`` go to the run directory (:mod:`graphop.training.runlog`).
 
 Robustness:
 
@@ -22,7 +22,7 @@ Robustness:
   nothing is written, so ``best.pt`` and ``last.pt`` keep the last good states.
 * NaN/inf in the data is a :class:`graphop.errors.DataError` before training starts.
 
-Several processes: ``torchrun --nproc_per_node=N -m graphop.train ARGS`` (or
+Several processes: ``torchrun --nproc_per_node=N -m graphop.cli.worker ARGS`` (or
 ``graphop train --nproc N ARGS``) wraps the model in ``DistributedDataParallel`` (gloo on CPU,
 nccl on CUDA); ``batch_size`` is the global batch, split evenly, so N processes take the same
 optimisation steps as one process (DDP averages the per-process gradients). Rank 0 alone
@@ -44,16 +44,15 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .checkpoint import load_checkpoint, load_model_state, rng_state, save_checkpoint, set_rng_state
-from .config import ConfigError, TrainConfig, load_config
-from .distributed import EpochSampler, all_reduce_sum, setup
-from .errors import DataError, GraphopError
-from .mesh import MeshError
-from .metrics import relative_l2_loss
-from .normalize import NormalizedDataset, Normalizer, check_sample
-from .runlog import RunLogger
+from graphop.training.checkpoint import load_checkpoint, load_model_state, rng_state, save_checkpoint, set_rng_state
+from graphop.training.config import ConfigError, TrainConfig, load_config
+from graphop.training.distributed import EpochSampler, all_reduce_sum, setup
+from graphop.errors import DataError, GraphopError
+from graphop.training.metrics import relative_l2_loss
+from graphop.data.normalize import NormalizedDataset, Normalizer, check_sample
+from graphop.training.runlog import RunLogger
 
-__all__ = ["Trainer", "TrainingDiverged", "TrainingInterrupted", "load_datasets", "main"]
+__all__ = ["Trainer", "TrainingDiverged", "TrainingInterrupted", "load_datasets"]
 
 
 class TrainingDiverged(GraphopError):
@@ -78,7 +77,7 @@ def _channels(sample) -> tuple[int, int]:
 def load_datasets(cfg: TrainConfig):
     """(train, validation) datasets for ``cfg``: the ``train`` split of ``cfg.data`` minus a
     seeded ``val_fraction`` hold-out, or the ``test`` split when ``val_fraction == 0``."""
-    from .data import MeshFolderDataset
+    from graphop.data import MeshFolderDataset
 
     root = Path(cfg.data)
     if not root.exists():
@@ -158,7 +157,7 @@ class Trainer:
 
         _seed_all(config.seed)
         if model is None:
-            from .models import MODELS, build_model, model_arguments
+            from graphop.models import MODELS, build_model, model_arguments
 
             mc = {**config.model, "in_channels": n_in, "out_channels": n_out}
             accepted = model_arguments(mc["name"]) if mc.get("name") in MODELS else []
@@ -245,7 +244,7 @@ class Trainer:
         return sum(p.numel() for p in self.module.parameters())
 
     def state(self) -> dict:
-        """Everything a checkpoint holds (see :mod:`graphop.checkpoint`)."""
+        """Everything a checkpoint holds (see :mod:`graphop.training.checkpoint`)."""
         return {"model_config": self.model_config, "model": self.module.state_dict(),
                 "optimizer": self.optimizer.state_dict(),
                 "scheduler": None if self.scheduler is None else self.scheduler.state_dict(),
@@ -418,32 +417,3 @@ class Trainer:
         if self.info.is_main:
             (self.run_dir / "summary.json").write_text(json.dumps(out, indent=2, default=str))
         return out
-
-
-def main(argv=None) -> int:
-    """Entry point of ``python -m graphop.train`` / ``torchrun -m graphop.train``: the same
-    arguments as ``graphop train``."""
-    import argparse
-
-    from .cli import train as cli_train
-    from .distributed import teardown
-
-    parser = argparse.ArgumentParser(prog="python -m graphop.train", description=cli_train.HELP)
-    parser.add_argument("--debug", action="store_true")
-    cli_train.add_arguments(parser)
-    args = parser.parse_args(argv)
-    try:
-        return int(cli_train.run(args) or 0)
-    except (GraphopError, MeshError, FileNotFoundError) as exc:
-        if args.debug:
-            raise
-        rank = int(__import__("os").environ.get("RANK", "0"))
-        prefix = f"[rank {rank}] " if int(__import__("os").environ.get("WORLD_SIZE", "1")) > 1 else ""
-        print(f"{prefix}graphop: error: {' '.join(str(exc).split())}", file=sys.stderr)
-        return 2
-    finally:
-        teardown()
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -21,11 +21,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .checkpoint import load_trained_model
-from .errors import DataError
-from .mesh import MeshError
-from .metrics import relative_l2
-from .normalize import check_sample
+from graphop.training.checkpoint import load_trained_model
+from graphop.errors import DataError
+from graphop.errors import MeshError
+from graphop.training.metrics import relative_l2
+from graphop.data.normalize import check_sample
 
 __all__ = ["predict_mesh", "predict_file", "mesh_to_sample"]
 
@@ -88,9 +88,9 @@ def predict_file(checkpoint, mesh_file, out=None, device="cpu", measure: float |
                  periodic=None) -> dict:
     """Predict on ``mesh_file`` and write the mesh with the predicted fields to ``out``
     (default ``<stem>_pred.vtu`` next to the input). Returns a summary dict."""
-    from .distributed import resolve_device
-    from .io import read_mesh, write_mesh
-    from .mesh import Mesh
+    from graphop.training.distributed import resolve_device
+    from graphop.io import read_mesh, write_mesh
+    from graphop.geometry.mesh import Mesh
 
     dev = resolve_device(device)
     model, normalizer, ckpt = load_trained_model(checkpoint, dev)

@@ -116,7 +116,7 @@ def _gino_in_process_or_worker(pos, gino_python, **kw):
 def _mesh(n_points: int):
     import triangle
 
-    from .mesh import Mesh
+    from graphop.geometry.mesh import Mesh
 
     area = 0.78 / n_points  # triangle's quality mesh has about 0.78 / area vertices
     t = triangle.triangulate({"vertices": np.array([[0, 0], [1, 0], [1, 1], [0, 1.0]])}, f"qa{area:.15f}")
@@ -131,7 +131,7 @@ def bench_model(n_points: int = 20_000, batch: int = 8, width: int = 64, n_layer
     module docstring. Returns a flat dict of numbers (and notes as strings)."""
     from torch_geometric.data import Batch
 
-    from .models import build_model
+    from graphop.models import build_model
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     log = (lambda *a: print(*a, file=sys.stderr, flush=True)) if progress else (lambda *a: None)

@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .mesh import Mesh
+from graphop.geometry.mesh import Mesh
 
 __all__ = ["Domain", "DOMAINS", "domain_boundary", "mesh_domain", "naca4_symmetric",
            "structured_square", "mesh_ball", "mesh_sphere"]
@@ -276,7 +276,7 @@ def mesh_domain(name: str, n_points: int = 1000, seed: int = 0, *, perturb: floa
 def _perturb(dom: Domain, pts, segs, perturb: float, seed: int):
     """Jitter interior points, then constrained Delaunay of the same points ('p', no 'q').
     A point that would leave the domain (used by no triangle) keeps its position."""
-    from .neighbors import knn_distances
+    from graphop.geometry.neighbors import knn_distances
 
     rng = np.random.default_rng(seed)
     interior = np.ones(len(pts), dtype=bool)
@@ -352,7 +352,7 @@ def mesh_ball(n_points: int = 1000, seed: int = 0, radius: float = 1.0) -> Mesh:
     grid = grid[np.linalg.norm(grid, axis=1) < radius - 0.5 * h]
     pts = np.concatenate([surf, grid])
     tets = Delaunay(pts).simplices.astype(np.int64)
-    from .geometry import cell_measures
+    from graphop.geometry.cells import cell_measures
 
     neg = cell_measures(pts, "tetra", tets, signed=True) < 0  # orient all positively
     tets[neg] = tets[neg][:, [1, 0, 2, 3]]

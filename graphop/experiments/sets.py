@@ -7,7 +7,7 @@ A test-set spec (one entry of ``tests:`` in ``experiments/<name>/config.yaml``) 
   (sample i draws its coefficient from ``default_rng([seed, i])``, so two sets with the same
   seed and families hold the same input functions on different meshes);
 * a mesh-type set: ``{n, points, seed, mesh: {structured: tri|quad, perturb: p}}`` -> Darcy
-  samples on meshes of the unit square from :func:`graphop.domains.mesh_domain`, written by
+  samples on meshes of the unit square from :func:`graphop.geometry.domains.mesh_domain`, written by
   :func:`write_meshtype_set` (quads are split into two triangles for the P1 solve only; the
   file keeps the quads, so the quadrature weights are the quad lumped mass);
 * a point-cloud view: ``{from: OTHER, point_cloud: true}`` -> the samples of OTHER with the
@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import ConfigError
+from graphop.errors import ConfigError
 
 __all__ = ["TEST_KEYS", "dataset_root", "build_set", "write_meshtype_set", "PointCloudView",
            "UniformWeights", "load_set"]
@@ -66,10 +66,10 @@ def write_meshtype_set(out, n: int, points: int, seed: int, mesh: dict, params: 
         mesh: ``{"structured": "tri"|"quad"|None, "perturb": float}``.
         params: Darcy solver parameters (high, low, f).
     """
-    from .data.darcy import darcy_sample
-    from .domains import mesh_domain
-    from .io import write_mesh
-    from .mesh import Mesh
+    from graphop.data.darcy import darcy_sample
+    from graphop.geometry.domains import mesh_domain
+    from graphop.io import write_mesh
+    from graphop.geometry.mesh import Mesh
 
     bad = sorted(set(mesh) - MESH_KEYS)
     if bad:
@@ -106,7 +106,7 @@ class PointCloudView(torch.utils.data.Dataset):
     the mesh weights), a new ``mesh_hash``; ``x``, ``y`` and ``pos`` unchanged."""
 
     def __init__(self, base, k: int = 8):
-        from .mesh import Mesh
+        from graphop.geometry.mesh import Mesh
 
         self.base, self.k = base, k
         self._data = []
@@ -159,7 +159,7 @@ class UniformWeights(torch.utils.data.Dataset):
 def build_set(problem: str, spec: dict, params: dict, base, workers: int = 2,
               progress: bool = True) -> Path:
     """Make (or reuse) the generated or mesh-type set ``spec``; returns its root folder."""
-    from .data import generate
+    from graphop.data import generate
 
     root = dataset_root(base, problem, spec, params)
     if spec.get("mesh"):
@@ -175,6 +175,6 @@ def build_set(problem: str, spec: dict, params: dict, base, workers: int = 2,
 
 def load_set(root, inputs, targets):
     """Every sample of a set folder as a :class:`graphop.data.MeshFolderDataset`."""
-    from .data import MeshFolderDataset
+    from graphop.data import MeshFolderDataset
 
     return MeshFolderDataset(root, inputs=list(inputs), targets=list(targets), split=None)

@@ -29,7 +29,7 @@ def _fmt(s: dict) -> str:
 
 
 def format_results(res: dict) -> str:
-    """The markdown report of a results dict (see :func:`graphop.experiments.run_experiment`)."""
+    """The markdown report of a results dict (see :func:`graphop.experiments.runner.run_experiment`)."""
     cfg, tests = res["config"], list(res["test_sets"])
     variants = list(res["variants"])
     q = " (QUICK variant: small data and few epochs; not the full experiment)" if res["quick"] else ""

@@ -159,7 +159,7 @@ def _floor_apply(a, x, theta, fold):
 def _square_mesh(n_points: int, seed: int):
     import triangle
 
-    from .mesh import Mesh
+    from graphop.geometry.mesh import Mesh
 
     area = 0.78 / n_points          # triangle's quality mesh: about 0.78 / area vertices
     t = triangle.triangulate({"vertices": np.array([[0, 0], [1, 0], [1, 1], [0, 1.0]])},
@@ -171,8 +171,8 @@ def _suite(mesh, batch, channels, kernel_shape, neighbors, device, repeats, with
            log):
     from torch_geometric.data import Batch
 
-    from .layers import DifferentialConv, DISCOConv
-    from .operators import operator_cache
+    from graphop.layers import DifferentialConv, DISCOConv
+    from graphop.layers.sparse import operator_cache
 
     dtype = torch.float32
     n = mesh.n_points
@@ -319,7 +319,7 @@ def _ratio(a, b):
 # ---------------------------------------------------------------------------- registry
 TARGETS: dict = {
     "layers": bench_layers,
-    "model": "graphop.bench_model:bench_model",
+    "model": "graphop.bench.model:bench_model",
 }
 
 

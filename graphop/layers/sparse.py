@@ -6,7 +6,7 @@ with ``theta [L, C, O]`` by one dense GEMM (no copy when the batch is not folded
 
 * DISCO (:func:`disco_matrix`): ``A[i L + l, j] = psi_l((y_j - x_i) / r) w_j`` for
   ``|y_j - x_i| <= r`` (minimum image on a torus), optionally divided by ``r^d ||psi_l||_1``;
-* the differential stencil (:func:`graphop.stencil.stencil_matrix`):
+* the differential stencil (:func:`graphop.layers.stencil.stencil_matrix`):
   ``A[i L + l, j] = a_l(i, j) / h_i`` and ``A[i L + l, i] = -sum_j a_l(i, j) / h_i``.
 
 Operators are built once per geometry in numpy/scipy (float64), kept in a process-wide LRU
@@ -35,8 +35,8 @@ import scipy.sparse as sp
 import torch
 from scipy.spatial import cKDTree
 
-from .basis import KernelBasis
-from .neighbors import _boxsize, radius_neighbors
+from graphop.layers.basis import KernelBasis
+from graphop.geometry.neighbors import _boxsize, radius_neighbors
 
 __all__ = ["SparseOperator", "OperatorCache", "disco_matrix", "GraphSet", "graph_set",
            "cached_operator", "apply_operator", "operator_cache", "blockdiag_cache",

@@ -3,7 +3,7 @@
 Three maps, each fitted on the *training* samples only and then frozen, so that every mesh a
 model ever sees (training, validation, test, a user's new file) is transformed identically:
 
-* **Coordinates**: one isotropic :class:`graphop.mesh.AffineMap` ``x' = (x - shift) / scale``
+* **Coordinates**: one isotropic :class:`graphop.geometry.mesh.AffineMap` ``x' = (x - shift) / scale``
   from the union bounding box of all training meshes (``shift`` = its lower corner, ``scale``
   = its longest side). Quadrature weights are measures, so they transform as
   ``w' = w / scale^k`` (k = topological dimension); periodic box lengths as ``L' = L / scale``
@@ -36,8 +36,8 @@ import math
 
 import torch
 
-from .errors import DataError
-from .mesh import AffineMap
+from graphop.errors import DataError
+from graphop.geometry.mesh import AffineMap
 
 __all__ = ["FieldNormalizer", "Normalizer", "NormalizedDataset", "measure_exponent", "check_sample"]
 

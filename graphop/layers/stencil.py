@@ -29,7 +29,7 @@ import itertools
 import numpy as np
 from scipy.spatial import cKDTree
 
-from .neighbors import knn_distances
+from graphop.geometry.neighbors import knn_distances
 
 __all__ = ["stencil_offsets", "local_scale", "stencil_matrix"]
 

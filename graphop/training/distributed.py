@@ -1,7 +1,7 @@
 """Multi-process helpers: process-group setup from ``torchrun``'s environment, the device of
 each process, and a resumable :class:`EpochSampler`.
 
-``torchrun --nproc_per_node=N -m graphop.train ...`` sets ``RANK``, ``WORLD_SIZE`` and
+``torchrun --nproc_per_node=N -m graphop.cli.worker ...`` sets ``RANK``, ``WORLD_SIZE`` and
 ``LOCAL_RANK``; :func:`setup` then joins the process group with the ``nccl`` backend on CUDA
 and ``gloo`` on CPU. Without those variables everything runs in one process and no process
 group is created.
@@ -22,7 +22,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data.distributed import DistributedSampler
 
-from .errors import ConfigError
+from graphop.errors import ConfigError
 
 __all__ = ["DistInfo", "setup", "teardown", "resolve_device", "EpochSampler", "all_reduce_sum"]
 
