@@ -6,7 +6,7 @@ import torch
 
 import graphop.layers.sparse as ops
 from graphop.geometry.neighbors import radius_neighbors
-from graphop.layers.sparse import OperatorCache, SparseOperator, _block_diagonal
+from graphop.layers.sparse import OperatorCache, SparseOperator, block_diagonal
 
 torch.set_num_threads(1)
 
@@ -29,16 +29,16 @@ def random_operator(n_out, n_in, L, seed):
 
 def test_block_diagonal_equals_scipy_block_diag():
     blocks = [random_operator(5, 7, 3, 0), random_operator(4, 4, 3, 1), random_operator(6, 2, 3, 2)]
-    got = _block_diagonal(blocks)
+    got = block_diagonal(blocks)
     want = sp.block_diag([b.matrix for b in blocks], format="csr")
     assert got.n_out == 15 and got.n_in == 13
     assert abs(got.matrix - want).max() == 0
 
 
 @pytest.mark.parametrize("backend", ["scipy", "torch"])
-def test_backends_agree_and_backward_uses_transpose(backend, monkeypatch):
-    monkeypatch.setattr(ops, "CPU_BACKEND", backend)
-    op = random_operator(6, 9, 2, 3)
+def test_backends_agree_and_backward_uses_transpose(backend):
+    m = sp.random(12, 9, density=0.2, random_state=3, format="csr")
+    op = SparseOperator(m, 2, 6, cpu_backend=backend)
     dense = torch.tensor(op.matrix.toarray())
     x = torch.randn(9, 4, dtype=torch.float64, requires_grad=True)
     y = op.matmul(x)
@@ -51,19 +51,46 @@ def test_backends_agree_and_backward_uses_transpose(backend, monkeypatch):
     assert torch.autograd.gradcheck(op.matmul, (x,))
 
 
-def test_cache_evicts_least_recently_used():
-    cache = OperatorCache(max_entries=2)
+def test_cache_evicts_least_recently_used_by_bytes():
+    size = random_operator(2, 2, 1, 0).nbytes
+    cache = OperatorCache(max_bytes=2 * size)           # room for two operators
     built = []
     for key in ["a", "b", "a", "c", "b"]:
         cache.get(key, lambda: built.append(key) or random_operator(2, 2, 1, 0))
     assert built == ["a", "b", "c", "b"]          # "b" was evicted by "c" (after "a" was reused)
     assert (cache.hits, cache.misses, len(cache)) == (1, 4, 2)
+    assert cache.nbytes <= cache.max_bytes
+    cache.clear()
+    assert (cache.hits, cache.misses, len(cache), cache.nbytes) == (0, 0, 0, 0)
+
+
+def test_one_cache_serves_every_operator():
+    """DISCO, the stencil, the latent encoder/decoder and the GNN edges share one cache, so
+    clearing it drops them all."""
+    from torch_geometric.data import Data
+
+    from graphop.layers import DifferentialConv, DISCOConv, GridDecoder, GridEncoder
+    from graphop.models.gnn import mesh_edges
+
+    p = np.random.default_rng(0).random((200, 2))
+    data = Data(pos=torch.tensor(p), weight=torch.full((200,), 1 / 200, dtype=torch.float64))
+    ops.operator_cache.clear()
+    x = torch.randn(200, 2, dtype=torch.float64)
+    DISCOConv(2, 3, 0.2).double()(x, data)
+    DifferentialConv(2, 3).double()(x, data)
+    GridEncoder((8, 8))(x, data)
+    GridDecoder((8, 8))(torch.randn(1, 2, 8, 8, dtype=torch.float64), data)
+    mesh_edges(data, radius=0.1)
+    assert len(ops.operator_cache) == 5 and ops.operator_cache.misses == 5
+    ops.operator_cache.clear()
+    assert len(ops.operator_cache) == 0
 
 
 @pytest.mark.parametrize("periodic,same", [(None, True), (None, False), (1.0, True)])
 def test_chunked_disco_build_equals_one_piece(periodic, same, monkeypatch):
     """Large builds go in chunks of output rows to bound their scratch memory; the chunks must
     stack to exactly the matrix of one piece (same rows, columns, values and order)."""
+    import graphop.layers.disco as dm
     from graphop.layers.basis import KernelBasis
 
     rng = np.random.default_rng(3)
@@ -72,9 +99,9 @@ def test_chunked_disco_build_equals_one_piece(periodic, same, monkeypatch):
     w = rng.uniform(0.5, 1.5, size=700) / 700
     basis = KernelBasis(dim=2, kernel_shape=(3, 4))
     kw = dict(periodic=periodic, same=same)
-    whole = ops.disco_matrix(p_out, p_in, w, 0.15, basis, **kw)
-    monkeypatch.setattr(ops, "BUILD_CHUNK_PAIRS", 2000)     # ~30 neighbours: ~65 rows a chunk
-    chunked = ops.disco_matrix(p_out, p_in, w, 0.15, basis, **kw)
+    whole = dm.disco_matrix(p_out, p_in, w, 0.15, basis, **kw)
+    monkeypatch.setattr(dm, "BUILD_CHUNK_PAIRS", 2000)     # ~30 neighbours: ~65 rows a chunk
+    chunked = dm.disco_matrix(p_out, p_in, w, 0.15, basis, **kw)
     assert chunked.shape == whole.shape and chunked.nnz == whole.nnz > 0
     np.testing.assert_array_equal(chunked.indptr, whole.indptr)
     np.testing.assert_array_equal(chunked.indices, whole.indices)

@@ -367,7 +367,7 @@ def _train_run(job: dict):
 
     from graphop.training.config import TrainConfig
     from graphop.models import build_model
-    from graphop.layers.sparse import blockdiag_cache, operator_cache
+    from graphop.layers.sparse import operator_cache
     from graphop.training.trainer import Trainer
 
     cfg, vname, seed = job["cfg"], job["variant"], int(job["seed"])
@@ -400,7 +400,7 @@ def _train_run(job: dict):
         train_s = time.perf_counter() - t1
         tests, t2 = {}, time.perf_counter()
         for tname, ds in sets.items():
-            operator_cache.clear(), blockdiag_cache.clear()   # test meshes never repeat
+            operator_cache.clear()   # test meshes never repeat
             e = evaluate_errors(trainer.module, trainer.normalizer, wrap(ds))
             tests[tname] = {"rel_l2": float(e.mean()), "median": float(np.median(e)),
                             "max": float(e.max()), "n_samples": int(len(e)),

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.spatial import cKDTree
 
-__all__ = ["Neighborhood", "radius_neighbors", "knn_distances"]
+__all__ = ["Neighborhood", "radius_neighbors", "knn_distances", "box_size"]
 
 
 @dataclass(frozen=True)
@@ -53,7 +53,8 @@ def _as_points(x, name: str) -> np.ndarray:
     return x
 
 
-def _boxsize(periodic, d: int):
+def box_size(periodic, d: int):
+    """The torus lengths [d] of ``periodic`` (a scalar or [d]; None for a non-periodic space)."""
     if periodic is None:
         return None
     box = np.broadcast_to(np.asarray(periodic, dtype=np.float64), (d,)).copy()
@@ -85,7 +86,7 @@ def radius_neighbors(query, source=None, radius: float = 1.0, *, periodic=None,
     if y.shape[1] != x.shape[1]:
         raise ValueError(f"query has dimension {x.shape[1]} but source has {y.shape[1]}")
     d = x.shape[1]
-    box = _boxsize(periodic, d)
+    box = box_size(periodic, d)
     if box is not None:
         if np.any(radius >= box / 2):
             raise ValueError(f"radius {radius} must be below half the periodic box {box}")
@@ -123,7 +124,7 @@ def knn_distances(points, k: int, *, periodic=None) -> np.ndarray:
     x = _as_points(points, "points")
     if k < 1 or k >= len(x):
         raise ValueError(f"k must be in [1, {len(x) - 1}] for {len(x)} points, got {k}")
-    box = _boxsize(periodic, x.shape[1])
+    box = box_size(periodic, x.shape[1])
     if box is not None:
         x = np.mod(x, box)
     dist, _ = cKDTree(x, boxsize=box).query(x, k=k + 1)

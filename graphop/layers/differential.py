@@ -32,9 +32,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from graphop.layers.sparse import apply_operator, cached_operator, csr_from_coo, graph_set
+from graphop.layers.sparse import (apply_operator, cached_operator, check_features, csr_from_coo,
+                                   graph_set, n_points)
 from graphop.layers.stencil import stencil_matrix, stencil_offsets
-from graphop.layers.disco import _n_points, check_features
 
 __all__ = ["DifferentialConv"]
 
@@ -116,7 +116,7 @@ class DifferentialConv(nn.Module):
         return cached_operator("stencil", (k, s, nb), g, None, build)
 
     def forward(self, x: torch.Tensor, data) -> torch.Tensor:
-        check_features(x, _n_points(data), self.in_channels, "DifferentialConv")
+        check_features(x, n_points(data), self.in_channels, "DifferentialConv")
         if x.dtype != self.weight.dtype:
             raise ValueError(f"DifferentialConv: x is {x.dtype} but the layer is "
                              f"{self.weight.dtype}; convert one of them (e.g. layer.double())")

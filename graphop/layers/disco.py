@@ -22,33 +22,69 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+import scipy.sparse as sp
 import torch
+from scipy.spatial import cKDTree
 from torch import nn
 
+from graphop.geometry.neighbors import box_size, radius_neighbors
 from graphop.layers.basis import KernelBasis, make_basis
-from graphop.layers.sparse import apply_operator, cached_operator, disco_matrix, graph_set
+from graphop.layers.sparse import (apply_operator, cached_operator, check_features, csr_from_coo,
+                                   graph_set, n_points, stack_rows)
 
-__all__ = ["DISCOConv", "check_features"]
+__all__ = ["DISCOConv", "disco_matrix"]
 
-
-def check_features(x, n: int, channels: int, layer: str) -> None:
-    """ValueError unless ``x`` is a floating tensor [n, channels]."""
-    if not torch.is_tensor(x) or x.dim() != 2:
-        raise ValueError(f"{layer}: x must be a tensor [N, {channels}], "
-                         f"got {tuple(getattr(x, 'shape', ())) or type(x).__name__}")
-    if x.shape[1] != channels:
-        raise ValueError(f"{layer}: expected x with {channels} input channels, got {x.shape[1]}")
-    if x.shape[0] != n:
-        raise ValueError(f"{layer}: x has {x.shape[0]} rows but data.pos has {n} points")
-    if not x.is_floating_point():
-        raise ValueError(f"{layer}: x must be floating point, got {x.dtype}")
+#: most neighbour pairs one chunk of a DISCO build holds. The build's scratch arrays take about
+#: 100 bytes a pair, so this bounds them near 0.5 GB however large the mesh; the finished CSR
+#: keeps about 12 bytes a non-zero.
+BUILD_CHUNK_PAIRS = 5_000_000
 
 
-def _n_points(data) -> int:
-    pos = getattr(data, "pos", None)
-    if not torch.is_tensor(pos) or pos.dim() != 2:
-        raise ValueError("data has no 'pos' tensor [N, d] (point coordinates)")
-    return pos.shape[0]
+def _mean_neighbours(pos_out, pos_in, radius, periodic, sample: int = 256) -> float:
+    """Neighbours within ``radius`` per output point, estimated on a random sample of them."""
+    box = box_size(periodic, pos_in.shape[1])
+    src = pos_in if box is None else np.mod(pos_in, box)
+    q = pos_out[np.random.default_rng(0).choice(len(pos_out), min(sample, len(pos_out)),
+                                                replace=False)]
+    q = q if box is None else np.mod(q, box)
+    return float(cKDTree(src, boxsize=box).query_ball_point(q, radius, return_length=True).mean())
+
+
+def _disco_rows(nb, w, radius: float, basis: KernelBasis, normalize: bool) -> sp.csr_matrix:
+    e, l, v = basis.evaluate(nb.offsets / radius)
+    rows = np.repeat(np.arange(nb.n_query, dtype=np.int64), nb.counts())[e]
+    cols = nb.indices[e]
+    vals = v * w[cols]
+    if normalize:
+        vals = vals / (radius ** basis.dim * basis.l1_norms())[l]
+    L = basis.n_basis
+    return csr_from_coo(rows * L + l, cols, vals, (nb.n_query * L, len(w)))
+
+
+def disco_matrix(pos_out, pos_in, weight_in, radius: float, basis: KernelBasis, *,
+                 periodic=None, normalize: bool = True, same: bool = False) -> sp.csr_matrix:
+    """The DISCO operator Psi (see the module docstring) as scipy CSR [N_out * L, N_in].
+
+    ``same=True`` means pos_out is pos_in (uses the faster symmetric pair search). Large
+    operators are built in chunks of output rows holding about :data:`BUILD_CHUNK_PAIRS`
+    neighbour pairs each, so the scratch memory stays bounded (the result is identical).
+    """
+    pos_in = np.asarray(pos_in, dtype=np.float64)
+    pos_out = pos_in if same else np.asarray(pos_out, dtype=np.float64)
+    w = np.asarray(weight_in, dtype=np.float64)
+    n_out = len(pos_out)
+    chunk = n_out
+    if n_out * len(pos_in) > BUILD_CHUNK_PAIRS:
+        per_row = _mean_neighbours(pos_out, pos_in, radius, periodic)
+        chunk = max(1, int(BUILD_CHUNK_PAIRS / max(per_row, 1.0)))
+    if chunk >= n_out:
+        nb = radius_neighbors(pos_out, None if same else pos_in, radius, periodic=periodic)
+        return _disco_rows(nb, w, radius, basis, normalize)
+    return stack_rows([_disco_rows(radius_neighbors(pos_out[a:a + chunk], pos_in, radius,
+                                                    periodic=periodic), w, radius, basis,
+                                   normalize)
+                       for a in range(0, n_out, chunk)])
 
 
 class DISCOConv(nn.Module):
@@ -125,7 +161,7 @@ class DISCOConv(nn.Module):
         return cached_operator("disco", (r, basis.key, norm), g_in, g_out, build)
 
     def forward(self, x: torch.Tensor, data, out=None) -> torch.Tensor:
-        check_features(x, _n_points(data), self.in_channels, "DISCOConv")
+        check_features(x, n_points(data), self.in_channels, "DISCOConv")
         if x.dtype != self.weight.dtype:
             raise ValueError(f"DISCOConv: x is {x.dtype} but the layer is {self.weight.dtype}; "
                              "convert one of them (e.g. layer.double())")

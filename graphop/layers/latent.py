@@ -28,7 +28,8 @@ prod_a (t_a if c_a else 1 - t_a) g(i0 + c). Linear functions are reproduced exac
 outside the box are clamped onto it; on a torus the indices wrap.
 
 Both operators are sparse matrices built with numpy/scipy, cached by content (positions,
-weights, grid, radius) in a module-level LRU cache, never in the state_dict. A batch of
+weights, grid, radius) in the one operator cache of :mod:`graphop.layers.sparse`, never in the
+state_dict. A batch of
 different meshes uses block-diagonal operators over ``data.ptr``; a batch whose samples share
 one mesh folds the batch into the columns (one sparse product for the whole batch).
 
@@ -49,7 +50,7 @@ import torch
 from torch import nn
 
 from graphop.geometry.neighbors import radius_neighbors
-from graphop.layers._sparse import BatchOperator, OperatorCache, content_key, split_batch
+from graphop.layers.sparse import SparseOperator, batch_operator, fold_matmul, graph_set
 
 __all__ = ["LatentGrid", "GridEncoder", "GridDecoder", "encoder_matrix", "decoder_matrix",
            "kernel_mass", "periodic_box"]
@@ -236,28 +237,29 @@ class GridEncoder(_GridOperator):
     def radius_for(self, grid: LatentGrid) -> float:
         return float(self.radius) if self.radius else self.radius_factor * float(grid.spacing.max())
 
-    def operator(self, data) -> tuple[BatchOperator, torch.Tensor]:
-        """(block-diagonal encoder [B*G, N], occupancy [B, G]) for ``data``, from the cache."""
+    def operator(self, data) -> tuple[SparseOperator, int]:
+        """``(operator, fold)`` for ``data`` from the cache: the encoder [G, N] of each graph
+        (block diagonal over a batch of different meshes) with its occupancy as ``extra``."""
         grid = self.grid(data)
         r = self.radius_for(grid)
-        samples = split_batch(data)
-        if samples[0][1] is None:
-            raise ValueError("data has no 'weight' (quadrature weights [N]) for the grid encoder")
-        tag = ("enc", grid, r, self.outside)
-        keys = [content_key(p, w, tag) for p, w in samples]
+        g = graph_set(data, need_weight=True, what="data")
 
-        def build(i):
-            return encoder_matrix(samples[i][0], samples[i][1], grid, r, self.outside)
+        def build(b):
+            p, w, _ = g.slice(b)
+            mat, occ = encoder_matrix(p, w, grid, r, self.outside)
+            return SparseOperator(mat, extra=occ)
 
-        return _CACHE.batch(keys, build, data.pos)
+        return batch_operator("encoder", (grid, r, self.outside), g.keys, build)
 
     def forward(self, x: torch.Tensor, data, op=None):
-        op, occ = op if op is not None else self.operator(data)
-        B, G = occ.shape
-        out = op.apply(x)  # [B*G, C]
-        C = x.shape[1]
+        op, fold = op if op is not None else self.operator(data)
+        G = int(np.prod(self.latent_shape))
+        out = fold_matmul(op, fold, x)  # [B*G, C]
+        B, C = out.shape[0] // G, x.shape[1]
         grid = out.reshape(B, G, C).transpose(1, 2).reshape(B, C, *self.latent_shape)
-        return grid, occ.to(x.dtype).reshape(B, 1, *self.latent_shape)
+        occ = torch.as_tensor(op.extra, dtype=x.dtype, device=x.device).reshape(-1, G)
+        occ = occ.expand(B, G) if fold > 1 else occ
+        return grid, occ.reshape(B, 1, *self.latent_shape)
 
     def extra_repr(self) -> str:
         return (f"latent_shape={self.latent_shape}, latent_box={self.latent_box}, "
@@ -273,27 +275,25 @@ class GridDecoder(_GridOperator):
     Shapes: grid [B, C, *latent_shape], data with N points -> [N, C].
     """
 
-    def operator(self, data) -> BatchOperator:
+    def operator(self, data) -> tuple[SparseOperator, int]:
+        """``(operator, fold)``: the interpolation [N, G] of each graph, from the cache."""
         grid = self.grid(data)
-        samples = split_batch(data)
-        keys = [content_key(p, None, ("dec", grid)) for p, _ in samples]
+        g = graph_set(data, need_weight=False, what="data")
 
-        def build(i):
-            return decoder_matrix(samples[i][0], grid), None
+        def build(b):
+            return SparseOperator(decoder_matrix(g.slice(b)[0], grid))
 
-        return _CACHE.batch(keys, build, data.pos)[0]
+        return batch_operator("decoder", (grid,), g.keys, build)
 
     def forward(self, grid: torch.Tensor, data, op=None) -> torch.Tensor:
-        op = op if op is not None else self.operator(data)
+        op, fold = op if op is not None else self.operator(data)
         B, C = grid.shape[:2]
         if tuple(grid.shape[2:]) != self.latent_shape:
             raise ValueError(f"grid has shape {tuple(grid.shape)}, expected [B, C, "
                              f"{', '.join(map(str, self.latent_shape))}]")
         flat = grid.reshape(B, C, -1).transpose(1, 2).reshape(-1, C)  # [B*G, C]
-        return op.apply(flat)
+        return fold_matmul(op, fold, flat)
 
     def extra_repr(self) -> str:
         return f"latent_shape={self.latent_shape}, latent_box={self.latent_box}"
 
-
-_CACHE = OperatorCache()

@@ -1,30 +1,39 @@
-"""Building and caching the sparse operators of the local layers.
+"""The one sparse-operator runtime of graphop: every precomputed operator of every layer.
 
-Two operators, both a CSR matrix ``A`` of shape ``(N_out * L, N_in)`` with rows ordered
-``i * L + l`` (point major), so that ``Y = A @ X`` viewed as ``[N_out, L * C]`` is contracted
-with ``theta [L, C, O]`` by one dense GEMM (no copy when the batch is not folded):
+Every geometric operator of graphop is a fixed sparse matrix built once per geometry: the DISCO
+integral (:mod:`graphop.layers.disco`), the differential stencil (:mod:`graphop.layers.stencil`),
+the latent-grid encoder and decoder (:mod:`graphop.layers.latent`), the GNN baseline's edge
+lists (:mod:`graphop.models.gnn`). This module holds what they share:
 
-* DISCO (:func:`disco_matrix`): ``A[i L + l, j] = psi_l((y_j - x_i) / r) w_j`` for
-  ``|y_j - x_i| <= r`` (minimum image on a torus), optionally divided by ``r^d ||psi_l||_1``;
-* the differential stencil (:func:`graphop.layers.stencil.stencil_matrix`):
-  ``A[i L + l, j] = a_l(i, j) / h_i`` and ``A[i L + l, i] = -sum_j a_l(i, j) / h_i``.
+* :class:`SparseOperator`: a CSR matrix ``A`` of shape ``(n_out * L, n_in)`` with rows ordered
+  ``i * L + l`` (point major; ``L = 1`` for plain maps), its transpose for the backward pass,
+  and one copy per (device, dtype). ``Y = A @ X`` is differentiable in X
+  (``grad_X = A^T grad_Y``, double backward through the same op).
+* :func:`fold_matmul` and :func:`apply_operator`: ``A @ X`` for a batch, with the batch folded
+  into the columns when every graph shares one geometry (one product for the whole batch), and
+  the contraction with ``theta [L, C, O]`` as one dense GEMM.
+* :func:`graph_set`: the graphs of a ``Data``/``Batch`` with a content key per graph (a sha256
+  digest of positions, weights and periodic box).
+* :class:`OperatorCache` and its one instance :data:`operator_cache`: an LRU bounded in bytes
+  (``GRAPHOP_CACHE_BYTES``, default 4 GiB), keyed by content and the operator's parameters, with
+  hit/miss counters and ``clear()``; it also keeps the block-diagonal operators of batches of
+  different meshes (in a small LRU of their own, so that shuffled batches never evict the
+  per-mesh operators) and the memo of content keys. Operators are never module buffers, so
+  never in a ``state_dict``.
 
-Operators are built once per geometry in numpy/scipy (float64), kept in a process-wide LRU
-cache keyed by a content hash of positions, weights, periodic box and every parameter, and
-converted to torch sparse CSR once per (device, dtype). They are never module buffers, so never
-in a ``state_dict``.
-
-Batches (torch_geometric ``Batch``): if every graph has the same content, one operator for one
-graph is used and the batch is folded into the columns of X (``[N, B*C]``); otherwise the
-operator is block diagonal over the graphs (assembled from the cached per-graph blocks).
+Operators are built in numpy/scipy (float64). On CPU the product runs through scipy's CSR
+kernel (zero-copy through numpy; measured faster than torch's CPU CSR kernel here), on CUDA
+through torch sparse CSR (cuSPARSE) with int32 indices while they fit.
 
 Shapes:
-    :meth:`SparseOperator.matmul`: X [N_in, K] -> Y [N_out * L, K]; gradients flow to X
-    through ``grad_X = A^T grad_Y`` with a precomputed transposed CSR.
+    :meth:`SparseOperator.matmul`: X [n_in, K] -> Y [n_out * L, K].
+    :func:`fold_matmul`: x [fold * n_in, C] -> [fold * n_out * L, C] (graph major).
+    :func:`apply_operator`: x [fold * n_in, C], theta [L, C, O] -> [fold * n_out, O].
 """
 from __future__ import annotations
 
 import hashlib
+import os
 import warnings
 import weakref
 from collections import OrderedDict
@@ -33,14 +42,10 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 import torch
-from scipy.spatial import cKDTree
 
-from graphop.layers.basis import KernelBasis
-from graphop.geometry.neighbors import _boxsize, radius_neighbors
-
-__all__ = ["SparseOperator", "OperatorCache", "disco_matrix", "GraphSet", "graph_set",
-           "cached_operator", "apply_operator", "operator_cache", "blockdiag_cache",
-           "csr_from_coo"]
+__all__ = ["SparseOperator", "OperatorCache", "operator_cache", "GraphSet", "graph_set",
+           "batch_operator", "cached_operator", "fold_matmul", "apply_operator", "csr_from_coo",
+           "stack_rows", "block_diagonal", "check_features", "n_points"]
 
 
 # ---------------------------------------------------------------------------- the operator
@@ -57,12 +62,6 @@ class _CSRMatMul(torch.autograd.Function):
         return _CSRMatMul.apply(grad.contiguous(), ctx.op, not ctx.transpose), None, None
 
 
-#: Sparse kernel on CPU: "scipy" (scipy's CSR x dense loop, zero-copy through numpy; measured
-#: faster than torch's CPU CSR kernel on this project's machines) or "torch". CUDA always uses
-#: torch (cuSPARSE).
-CPU_BACKEND = "scipy"
-
-
 class SparseOperator:
     """A fixed CSR matrix of shape ``(n_out * n_basis, n_in)``, rows ``i * n_basis + l``.
 
@@ -70,15 +69,26 @@ class SparseOperator:
 
     Args:
         matrix: scipy CSR (float64).
-        n_basis: L, the number of rows per output point.
-        n_out: N_out.
+        n_basis: L, the number of rows per output point (default 1).
+        n_out: N_out (default ``rows / n_basis``).
+        extra: an optional per-output array [n_out, ...] that travels with the operator (the
+            latent encoder's occupancy); stacked over the graphs of a batch.
+        cpu_backend: ``"scipy"`` (default: scipy's CSR x dense loop) or ``"torch"`` (torch's CPU
+            CSR kernel). CUDA always uses torch.
     """
 
-    def __init__(self, matrix: sp.csr_matrix, n_basis: int, n_out: int):
+    def __init__(self, matrix: sp.csr_matrix, n_basis: int = 1, n_out: int | None = None, *,
+                 extra: np.ndarray | None = None, cpu_backend: str = "scipy"):
+        n_out = matrix.shape[0] // n_basis if n_out is None else n_out
         if matrix.shape[0] != n_basis * n_out:
             raise ValueError(f"operator has {matrix.shape[0]} rows, expected {n_out} x {n_basis}")
+        if cpu_backend not in ("scipy", "torch"):
+            raise ValueError(f"cpu_backend must be 'scipy' or 'torch', got {cpu_backend!r}")
+        if extra is not None and len(extra) != n_out:
+            raise ValueError(f"extra has {len(extra)} rows for {n_out} output points")
         self.matrix = matrix
         self.n_basis, self.n_out, self.n_in = n_basis, n_out, matrix.shape[1]
+        self.extra, self.cpu_backend = extra, cpu_backend
         self._transpose = None
         self._copies: dict = {}
 
@@ -88,6 +98,7 @@ class SparseOperator:
 
     @property
     def nbytes(self) -> int:
+        """Bytes held: the scipy matrix, its transpose, the extra array and every copy."""
         def size(m):
             if isinstance(m, tuple):
                 return sum(size(t) for t in m)
@@ -100,6 +111,7 @@ class SparseOperator:
         m = self.matrix
         own = m.data.nbytes + m.indices.nbytes + m.indptr.nbytes
         own *= 1 + (self._transpose is not None)
+        own += 0 if self.extra is None else self.extra.nbytes
         return own + sum(size(m) for m in self._copies.values())
 
     def transpose_csr(self) -> sp.csr_matrix:
@@ -111,7 +123,7 @@ class SparseOperator:
 
     def _copy(self, device, dtype, transpose: bool):
         device = torch.device(device)
-        scipy_path = device.type == "cpu" and CPU_BACKEND == "scipy"
+        scipy_path = device.type == "cpu" and self.cpu_backend == "scipy"
         key = (device, dtype, transpose, scipy_path)
         if key not in self._copies:
             m = self.transpose_csr() if transpose else self.matrix
@@ -163,6 +175,7 @@ def _to_torch(m: sp.csr_matrix, device, dtype) -> torch.Tensor:
         return torch.sparse_csr_tensor(crow, col, val, m.shape, check_invariants=False).to(device)
 
 
+# ---------------------------------------------------------------------------- CSR assembly
 def csr_from_coo(rows, cols, vals, shape) -> sp.csr_matrix:
     """CSR from COO triples without duplicates (scipy's O(nnz) counting sort by row)."""
     m = sp.coo_matrix((vals, (rows, cols)), shape=shape)
@@ -170,13 +183,57 @@ def csr_from_coo(rows, cols, vals, shape) -> sp.csr_matrix:
     return m.tocsr()
 
 
+def stack_rows(parts) -> sp.csr_matrix:
+    """CSR matrices with the same columns stacked vertically, by concatenating their arrays."""
+    nnz_off = np.cumsum([0] + [m.nnz for m in parts])
+    indptr = np.concatenate([m.indptr[:-1].astype(np.int64) + o for m, o in zip(parts, nnz_off)]
+                            + [nnz_off[-1:]])
+    return sp.csr_matrix((np.concatenate([m.data for m in parts]),
+                          np.concatenate([m.indices for m in parts]), indptr),
+                         shape=(sum(m.shape[0] for m in parts), parts[0].shape[1]))
+
+
+def block_diagonal(blocks) -> SparseOperator:
+    """Per-graph operators (rows i*L + l) stacked block-diagonally, by concatenating their CSR
+    arrays (no Python loop over rows); their ``extra`` arrays are stacked [B, n_out, ...]."""
+    L = blocks[0].n_basis
+    mats = [b.matrix for b in blocks]
+    nnz_off = np.cumsum([0] + [m.nnz for m in mats])
+    col_off = np.cumsum([0] + [m.shape[1] for m in mats])
+    indptr = np.concatenate([m.indptr[:-1].astype(np.int64) + o for m, o in zip(mats, nnz_off)]
+                            + [nnz_off[-1:]])
+    indices = np.concatenate([m.indices.astype(np.int64) + o for m, o in zip(mats, col_off)])
+    data = np.concatenate([m.data for m in mats])
+    n_out = sum(b.n_out for b in blocks)
+    m = sp.csr_matrix((data, indices, indptr), shape=(n_out * L, int(col_off[-1])))
+    extra = None
+    if blocks[0].extra is not None:
+        extra = np.concatenate([b.extra for b in blocks])
+    return SparseOperator(m, L, n_out, extra=extra, cpu_backend=blocks[0].cpu_backend)
+
+
+# ---------------------------------------------------------------------------- products
+def fold_matmul(op: SparseOperator, fold: int, x: torch.Tensor) -> torch.Tensor:
+    """``A @ x`` per graph for x [fold * n_in, C] -> [fold * n_out * L, C] (graph major).
+
+    With ``fold = B > 1`` the B graphs share ``op`` and are moved into the columns of X, so the
+    whole batch is one sparse product."""
+    n_in, B = op.n_in, fold
+    if x.shape[0] != B * n_in:
+        raise ValueError(f"operator expects {B * n_in} rows of features, got {x.shape[0]}")
+    if B == 1:
+        return op.matmul(x)
+    C = x.shape[1]
+    Y = op.matmul(x.reshape(B, n_in, C).transpose(0, 1).reshape(n_in, B * C))
+    return Y.view(-1, B, C).transpose(0, 1).reshape(-1, C)
+
+
 def apply_operator(op: SparseOperator, fold: int, x: torch.Tensor,
                    theta: torch.Tensor) -> torch.Tensor:
     """``out[i] = sum_l (A X)[i L + l] theta[l]`` for x [fold * n_in, C], theta [L, C, O].
 
-    With ``fold = B > 1`` the B graphs sharing the operator are moved into the columns of X, so
-    the whole batch is one sparse product. The contraction over (l, c) is one dense GEMM
-    ``[N_out, L*C] @ [L*C, O]``. Returns [fold * n_out, O].
+    The contraction over (l, c) is one dense GEMM ``[N_out, L*C] @ [L*C, O]`` (no copy when the
+    batch is not folded). Returns [fold * n_out, O].
     """
     L, C, O = theta.shape
     n_in, n_out, B = op.n_in, op.n_out, fold
@@ -189,67 +246,128 @@ def apply_operator(op: SparseOperator, fold: int, x: torch.Tensor,
     return Z @ theta.reshape(L * C, O)
 
 
-# ---------------------------------------------------------------------------- DISCO build
-#: most neighbour pairs one chunk of a DISCO build holds. The build's scratch arrays take about
-#: 100 bytes a pair, so this bounds them near 0.5 GB however large the mesh; the finished CSR
-#: keeps about 12 bytes a non-zero.
-BUILD_CHUNK_PAIRS = 5_000_000
+# ---------------------------------------------------------------------------- input checks
+def n_points(data) -> int:
+    """The number of points of ``data`` (ValueError without a ``pos`` tensor [N, d])."""
+    pos = getattr(data, "pos", None)
+    if not torch.is_tensor(pos) or pos.dim() != 2:
+        raise ValueError("data has no 'pos' tensor [N, d] (point coordinates)")
+    return pos.shape[0]
 
 
-def _mean_neighbours(pos_out, pos_in, radius, periodic, sample: int = 256) -> float:
-    """Neighbours within ``radius`` per output point, estimated on a random sample of them."""
-    box = _boxsize(periodic, pos_in.shape[1])
-    src = pos_in if box is None else np.mod(pos_in, box)
-    q = pos_out[np.random.default_rng(0).choice(len(pos_out), min(sample, len(pos_out)),
-                                                replace=False)]
-    q = q if box is None else np.mod(q, box)
-    return float(cKDTree(src, boxsize=box).query_ball_point(q, radius, return_length=True).mean())
+def check_features(x, n: int, channels: int, layer: str) -> None:
+    """ValueError unless ``x`` is a floating tensor [n, channels]."""
+    if not torch.is_tensor(x) or x.dim() != 2:
+        raise ValueError(f"{layer}: x must be a tensor [N, {channels}], "
+                         f"got {tuple(getattr(x, 'shape', ())) or type(x).__name__}")
+    if x.shape[1] != channels:
+        raise ValueError(f"{layer}: expected x with {channels} input channels, got {x.shape[1]}")
+    if x.shape[0] != n:
+        raise ValueError(f"{layer}: x has {x.shape[0]} rows but data.pos has {n} points")
+    if not x.is_floating_point():
+        raise ValueError(f"{layer}: x must be floating point, got {x.dtype}")
 
 
-def _disco_rows(nb, w, radius: float, basis: KernelBasis, normalize: bool) -> sp.csr_matrix:
-    e, l, v = basis.evaluate(nb.offsets / radius)
-    rows = np.repeat(np.arange(nb.n_query, dtype=np.int64), nb.counts())[e]
-    cols = nb.indices[e]
-    vals = v * w[cols]
-    if normalize:
-        vals = vals / (radius ** basis.dim * basis.l1_norms())[l]
-    L = basis.n_basis
-    return csr_from_coo(rows * L + l, cols, vals, (nb.n_query * L, len(w)))
+# ---------------------------------------------------------------------------- the cache
+class OperatorCache:
+    """The process-wide LRU of operators, keyed by content (see the module docstring).
 
+    Holds three things, all cleared by :meth:`clear`:
 
-def _stack_rows(parts) -> sp.csr_matrix:
-    """CSR matrices with the same columns stacked vertically, by concatenating their arrays."""
-    nnz_off = np.cumsum([0] + [m.nnz for m in parts])
-    indptr = np.concatenate([m.indptr[:-1].astype(np.int64) + o for m, o in zip(parts, nnz_off)]
-                            + [nnz_off[-1:]])
-    return sp.csr_matrix((np.concatenate([m.data for m in parts]),
-                          np.concatenate([m.indices for m in parts]), indptr),
-                         shape=(sum(m.shape[0] for m in parts), parts[0].shape[1]))
+    * per-geometry values (a :class:`SparseOperator`, or anything with ``nbytes``), evicted
+      least recently used first while their bytes exceed ``max_bytes``;
+    * assembled block-diagonal operators of batches of different meshes: at most
+      ``max_batches``, counted in the same byte budget;
+    * the memo of content keys (by tensor identity and in-place version), so a training loop
+      that reuses the same ``Data`` objects does not rehash them every step.
 
-
-def disco_matrix(pos_out, pos_in, weight_in, radius: float, basis: KernelBasis, *,
-                 periodic=None, normalize: bool = True, same: bool = False) -> sp.csr_matrix:
-    """The DISCO operator Psi (see the module docstring) as scipy CSR [N_out * L, N_in].
-
-    ``same=True`` means pos_out is pos_in (uses the faster symmetric pair search). Large
-    operators are built in chunks of output rows holding about :data:`BUILD_CHUNK_PAIRS`
-    neighbour pairs each, so the scratch memory stays bounded (the result is identical).
+    Args:
+        max_bytes: most bytes kept (default ``$GRAPHOP_CACHE_BYTES`` or 4 GiB), counting scipy
+            arrays and torch copies. Settable at any time (``operator_cache.max_bytes = ...``).
+        max_batches: most assembled batch operators kept (default 16).
     """
-    pos_in = np.asarray(pos_in, dtype=np.float64)
-    pos_out = pos_in if same else np.asarray(pos_out, dtype=np.float64)
-    w = np.asarray(weight_in, dtype=np.float64)
-    n_out = len(pos_out)
-    chunk = n_out
-    if n_out * len(pos_in) > BUILD_CHUNK_PAIRS:
-        per_row = _mean_neighbours(pos_out, pos_in, radius, periodic)
-        chunk = max(1, int(BUILD_CHUNK_PAIRS / max(per_row, 1.0)))
-    if chunk >= n_out:
-        nb = radius_neighbors(pos_out, None if same else pos_in, radius, periodic=periodic)
-        return _disco_rows(nb, w, radius, basis, normalize)
-    return _stack_rows([_disco_rows(radius_neighbors(pos_out[a:a + chunk], pos_in, radius,
-                                                     periodic=periodic), w, radius, basis,
-                                    normalize)
-                        for a in range(0, n_out, chunk)])
+
+    def __init__(self, max_bytes: int | None = None, max_batches: int = 16):
+        if max_bytes is None:
+            max_bytes = int(float(os.environ.get("GRAPHOP_CACHE_BYTES", 4 << 30)))
+        self.max_bytes, self.max_batches = int(max_bytes), int(max_batches)
+        self._items: OrderedDict = OrderedDict()
+        self._batches: OrderedDict = OrderedDict()
+        self._keys: dict = {}
+        self.hits = self.misses = 0
+
+    @staticmethod
+    def _size(value) -> int:
+        if isinstance(value, tuple):
+            return sum(OperatorCache._size(v) for v in value)
+        if torch.is_tensor(value):
+            return value.numel() * value.element_size()
+        return int(getattr(value, "nbytes", 0))
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by every cached value (recomputed: copies grow after first use)."""
+        return sum(self._size(v) for v in (*self._items.values(), *self._batches.values()))
+
+    def get(self, key, build):
+        """The value for ``key``, made by ``build()`` on a miss (per-geometry store)."""
+        return self._get(self._items, key, build, None)
+
+    def get_batch(self, key, build):
+        """The value for ``key`` in the store of assembled batch operators."""
+        return self._get(self._batches, key, build, self.max_batches)
+
+    def _get(self, store: OrderedDict, key, build, max_count):
+        if key in store:
+            self.hits += 1
+            store.move_to_end(key)
+            return store[key]
+        self.misses += 1
+        value = build()
+        store[key] = value
+        while max_count is not None and len(store) > max_count:
+            store.popitem(last=False)
+        self._evict()
+        return value
+
+    def _evict(self) -> None:
+        total = self.nbytes
+        for store in (self._batches, self._items):   # drop assembled batches first
+            while len(store) > (1 if store is self._items else 0) and total > self.max_bytes:
+                _, old = store.popitem(last=False)
+                total -= self._size(old)
+
+    def memo_keys(self, memo_key, tensors, compute):
+        """Content keys memoised by the identity and version of ``tensors``."""
+        hit = self._keys.get(memo_key)
+        if hit is not None and all(r() is t for r, t in zip(hit[0], tensors)):
+            return hit[1]
+        keys = compute()
+        if len(self._keys) > 256:
+            self._keys.clear()
+        self._keys[memo_key] = ([weakref.ref(t) for t in tensors], keys)
+        return keys
+
+    def clear(self) -> None:
+        self._items.clear()
+        self._batches.clear()
+        self._keys.clear()
+        self.hits = self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __contains__(self, key) -> bool:
+        return key in self._items
+
+    def __repr__(self) -> str:
+        return (f"OperatorCache({len(self._items)} operators, {len(self._batches)} batches, "
+                f"{self.nbytes / 2**20:.1f} MiB of {self.max_bytes / 2**20:.0f} MiB, "
+                f"hits={self.hits}, misses={self.misses})")
+
+
+#: the one cache of every operator graphop builds
+operator_cache = OperatorCache()
 
 
 # ---------------------------------------------------------------------------- graphs + keys
@@ -268,13 +386,11 @@ class GraphSet:
         return len(self.ptr) - 1
 
     def slice(self, b: int):
+        """``(pos [n_b, d], weight [n_b] or None, periodic box or None)`` of graph b, float64."""
         lo, hi = self.ptr[b], self.ptr[b + 1]
         p = self.pos[lo:hi].detach().cpu().double().numpy()
         w = None if self.weight is None else self.weight[lo:hi].detach().cpu().double().numpy()
         return p, w, self.periodic[b]
-
-
-_KEY_MEMO: dict = {}
 
 
 def _digest(*arrays) -> str:
@@ -292,9 +408,8 @@ def _digest(*arrays) -> str:
 def graph_set(data, *, need_weight: bool, what: str = "data") -> GraphSet:
     """Validate ``data`` (Data or Batch) and split it into graphs with content keys.
 
-    Keys are sha256 digests of each graph's positions (+ weights, + periodic box); the digests
-    of a given set of tensors are memoised by identity and in-place version counter, so a
-    training loop that reuses the same ``Data`` objects does not rehash them.
+    Keys are sha256 digests of each graph's positions (+ weights, + periodic box); they are
+    memoised in :data:`operator_cache` by tensor identity and in-place version counter.
     """
     pos = getattr(data, "pos", None)
     if pos is None:
@@ -315,6 +430,8 @@ def graph_set(data, *, need_weight: bool, what: str = "data") -> GraphSet:
     ptr = getattr(data, "ptr", None)
     if ptr is None:
         b = getattr(data, "batch", None)
+        if b is not None and len(b) and bool((b[1:] < b[:-1]).any()):
+            raise ValueError(f"{what}.batch must be sorted (samples stored contiguously)")
         ptr = [0, n] if b is None else [0] + torch.bincount(b.cpu()).cumsum(0).tolist()
     else:
         ptr = ptr.tolist()
@@ -329,108 +446,52 @@ def graph_set(data, *, need_weight: bool, what: str = "data") -> GraphSet:
             raise ValueError(f"{what}.periodic has {len(per)} rows for {len(ptr) - 1} graphs")
         periodic = [tuple(float(v) for v in row) for row in per]
     tensors = (pos,) if weight is None else (pos, weight)
-    memo_key = tuple((id(t), t._version) for t in tensors) + (tuple(ptr), tuple(periodic))
-    hit = _KEY_MEMO.get(memo_key)
-    if hit is not None and all(r() is t for r, t in zip(hit[0], tensors)):
-        keys = hit[1]
-    else:
+
+    def compute():
         p = pos.detach().cpu().numpy()
         w = None if weight is None else weight.detach().cpu().numpy()
-        keys = [_digest(p[lo:hi], None if w is None else w[lo:hi],
+        return [_digest(p[lo:hi], None if w is None else w[lo:hi],
                         None if pr is None else np.asarray(pr))
                 for lo, hi, pr in zip(ptr[:-1], ptr[1:], periodic)]
-        if len(_KEY_MEMO) > 256:
-            _KEY_MEMO.clear()
-        _KEY_MEMO[memo_key] = ([weakref.ref(t) for t in tensors], keys)
+
+    memo_key = tuple((id(t), t._version) for t in tensors) + (tuple(ptr), tuple(periodic))
+    keys = operator_cache.memo_keys(memo_key, tensors, compute)
     return GraphSet(pos, ptr, keys, periodic, weight)
 
 
-# ---------------------------------------------------------------------------- the cache
-class OperatorCache:
-    """Process-wide LRU of :class:`SparseOperator` keyed by content (see module docstring).
+def batch_operator(kind: str, params: tuple, keys: list, make_block):
+    """The operator of a batch whose graph b has content key ``keys[b]``: ``(op, fold)``.
 
-    Args:
-        max_entries: most operators kept (default 256).
-        max_bytes: most bytes kept (default 4 GiB), counting scipy arrays and torch copies.
+    ``make_block(b) -> SparseOperator`` builds graph b's block on a cache miss. When every
+    graph has the same key the batch folds into the columns (``fold = B``, one block);
+    otherwise ``fold = 1`` with the block-diagonal operator (cached per combination of keys).
     """
+    def block(b):
+        return operator_cache.get((kind, params, keys[b]), lambda: make_block(b))
 
-    def __init__(self, max_entries: int = 256, max_bytes: int = 4 << 30):
-        self.max_entries, self.max_bytes = max_entries, max_bytes
-        self._ops: OrderedDict = OrderedDict()
-        self.hits = self.misses = 0
-
-    def get(self, key, build):
-        op = self._ops.get(key)
-        if op is not None:
-            self.hits += 1
-            self._ops.move_to_end(key)
-            return op
-        self.misses += 1
-        op = build()
-        self._ops[key] = op
-        self._evict()
-        return op
-
-    def _evict(self):
-        total = sum(o.nbytes for o in self._ops.values())
-        while len(self._ops) > 1 and (len(self._ops) > self.max_entries or total > self.max_bytes):
-            _, old = self._ops.popitem(last=False)
-            total -= old.nbytes
-
-    def clear(self):
-        self._ops.clear()
-        self.hits = self.misses = 0
-
-    def __len__(self):
-        return len(self._ops)
-
-    def __contains__(self, key):
-        return key in self._ops
-
-
-operator_cache = OperatorCache()
-#: assembled block-diagonal operators of batches of different meshes: a separate, small LRU so
-#: that shuffled batches (new combinations every step) never evict the per-mesh operators
-blockdiag_cache = OperatorCache(max_entries=16)
+    if len(set(keys)) == 1:
+        return block(0), len(keys)
+    blocks = [block(b) for b in range(len(keys))]
+    return operator_cache.get_batch((kind, params) + tuple(keys),
+                                    lambda: block_diagonal(blocks)), 1
 
 
 def cached_operator(kind: str, params: tuple, g_in: GraphSet, g_out: GraphSet | None, build):
-    """The operator for every graph pair, from the cache: ``(SparseOperator, fold)``.
+    """The operator from the points of ``g_in`` to those of ``g_out`` (default: the same
+    points) for every graph: ``(SparseOperator, fold)`` (see :func:`batch_operator`).
 
     ``build(pos_out, pos_in, weight_in, periodic, same) -> (csr, n_basis)`` makes one block.
-    Returns ``fold = B`` when all B graphs share one geometry (batch folded into columns),
-    else ``fold = 1`` with a block-diagonal operator.
     """
     same = g_out is None
     g_out = g_in if same else g_out
     if g_out.n_graphs != g_in.n_graphs:
         raise ValueError(f"out has {g_out.n_graphs} graphs but data has {g_in.n_graphs}")
-    pairs = list(zip(g_in.keys, g_out.keys))
 
-    def block(b):
-        def make():
-            p_in, w_in, per = g_in.slice(b)
-            p_out = p_in if same else g_out.slice(b)[0]
-            m, L = build(p_out, p_in, w_in, per, same)
-            return SparseOperator(m, L, len(p_out))
-        return operator_cache.get((kind, params, same) + pairs[b], make)
+    def make(b):
+        p_in, w_in, per = g_in.slice(b)
+        p_out = p_in if same else g_out.slice(b)[0]
+        m, L = build(p_out, p_in, w_in, per, same)
+        return SparseOperator(m, L, len(p_out))
 
-    if len(set(pairs)) == 1:
-        return block(0), g_in.n_graphs
-    blocks = [block(b) for b in range(g_in.n_graphs)]
-    return blockdiag_cache.get((kind, params, same) + tuple(pairs),
-                               lambda: _block_diagonal(blocks)), 1
-
-
-def _block_diagonal(blocks) -> SparseOperator:
-    """Per-graph operators (rows i*L + l) stacked block-diagonally, by concatenating CSR arrays."""
-    L = blocks[0].n_basis
-    mats = [b.matrix for b in blocks]
-    nnz_off = np.cumsum([0] + [m.nnz for m in mats])
-    col_off = np.cumsum([0] + [m.shape[1] for m in mats])
-    indptr = np.concatenate([m.indptr[:-1] + o for m, o in zip(mats, nnz_off)] + [nnz_off[-1:]])
-    indices = np.concatenate([m.indices + o for m, o in zip(mats, col_off)])
-    data = np.concatenate([m.data for m in mats])
-    n_out = sum(b.n_out for b in blocks)
-    m = sp.csr_matrix((data, indices, indptr), shape=(n_out * L, int(col_off[-1])))
-    return SparseOperator(m, L, n_out)
+    keys = [k if same else (k, ko) for k, ko in zip(g_in.keys, g_out.keys)]
+    return batch_operator(kind, (params, same), keys, make)

@@ -30,7 +30,6 @@ Shapes:
 """
 from __future__ import annotations
 
-from collections import OrderedDict
 
 import numpy as np
 import torch
@@ -38,14 +37,12 @@ from scipy.spatial import cKDTree
 from torch import nn
 from torch_geometric.nn import MessagePassing
 
-from graphop.layers._sparse import content_key, split_batch
+from graphop.layers.sparse import graph_set, operator_cache
 from graphop.layers.latent import periodic_box
 from graphop.geometry.neighbors import radius_neighbors
-from graphop.models.local_gno import _plain, mlp
+from graphop.models.mlp import mlp, plain_config
 
 __all__ = ["MeshGraphNet", "mesh_edges"]
-
-_EDGE_CACHE: OrderedDict = OrderedDict()
 
 
 def _undirected(i: torch.Tensor, j: torch.Tensor, n: int) -> torch.Tensor:
@@ -57,26 +54,23 @@ def _undirected(i: torch.Tensor, j: torch.Tensor, n: int) -> torch.Tensor:
 
 
 def _cloud_edges(data, radius, k) -> torch.Tensor:
-    samples = split_batch(data)
+    g = graph_set(data, need_weight=False, what="data")
     box = periodic_box(data, data.pos.shape[1])
-    parts, start = [], 0
-    for pos, _ in samples:
-        key = content_key(pos, None, ("gnn-edges", radius, k, None if box is None else tuple(box)))
-        if key not in _EDGE_CACHE:
-            if radius is not None:
-                nb = radius_neighbors(pos, None, radius, periodic=box, include_self=False)
-                e = np.stack([nb.rows(), nb.indices])
-            else:
-                kk = min(k, len(pos) - 1)
-                pts = pos if box is None else np.mod(pos, box)
-                _, idx = cKDTree(pts, boxsize=box).query(pts, k=kk + 1)
-                rows = np.repeat(np.arange(len(pos)), kk)
-                e = np.stack([rows, idx[:, 1:].ravel()])
-            _EDGE_CACHE[key] = e
-            while len(_EDGE_CACHE) > 512:
-                _EDGE_CACHE.popitem(last=False)
-        parts.append(torch.as_tensor(_EDGE_CACHE[key], dtype=torch.long) + start)
-        start += len(pos)
+
+    def build(b):
+        pos = g.slice(b)[0]
+        if radius is not None:
+            nb = radius_neighbors(pos, None, radius, periodic=box, include_self=False)
+            return np.stack([nb.rows(), nb.indices])
+        kk = min(k, len(pos) - 1)
+        pts = pos if box is None else np.mod(pos, box)
+        _, idx = cKDTree(pts, boxsize=box).query(pts, k=kk + 1)
+        return np.stack([np.repeat(np.arange(len(pos)), kk), idx[:, 1:].ravel()])
+
+    params = ("gnn-edges", radius, k, None if box is None else tuple(box))
+    parts = [torch.as_tensor(operator_cache.get(params + (key,), lambda b=b: build(b)),
+                             dtype=torch.long) + g.ptr[b]
+             for b, key in enumerate(g.keys)]
     e = torch.cat(parts, dim=1).to(data.pos.device)
     return _undirected(e[0], e[1], data.pos.shape[0])
 
@@ -141,7 +135,7 @@ class MeshGraphNet(nn.Module):
         if in_channels < 0 or out_channels < 1 or hidden < 1 or n_layers < 1:
             raise ValueError(f"need in_channels >= 0, out_channels >= 1, hidden >= 1, n_layers >= 1; "
                              f"got {in_channels}, {out_channels}, {hidden}, {n_layers}")
-        self.config = _plain(dict(name="gnn", in_channels=in_channels, out_channels=out_channels,
+        self.config = plain_config(dict(name="gnn", in_channels=in_channels, out_channels=out_channels,
                                   hidden=hidden, n_layers=n_layers, dim=dim, use_pos=use_pos,
                                   radius=radius, k=k, activation=activation))
         self.in_channels, self.dim, self.use_pos = in_channels, dim, use_pos

@@ -72,25 +72,11 @@ from torch import nn
 
 from graphop.layers.latent import GridDecoder, GridEncoder, periodic_box
 from graphop.layers.spectral import SpectralConv
+from graphop.models.mlp import ACTIVATIONS, mlp, plain_config
 
-__all__ = ["LocalGNO", "GlobalBranch", "BRANCHES", "ACTIVATIONS", "mlp"]
+__all__ = ["LocalGNO", "GlobalBranch", "BRANCHES"]
 
 BRANCHES = ("global", "disco", "diff")
-ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU, "silu": nn.SiLU, "tanh": nn.Tanh}
-
-
-def mlp(sizes, activation: str = "gelu", layer_norm: bool = False) -> nn.Sequential:
-    """Linear -> act -> ... -> Linear over ``sizes`` (optionally LayerNorm at the end)."""
-    layers = []
-    for i in range(len(sizes) - 1):
-        layers.append(nn.Linear(sizes[i], sizes[i + 1]))
-        if i < len(sizes) - 2:
-            layers.append(ACTIVATIONS[activation]())
-    if layer_norm:
-        layers.append(nn.LayerNorm(sizes[-1]))
-    return nn.Sequential(*layers)
-
-
 class GlobalBranch(nn.Module):
     """G(h) = Dec(SpectralConv([Enc(h), occupancy])): [N, width] -> [N, width].
 
@@ -141,15 +127,6 @@ class _Block(nn.Module):
         return z
 
 
-def _plain(v):
-    """Config values as plain JSON/YAML types (tuples -> lists)."""
-    if isinstance(v, (tuple, list)):
-        return [_plain(e) for e in v]
-    if isinstance(v, dict):
-        return {k: _plain(e) for k, e in v.items()}
-    return v
-
-
 class LocalGNO(nn.Module):
     """Lift -> blocks act(W h + global + disco + diff) -> project (see the module docstring)."""
 
@@ -187,7 +164,7 @@ class LocalGNO(nn.Module):
         lifting_channels = lifting_channels or 2 * width
         projection_channels = projection_channels or 4 * width
         disco_kwargs, diff_kwargs = dict(disco_kwargs or {}), dict(diff_kwargs or {})
-        self.config = _plain(dict(
+        self.config = plain_config(dict(
             name="local_gno", in_channels=in_channels, out_channels=out_channels, width=width,
             n_layers=n_layers, branches=branches, dim=dim, latent_shape=latent_shape, modes=modes,
             latent_box=latent_box, box_padding=box_padding, fft_padding=fft_padding,
