@@ -284,14 +284,14 @@ def test_training_workers_die_with_a_killed_experiment(tmp_path):
         "    time.sleep(120)\n")
     parent = subprocess.Popen([sys.executable, "-c", script], cwd=Path(__file__).parents[1])
     try:
-        for _ in range(600):
-            if marker.exists() and marker.read_text():
-                break
+        deadline = time.monotonic() + 300   # a spawned worker imports torch: slow on a busy machine
+        while time.monotonic() < deadline and not (marker.exists() and marker.read_text()):
             time.sleep(0.1)
         pid = int(marker.read_text())
         parent.kill()                       # SIGKILL: no cleanup code of the parent runs
         parent.wait()
-        for _ in range(100):
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
             try:
                 state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
             except FileNotFoundError:
