@@ -133,7 +133,7 @@ def test_boundary_distance_is_derived_from_the_geometry(tmp_path):
     structured unit square it is min(x, 1-x, y, 1-y) up to the boundary spacing, zero on the
     boundary; prediction on a user's mesh does the same; a point cloud has no boundary."""
     from graphop.geometry.mesh import DERIVED_FIELDS
-    from graphop.inference.predict import mesh_to_sample
+    from graphop.data.sample import mesh_to_sample
 
     assert "boundary_distance" in DERIVED_FIELDS
     n = 21

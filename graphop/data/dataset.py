@@ -34,12 +34,11 @@ import numpy as np
 import torch
 
 from graphop.errors import DataError, GraphopError
-from graphop.errors import MeshError
+from graphop.data.sample import mesh_to_sample
 
 __all__ = ["MeshFolderDataset", "list_mesh_files"]
 
 CACHE_DIR = ".graphop_cache"
-_NORMAL_NAMES = ("normal", "normals", "Normals")
 
 
 def list_mesh_files(root) -> list[Path]:
@@ -195,48 +194,11 @@ class MeshFolderDataset(torch.utils.data.Dataset):
         except GraphopError as exc:
             msg = str(exc)
             raise DataError(msg if str(path) in msg else f"{path}: {msg}") from exc
-        try:
-            mesh = mesh.with_derived_fields(self.inputs)
-        except MeshError as exc:
-            raise DataError(f"{path}: {exc}") from exc
-        n = mesh.n_points
-        cols = {}
-        for name in self.inputs + self.targets:
-            if name not in mesh.point_data:
-                raise DataError(f"{path}: no point_data field {name!r}; available: "
-                                f"{sorted(mesh.point_data) or 'none'}")
-            v = np.asarray(mesh.point_data[name], dtype=np.float64)
-            if v.ndim == 0 or len(v) != n:
-                raise DataError(f"{path}: field {name!r} has length "
-                                f"{0 if v.ndim == 0 else len(v)}, expected {n} (one per point)")
-            v = v.reshape(n, -1)
-            if not np.isfinite(v).all():
-                raise DataError(f"{path}: field {name!r} has NaN or inf values")
-            cols[name] = torch.as_tensor(v, dtype=self.dtype)
-        data = mesh.to_data(fields=[], dtype=self.dtype)
-
-        def cat(names):
-            if not names:
-                return torch.zeros(n, 0, dtype=self.dtype)
-            return torch.cat([cols[k] for k in names], dim=1)
-
-        data.x, data.y = cat(self.inputs), cat(self.targets)
-        for name in _NORMAL_NAMES:
-            if name in mesh.point_data:
-                nv = np.asarray(mesh.point_data[name], dtype=np.float64).reshape(n, -1)
-                if nv.shape[1] == mesh.dim:
-                    data.normal = torch.as_tensor(nv, dtype=self.dtype)
-                break
-        periodic = (self.manifest or {}).get("periodic")
-        if periodic is None and "periodic" in mesh.field_data:
-            periodic = np.asarray(mesh.field_data["periodic"], dtype=np.float64).reshape(1, -1)
-        if periodic is not None:
-            data.periodic = torch.as_tensor(np.asarray(periodic, dtype=np.float64).reshape(1, -1),
-                                            dtype=self.dtype)
-            data.boundary = torch.zeros(n, dtype=torch.bool)
+        data = mesh_to_sample(mesh, self.inputs, self.targets, require_targets=True,
+                              periodic=(self.manifest or {}).get("periodic"), dtype=self.dtype)
         if record is not None:
             data.family = str(record.get("family", ""))
-            data.n_points = int(record.get("n_points", n))
+            data.n_points = int(record.get("n_points", mesh.n_points))
         return data
 
     # ------------------------------------------------------------------ Dataset

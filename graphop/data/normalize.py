@@ -36,33 +36,17 @@ import math
 
 import torch
 
+from graphop.data.sample import describe, measure_exponent
 from graphop.errors import DataError
 from graphop.geometry.mesh import AffineMap
 
-__all__ = ["FieldNormalizer", "Normalizer", "NormalizedDataset", "measure_exponent", "check_sample"]
-
-
-def measure_exponent(data) -> int:
-    """Topological dimension of a sample's domain: 2 for a triangle surface in 3D, otherwise
-    the coordinate dimension (used to scale quadrature weights)."""
-    d = int(data.pos.shape[1])
-    if d == 3 and getattr(data, "face", None) is not None and getattr(data, "cells_tetra", None) is None:
-        return 2
-    return d
-
-
-def _describe(data, index=None) -> str:
-    for key in ("source", "path", "file"):
-        v = getattr(data, key, None)
-        if isinstance(v, str) and v:
-            return v
-    return f"sample {index}" if index is not None else "sample"
+__all__ = ["FieldNormalizer", "Normalizer", "NormalizedDataset", "check_sample"]
 
 
 def check_sample(data, index=None) -> None:
     """Raise :class:`DataError` for NaN/inf in ``pos``, ``weight``, ``x`` or ``y`` (naming the
     sample, the field and the first bad point), or for missing ``pos``/``weight``/``y``."""
-    where = _describe(data, index)
+    where = describe(data, index)
     for key in ("pos", "weight", "y"):
         if getattr(data, key, None) is None:
             raise DataError(f"{where}: the sample has no {key!r}")
@@ -193,7 +177,7 @@ class Normalizer:
             if n_x is None:
                 n_x, n_y = cx, cy
             elif (cx, cy) != (n_x, n_y):
-                raise DataError(f"{_describe(data, i)}: {cx} input / {cy} target channel(s), but "
+                raise DataError(f"{describe(data, i)}: {cx} input / {cy} target channel(s), but "
                                 f"earlier samples have {n_x} / {n_y}")
             if cx:
                 xin.add(x, data.weight)
@@ -201,7 +185,7 @@ class Normalizer:
             p = data.pos.double()
             plo, phi = p.min(0).values, p.max(0).values
             if lo is not None and lo.shape != plo.shape:
-                raise DataError(f"{_describe(data, i)}: dimension {plo.numel()} differs from "
+                raise DataError(f"{describe(data, i)}: dimension {plo.numel()} differs from "
                                 f"earlier samples ({lo.numel()})")
             lo = plo if lo is None else torch.minimum(lo, plo)
             hi = phi if hi is None else torch.maximum(hi, phi)
@@ -238,7 +222,7 @@ class Normalizer:
             pos = data.pos
             shift = torch.as_tensor(self.coords.shift, dtype=pos.dtype, device=pos.device)
             if shift.numel() != pos.shape[1]:
-                raise DataError(f"{_describe(data)}: the model was trained on {shift.numel()}D "
+                raise DataError(f"{describe(data)}: the model was trained on {shift.numel()}D "
                                 f"coordinates, this sample is {pos.shape[1]}D")
             scale = self.coords.scale
             out.pos = (pos - shift) / scale

@@ -28,19 +28,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from graphop.training.checkpoint import load_trained_model
+from graphop.data.sample import channel_names, describe
 from graphop.errors import DataError
+from graphop.inference.predict import predict_data
+from graphop.training.checkpoint import load_trained_model
 from graphop.training.metrics import relative_l2
 
 __all__ = ["evaluate_dataset", "evaluate_checkpoint", "summarize", "format_markdown",
-           "plot_sample", "sample_mesh", "predict_data"]
-
-
-@torch.no_grad()
-def predict_data(model, normalizer, data, device) -> torch.Tensor:
-    """Physical-unit prediction [N, out] of a trained model for one ``Data``/``Batch``."""
-    enc = normalizer.encode(data).to(device)
-    return normalizer.decode(model(enc)).cpu()
+           "plot_sample", "sample_mesh"]
 
 
 def _manifest(root: Path) -> dict | None:
@@ -66,14 +61,6 @@ def _sample_files(dataset) -> list | None:
         v = getattr(dataset, name, None)
         if v is not None and len(v) == len(dataset):
             return [Path(p) for p in v]
-    return None
-
-
-def _source(data) -> str | None:
-    for key in ("source", "path", "file"):
-        v = getattr(data, key, None)
-        if isinstance(v, str) and v:
-            return v
     return None
 
 
@@ -181,7 +168,7 @@ def sample_mesh(data):
             cells[key[len("cells_"):]] = data[key].cpu().numpy()
     return Mesh(data.pos.detach().cpu().double().numpy(), cells,
                 weights=data.weight.detach().cpu().double().numpy(),
-                source=_source(data) or "sample", validate=False)
+                source=describe(data), validate=False)
 
 
 def plot_sample(data, pred: torch.Tensor, path, title: str = "", target_names=None) -> Path:
@@ -273,7 +260,7 @@ def evaluate_checkpoint(checkpoint, data=None, splits=("train", "test"), out=Non
             png = plot_sample(sample, pred, out / f"sample_{name}.png",
                               title=f"{name} {main_split} sample: {rec['source'] or rec['index']}  "
                                     f"(rel. L2 {rec['rel_l2']:.4f}, {rec['n_points']} points)",
-                              target_names=_channel_names(tc["targets"], sample.y.shape[1]))
+                              target_names=channel_names(tc["targets"], sample.y.shape[1]))
             report["plots"][name] = str(png)
     (out / "results.json").write_text(json.dumps(report, indent=2))
     (out / "results.md").write_text(format_markdown(report))
@@ -281,11 +268,3 @@ def evaluate_checkpoint(checkpoint, data=None, splits=("train", "test"), out=Non
     return report
 
 
-def _channel_names(targets, n_out: int) -> list[str]:
-    targets = list(targets)
-    if len(targets) == n_out:
-        return targets
-    if targets and n_out % len(targets) == 0:
-        k = n_out // len(targets)
-        return [f"{t}[{j}]" for t in targets for j in range(k)]
-    return [f"channel {c}" for c in range(n_out)]

@@ -23,65 +23,34 @@ import torch
 
 from graphop.training.checkpoint import load_trained_model
 from graphop.errors import DataError
-from graphop.errors import MeshError
+from graphop.data.sample import mesh_to_sample, split_channels
 from graphop.training.metrics import relative_l2
 from graphop.data.normalize import check_sample
 
-__all__ = ["predict_mesh", "predict_file", "mesh_to_sample"]
+__all__ = ["predict_data", "predict_mesh", "predict_file"]
 
 
-def mesh_to_sample(mesh, inputs, targets=(), periodic=None, dtype=torch.float32):
-    """A training-style ``Data`` (pos, weight, boundary, face, x, and y when every target is
-    present) from a :class:`graphop.Mesh`."""
-    try:
-        mesh = mesh.with_derived_fields(inputs)
-    except MeshError as exc:
-        raise DataError(str(exc)) from exc
-    missing = [f for f in inputs if f not in mesh.point_data]
-    if missing:
-        raise DataError(f"{mesh.source}: no point_data field(s) {', '.join(map(repr, missing))} "
-                        f"(the model's inputs are {list(inputs)}); available: "
-                        f"{sorted(mesh.point_data) or 'none'}")
-    have_y = bool(targets) and all(t in mesh.point_data for t in targets)
-    data = mesh.to_data(fields=list(inputs) + (list(targets) if have_y else []), dtype=dtype)
-    n = mesh.n_points
-    xs = [data[f].reshape(n, -1) for f in inputs]
-    data.x = torch.cat(xs, dim=1) if xs else torch.zeros(n, 0, dtype=dtype)
-    if have_y:
-        data.y = torch.cat([data[t].reshape(n, -1) for t in targets], dim=1)
-    for f in set(inputs) | (set(targets) if have_y else set()):
-        del data[f]
-    if periodic is not None:
-        data.periodic = torch.as_tensor(periodic, dtype=dtype).reshape(1, -1)
-    data.source = str(mesh.source)
-    return data
-
-
-def _split_channels(pred: np.ndarray, targets) -> dict:
-    n_out = pred.shape[1]
-    if len(targets) == n_out:
-        return {t: pred[:, i] for i, t in enumerate(targets)}
-    if targets and n_out % len(targets) == 0:
-        k = n_out // len(targets)
-        return {t: pred[:, i * k:(i + 1) * k] for i, t in enumerate(targets)}
-    return {f"prediction_{c}": pred[:, c] for c in range(n_out)}
+@torch.no_grad()
+def predict_data(model, normalizer, data, device="cpu") -> torch.Tensor:
+    """Physical-unit prediction [N, out] of a trained model for one ``Data``/``Batch``."""
+    enc = normalizer.encode(data).to(device)
+    return normalizer.decode(model(enc)).cpu()
 
 
 @torch.no_grad()
 def predict_mesh(model, normalizer, mesh, inputs, targets, device="cpu", periodic=None):
     """(fields, rel_l2) for ``mesh``: predicted target arrays by name, and the relative L2
     error against the mesh's own target fields when it has them (else None)."""
-    data = mesh_to_sample(mesh, inputs, targets, periodic)
+    data = mesh_to_sample(mesh, inputs, targets, periodic=periodic)
     if getattr(data, "y", None) is None:
         data.y = torch.zeros(mesh.n_points, 1)  # check_sample needs a y; not used below
         has_truth = False
     else:
         has_truth = True
     check_sample(data)
-    enc = normalizer.encode(data).to(device)
-    pred = normalizer.decode(model(enc)).cpu()
+    pred = predict_data(model, normalizer, data, device)
     rel = float(relative_l2(pred, data.y, data.weight)) if has_truth else None
-    return _split_channels(pred.double().numpy(), list(targets)), rel
+    return split_channels(pred.double().numpy(), list(targets)), rel
 
 
 def predict_file(checkpoint, mesh_file, out=None, device="cpu", measure: float | None = None,
