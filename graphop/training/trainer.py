@@ -125,104 +125,155 @@ class Trainer:
         self.cfg = config.validate()
         self.info, self.device = setup(config.device)
         self.run_dir = Path(config.out)
-        ckpt = None
+        ckpt = self._open_checkpoint(resume, overwrite)
+        self.local_bs = self._local_batch_size()
+        train, val = self._load_data(datasets)
+        self.normalizer = self._fit_normalizer(train, val, ckpt)
+        _seed_all(config.seed)
+        model, self.model_config = self._build_model(model, train)
+        if ckpt is not None:
+            load_model_state(model, ckpt, expected_config=self.model_config)
+        self.module, self.model = self._place_model(model)
+        self.optimizer, self.scheduler = self._make_optimizer()
+        self._make_loaders(train, val)
+        self._restore_progress(ckpt)
+        self._stop_signal = None
+        self._prepare_run_dir(ckpt, overwrite)
+
+    # ------------------------------------------------------------------ construction steps
+    def _open_checkpoint(self, resume: bool, overwrite: bool) -> dict | None:
+        """The checkpoint to resume from, or None for a fresh run (refused over an old run
+        unless ``overwrite``)."""
         if resume:
-            ckpt = load_checkpoint(self.run_dir / "last.pt", map_location="cpu")
-        elif (self.run_dir / "last.pt").exists() and not overwrite:
+            return load_checkpoint(self.run_dir / "last.pt", map_location="cpu")
+        if (self.run_dir / "last.pt").exists() and not overwrite:
             raise ConfigError(f"{self.run_dir} already holds a training run (last.pt); continue it with "
                               f"--resume {self.run_dir}, or choose another --out")
-        world = self.info.world_size
-        if config.batch_size % world:
-            raise ConfigError(f"batch_size {config.batch_size} must be divisible by the number of "
-                              f"processes ({world})")
-        self.local_bs = config.batch_size // world
+        return None
 
-        train, val = datasets if datasets is not None else load_datasets(config)
+    def _local_batch_size(self) -> int:
+        world = self.info.world_size
+        if self.cfg.batch_size % world:
+            raise ConfigError(f"batch_size {self.cfg.batch_size} must be divisible by the number of "
+                              f"processes ({world})")
+        return self.cfg.batch_size // world
+
+    def _load_data(self, datasets):
+        train, val = datasets if datasets is not None else load_datasets(self.cfg)
         if len(train) == 0:
             raise DataError("the training set is empty")
         if len(val) == 0:
             raise DataError("the validation set is empty")
-        n_in, n_out = _channels(train[0])
         self.n_train, self.n_val = len(train), len(val)
-        progress = config.progress and self.info.is_main
+        return train, val
+
+    def _fit_normalizer(self, train, val, ckpt) -> Normalizer:
+        """Fitted on the training set for a fresh run, restored from the checkpoint on resume;
+        every sample is checked for NaN/inf either way."""
+        cfg = self.cfg
         if ckpt is None:
-            self.normalizer = Normalizer.fit(train, fields=config.normalize_fields,
-                                             coords=config.normalize_coords, progress=progress)
+            normalizer = Normalizer.fit(train, fields=cfg.normalize_fields,
+                                        coords=cfg.normalize_coords,
+                                        progress=cfg.progress and self.info.is_main)
         else:
-            self.normalizer = Normalizer.from_state_dict(ckpt["normalizer"])
+            normalizer = Normalizer.from_state_dict(ckpt["normalizer"])
             for i in range(len(train)):
                 check_sample(train[i], i)
         for i in range(len(val)):
             check_sample(val[i], i)
+        return normalizer
 
-        _seed_all(config.seed)
-        if model is None:
-            from graphop.models import MODELS, build_model, model_arguments
+    def _model_config(self, train) -> dict:
+        """``cfg.model`` completed from the data: channel counts, and the dimension and torus
+        flag when the model takes them and the user did not set them."""
+        from graphop.models import MODELS, model_arguments
 
-            mc = {**config.model, "in_channels": n_in, "out_channels": n_out}
-            accepted = model_arguments(mc["name"]) if mc.get("name") in MODELS else []
-            first = train[0]
-            if "dim" in accepted and "dim" not in mc and "latent_shape" not in mc:
-                mc["dim"] = int(first.pos.shape[1])
-            if "periodic" in accepted and "periodic" not in mc:
-                mc["periodic"] = getattr(first, "periodic", None) is not None
-            try:
-                model = build_model(mc)
-            except (KeyError, TypeError, ValueError) as exc:
-                if isinstance(exc, GraphopError):
-                    raise
-                raise ConfigError(f"cannot build model {mc.get('name')!r}: {exc}") from exc
-            self.model_config = dict(getattr(model, "config", mc))
-        else:
-            self.model_config = dict(getattr(model, "config", {"name": type(model).__name__}))
-        if ckpt is not None:
-            load_model_state(model, ckpt, expected_config=self.model_config)
-        self.module = model.to(self.device)
-        if self.info.distributed:
-            from torch.nn.parallel import DistributedDataParallel
+        n_in, n_out = _channels(train[0])
+        mc = {**self.cfg.model, "in_channels": n_in, "out_channels": n_out}
+        accepted = model_arguments(mc["name"]) if mc.get("name") in MODELS else []
+        first = train[0]
+        if "dim" in accepted and "dim" not in mc and "latent_shape" not in mc:
+            mc["dim"] = int(first.pos.shape[1])
+        if "periodic" in accepted and "periodic" not in mc:
+            mc["periodic"] = getattr(first, "periodic", None) is not None
+        return mc
 
-            ids = [self.device.index] if self.device.type == "cuda" else None
-            self.model = DistributedDataParallel(self.module, device_ids=ids)
-        else:
-            self.model = self.module
+    def _build_model(self, model, train):
+        """``(model, model config)``: the given model, or ``build_model`` of the completed
+        config (build errors are one-line :class:`ConfigError` s)."""
+        if model is not None:
+            return model, dict(getattr(model, "config", {"name": type(model).__name__}))
+        from graphop.models import build_model
 
+        mc = self._model_config(train)
+        try:
+            model = build_model(mc)
+        except (KeyError, TypeError, ValueError) as exc:
+            if isinstance(exc, GraphopError):
+                raise
+            raise ConfigError(f"cannot build model {mc.get('name')!r}: {exc}") from exc
+        return model, dict(getattr(model, "config", mc))
+
+    def _place_model(self, model):
+        """``(module, model)``: the module on the device, and the module wrapped in
+        ``DistributedDataParallel`` when several processes train."""
+        module = model.to(self.device)
+        if not self.info.distributed:
+            return module, module
+        from torch.nn.parallel import DistributedDataParallel
+
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        return module, DistributedDataParallel(module, device_ids=ids)
+
+    def _make_optimizer(self):
+        cfg = self.cfg
         params = [p for p in self.module.parameters() if p.requires_grad]
-        if config.optimizer == "sgd":
-            self.optimizer = torch.optim.SGD(params, lr=config.lr, momentum=0.9,
-                                             weight_decay=config.weight_decay)
-        elif config.optimizer == "adam":
-            self.optimizer = torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+        if cfg.optimizer == "sgd":
+            opt = torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay)
+        elif cfg.optimizer == "adam":
+            opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         else:
-            self.optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-        self.scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=config.epochs)
-                          if config.scheduler == "cosine" else None)
+            opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        sched = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs)
+                 if cfg.scheduler == "cosine" else None)
+        return opt, sched
 
+    def _make_loaders(self, train, val) -> None:
+        world, rank = self.info.world_size, self.info.rank
         self.train_set = NormalizedDataset(train, self.normalizer)
-        self.sampler = EpochSampler(self.train_set, world, self.info.rank, seed=config.seed)
+        self.sampler = EpochSampler(self.train_set, world, rank, seed=self.cfg.seed)
         self.val_set = NormalizedDataset(
-            torch.utils.data.Subset(val, list(range(self.info.rank, len(val), world))), self.normalizer)
+            torch.utils.data.Subset(val, list(range(rank, len(val), world))), self.normalizer)
 
+    def _restore_progress(self, ckpt) -> None:
+        """Epoch, position in the epoch, history, best metric, optimizer, scheduler and RNG
+        states: fresh, or from the checkpoint."""
         self.epoch, self.step_in_epoch = 0, 0
         self.partial = {"loss_sum": 0.0, "count": 0.0, "time_s": 0.0}
         self.history: list = []
         self.best_metric, self.best_epoch = math.inf, 0
-        if ckpt is not None:
-            self.optimizer.load_state_dict(ckpt["optimizer"])
-            if self.scheduler is not None and ckpt.get("scheduler") is not None:
-                self.scheduler.load_state_dict(ckpt["scheduler"])
-                self.scheduler.T_max = config.epochs
-            self.epoch, self.step_in_epoch = int(ckpt["epoch"]), int(ckpt.get("step_in_epoch", 0))
-            self.partial = dict(ckpt.get("partial") or self.partial)
-            self.history = list(ckpt.get("history", []))
-            self.best_metric = float(ckpt.get("best_metric", math.inf))
-            self.best_epoch = int(ckpt.get("best_epoch", 0))
-            set_rng_state(ckpt["rng"])
-        self._stop_signal = None
-        if self.info.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            if ckpt is None and overwrite and (self.run_dir / "tb").is_dir():
-                shutil.rmtree(self.run_dir / "tb")  # the old run's TensorBoard curves
-            config.save(self.run_dir / "config.yaml")
+        if ckpt is None:
+            return
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        if self.scheduler is not None and ckpt.get("scheduler") is not None:
+            self.scheduler.load_state_dict(ckpt["scheduler"])
+            self.scheduler.T_max = self.cfg.epochs
+        self.epoch, self.step_in_epoch = int(ckpt["epoch"]), int(ckpt.get("step_in_epoch", 0))
+        self.partial = dict(ckpt.get("partial") or self.partial)
+        self.history = list(ckpt.get("history", []))
+        self.best_metric = float(ckpt.get("best_metric", math.inf))
+        self.best_epoch = int(ckpt.get("best_epoch", 0))
+        set_rng_state(ckpt["rng"])
+
+    def _prepare_run_dir(self, ckpt, overwrite: bool) -> None:
+        """Rank 0 creates the run directory and writes ``config.yaml`` (and drops an
+        overwritten run's TensorBoard curves)."""
+        if not self.info.is_main:
+            return
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if ckpt is None and overwrite and (self.run_dir / "tb").is_dir():
+            shutil.rmtree(self.run_dir / "tb")
+        self.cfg.save(self.run_dir / "config.yaml")
 
     @classmethod
     def resume(cls, run_dir, sets=(), overrides: dict | None = None, model=None, datasets=None
