@@ -33,7 +33,7 @@ import time
 import numpy as np
 import torch
 
-__all__ = ["TARGETS", "run_target", "bench_layers", "NaiveDISCO", "format_result"]
+__all__ = ["TARGETS", "run_target", "bench_layers", "naive_disco_class", "format_result"]
 
 
 # ---------------------------------------------------------------------------- measuring
@@ -107,7 +107,7 @@ def _measure(make_fn, device, repeats):
 
 
 # ---------------------------------------------------------------------------- baselines
-def _naive_class():
+def naive_disco_class():
     from torch_geometric.nn import MessagePassing
 
     class NaiveDISCO(MessagePassing):
@@ -127,8 +127,6 @@ def _naive_class():
 
     return NaiveDISCO
 
-
-NaiveDISCO = None  # resolved lazily (keeps ``import graphop.bench`` light)
 
 
 def per_edge_form(op):
@@ -213,8 +211,7 @@ def _suite(mesh, batch, channels, kernel_shape, neighbors, device, repeats, with
     log("  floor (torch.sparse.mm + contraction)")
     res["floor"] = _measure(run(lambda xx: _floor_apply(a, xx, conv.weight, fold)), device, repeats)
     if with_naive:
-        global NaiveDISCO
-        NaiveDISCO = NaiveDISCO or _naive_class()
+        NaiveDISCO = naive_disco_class()
         ei, psi = per_edge_form(op)
         E = ei.shape[1]
         offs = (np.arange(batch) * n)[:, None, None]
