@@ -10,7 +10,14 @@ them) and raises ``AssertionError`` with a message stating what failed and by ho
 * :func:`check_batch_consistency`: a ``Batch`` of different meshes equals single calls.
 * :func:`nested_meshes`: a sequence of irregular (randomly perturbed Delaunay) triangle meshes
   of the unit square or the unit disk in which each mesh keeps every vertex of the previous one
-  as its first vertices, so outputs can be compared on common points.
+  as its first vertices, so outputs can be compared on common points; :func:`nested_clouds`
+  does the same for uniform random clouds with k-NN quadrature weights.
+* :func:`check_stencil`: the differential stencil is exact for linear functions at every point
+  and its coefficients obey the stated bound, on any point set; :func:`hard_point_sets` gives
+  the hard cases (near-duplicates, interleaved boundary refinements, 100x grading, Monte Carlo
+  clouds, anisotropic cells, a tetrahedral mesh, a torus), each also available on its own.
+* :func:`check_model_refinement`: a model with fixed parameters converges on nested meshes or
+  clouds for a given input field (smooth, or piecewise constant with jumps) and does not blow up.
 
 ``fn`` is any callable ``fn(x, data) -> Tensor [N, O]`` (a layer) or ``fn(data)`` with
 ``x=None`` (a model reading ``data.x``).
@@ -24,7 +31,10 @@ import torch
 
 __all__ = ["check_refinement_convergence", "check_convergence_rate",
            "check_permutation_equivariance", "check_batch_consistency", "permute_data",
-           "nested_meshes", "convergence_rate"]
+           "nested_meshes", "convergence_rate", "nested_clouds", "check_model_refinement",
+           "check_stencil", "hard_point_sets", "near_duplicate_points",
+           "interleaved_boundary_points", "graded_points", "monte_carlo_points",
+           "anisotropic_points", "tet_mesh_points", "torus_points"]
 
 
 def _call(fn, x, data):
@@ -329,3 +339,52 @@ def check_stencil(points, periodic=None, kernel_size: int = 3, tol: float = 1e-8
         raise AssertionError(f"stencil coefficients exceed the bound: sum |a| = "
                              f"{out['coef_max']:.3g} > {bound:.3g} at point {i} {pts[i].tolist()}")
     return out
+
+
+# ---------------------------------------------------------------------------- model checks
+def nested_clouds(levels: int = 3, n0: int = 200, factor: int = 4, dim: int = 2,
+                  seed: int = 0):
+    """Uniform random clouds of the unit box with ``n0 * factor^k`` points, k < ``levels``,
+    each keeping the previous cloud's points first, with k-NN quadrature weights scaled to the
+    box's measure (:meth:`graphop.geometry.mesh.Mesh.from_points`)."""
+    from graphop.geometry.mesh import Mesh
+
+    pts = monte_carlo_points(n0 * factor ** (levels - 1), dim, seed)
+    return [Mesh.from_points(pts[:n0 * factor ** k], measure=1.0, source=f"cloud level {k}")
+            for k in range(levels)]
+
+
+def check_model_refinement(model, meshes, field, max_ratio: float = 0.8,
+                           max_growth: float = 1.5) -> dict:
+    """A model with fixed parameters gives converging outputs on nested meshes.
+
+    Args:
+        model: ``model(data) -> [N, O]`` reading ``data.x`` (e.g. a LocalGNO), in float64.
+        meshes: K >= 3 nested :class:`graphop.Mesh` (each starts with the previous one's points;
+            :func:`nested_meshes`, :func:`nested_clouds`).
+        field: ``field(points [N, d] ndarray) -> [N, C] ndarray``, the input ``data.x``; smooth,
+            or piecewise constant with jumps.
+        max_ratio: every ratio of successive RMS differences on the coarsest mesh's points must
+            be below this (:func:`check_refinement_convergence`).
+        max_growth: nothing blows up: ``max |out|`` on every mesh is at most ``max_growth`` x
+            that on the coarsest.
+    Returns:
+        ``{"n_points", "peaks", "differences", "ratios"}``.
+    """
+    outs, peaks = [], []
+    for m in meshes:
+        data = m.to_data(dtype=torch.float64)
+        data.x = torch.as_tensor(np.asarray(field(m.points), dtype=np.float64)).reshape(
+            m.n_points, -1)
+        with torch.no_grad():
+            y = model(data)
+        outs.append(y)
+        peaks.append(float(y.abs().max()))
+    n0 = meshes[0].n_points
+    grow = [p / peaks[0] for p in peaks]
+    if not max(grow) <= max_growth:
+        raise AssertionError(f"outputs blow up under refinement: max |out| {_fmt(peaks)} on "
+                             f"{[m.n_points for m in meshes]} points (growth {max(grow):.3g} > "
+                             f"{max_growth})")
+    res = check_refinement_convergence(outs, torch.arange(n0), max_ratio)
+    return {"n_points": [m.n_points for m in meshes], "peaks": peaks, **res}
