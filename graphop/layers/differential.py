@@ -78,6 +78,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from graphop.errors import ConfigError
 from graphop.layers.sparse import apply_operator, cached_operator, graph_set
 from graphop.layers.stencil import MAX_GROWTH, mollifier_matrix, stencil_info, stencil_offsets
 from graphop.layers.disco import _n_points, check_features
@@ -127,7 +128,7 @@ class DifferentialConv(nn.Module):
             except (TypeError, ValueError):
                 rho = math.nan
             if not (math.isfinite(rho) and rho > 0):
-                raise ValueError(f"DifferentialConv: smoothing_radius must be a positive length "
+                raise ConfigError(f"DifferentialConv: smoothing_radius must be a positive length "
                                  f"or None, got {smoothing_radius!r}")
         self.smoothing_radius = rho
         self.offsets = stencil_offsets(kernel_size, dim)       # validates kernel_size

@@ -69,6 +69,7 @@ import numpy as np
 import scipy.sparse as sp
 from scipy.spatial import cKDTree
 
+from graphop.errors import MeshError
 from graphop.geometry.neighbors import knn_distances, radius_neighbors
 
 __all__ = ["stencil_offsets", "local_scale", "stencil_matrix", "stencil_info",
@@ -120,7 +121,7 @@ def local_scale(pos: np.ndarray, scale: float = 1.0, periodic=None,
     h = scale * s
     if not (h > 0).all():
         i = int(np.flatnonzero(~(h > 0))[0])
-        raise ValueError(f"point {i} coincides with all of its {k} nearest neighbours "
+        raise MeshError(f"point {i} coincides with all of its {k} nearest neighbours "
                          f"(zero local spacing at {pos[i].tolist()})")
     return h
 
@@ -261,7 +262,7 @@ def mollifier_matrix(pos, weight, radius: float, periodic=None) -> sp.csr_matrix
     for any bounded f (see :mod:`graphop.layers.differential`). The point itself is included.
 
     Raises:
-        ValueError: a point whose ball holds no positive weight.
+        MeshError: a point whose ball holds no positive weight.
     """
     pos = np.asarray(pos, dtype=np.float64)
     w = np.asarray(weight, dtype=np.float64)
@@ -272,7 +273,7 @@ def mollifier_matrix(pos, weight, radius: float, periodic=None) -> sp.csr_matrix
     total = np.bincount(rows, vals, minlength=len(pos))
     bad = np.flatnonzero(~(total > 0))
     if len(bad):
-        raise ValueError(f"smoothing radius {radius:g}: point {int(bad[0])} at "
+        raise MeshError(f"smoothing radius {radius:g}: point {int(bad[0])} at "
                          f"{pos[bad[0]].tolist()} has no positive quadrature weight within it")
     m = sp.csr_matrix((vals / total[rows], nb.indices, nb.indptr), shape=(len(pos), len(pos)))
     return m
