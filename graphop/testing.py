@@ -10,7 +10,14 @@ them) and raises ``AssertionError`` with a message stating what failed and by ho
 * :func:`check_batch_consistency`: a ``Batch`` of different meshes equals single calls.
 * :func:`nested_meshes`: a sequence of irregular (randomly perturbed Delaunay) triangle meshes
   of the unit square or the unit disk in which each mesh keeps every vertex of the previous one
-  as its first vertices, so outputs can be compared on common points.
+  as its first vertices, so outputs can be compared on common points; :func:`nested_clouds`
+  does the same for uniform random clouds with k-NN quadrature weights.
+* :func:`check_stencil`: the differential stencil is exact for linear functions at every point
+  and its coefficients obey the stated bound, on any point set; :func:`hard_point_sets` gives
+  the hard cases (near-duplicates, interleaved boundary refinements, 100x grading, Monte Carlo
+  clouds, anisotropic cells, a tetrahedral mesh, a torus), each also available on its own.
+* :func:`check_model_refinement`: a model with fixed parameters converges on nested meshes or
+  clouds for a given input field (smooth, or piecewise constant with jumps) and does not blow up.
 
 ``fn`` is any callable ``fn(x, data) -> Tensor [N, O]`` (a layer) or ``fn(data)`` with
 ``x=None`` (a model reading ``data.x``).
@@ -24,7 +31,10 @@ import torch
 
 __all__ = ["check_refinement_convergence", "check_convergence_rate",
            "check_permutation_equivariance", "check_batch_consistency", "permute_data",
-           "nested_meshes", "convergence_rate"]
+           "nested_meshes", "convergence_rate", "nested_clouds", "check_model_refinement",
+           "check_stencil", "hard_point_sets", "near_duplicate_points",
+           "interleaved_boundary_points", "graded_points", "monte_carlo_points",
+           "anisotropic_points", "tet_mesh_points", "torus_points"]
 
 
 def _call(fn, x, data):
@@ -175,3 +185,206 @@ def nested_meshes(domain: str = "square", levels: int = 4, max_area: float = 0.0
                "vertex_markers": t["vertex_markers"], "segment_markers": t["segment_markers"]}
         n_old, area = len(pts), area / 4
     return meshes
+
+
+# ---------------------------------------------------------------------------- hard point sets
+def _jittered_grid(n_side, jitter, rng, dim=2):
+    a = (np.arange(n_side) + 0.5) / n_side
+    g = np.stack(np.meshgrid(*[a] * dim, indexing="ij"), -1).reshape(-1, dim)
+    return g + jitter / n_side * rng.uniform(-1, 1, g.shape)
+
+
+def near_duplicate_points(n: int = 900, seed: int = 0, gap: float = 1e-7) -> np.ndarray:
+    """A jittered grid of ~``n`` points in the unit square in which every third point has a
+    twin ``gap`` x the spacing away (as left by merging two meshes without deduplication)."""
+    rng = np.random.default_rng(seed)
+    p = _jittered_grid(int(round(math.sqrt(n * 3 / 4))), 0.3, rng)
+    twins = p[::3] + gap / math.sqrt(len(p)) * rng.normal(size=p[::3].shape)
+    return np.concatenate([p, twins])
+
+
+def interleaved_boundary_points(max_area: float = 0.003, extra: int = 3, seed: int = 0):
+    """Vertices of an irregular triangle mesh of the unit square plus ``extra`` points between
+    consecutive boundary vertices, as where the boundary points of two refinements interleave:
+    the nearest neighbours of a boundary point are all on the boundary (a collinear
+    neighbourhood)."""
+    m = nested_meshes("square", 1, max_area, seed=seed)[0]
+    p = m.points
+    out = [p]
+    for side in range(4):
+        axis, val = side % 2, float(side // 2)
+        on = np.flatnonzero(np.abs(p[:, axis] - val) < 1e-12)
+        t = np.sort(p[on, 1 - axis])
+        frac = (np.arange(1, extra + 1) / (extra + 1))[None, :]
+        mid = (t[:-1, None] + np.diff(t)[:, None] * frac).ravel()
+        q = np.empty((len(mid), 2))
+        q[:, axis], q[:, 1 - axis] = val, mid
+        out.append(q)
+    return np.concatenate(out)
+
+
+def graded_points(ratio: float = 100.0, per_ring: int = 24, seed: int = 0) -> np.ndarray:
+    """Points in the quarter disk {r <= 1, x, y >= 0} graded towards the corner: rings at
+    geometric radii with locally isotropic spacing proportional to r, from 1/ratio to 1
+    (spacing varies ``ratio`` times), jittered by 20%, plus the corner."""
+    rng = np.random.default_rng(seed)
+    dth = (math.pi / 2) / per_ring
+    q = 1 + dth
+    radii = (1.0 / ratio) * q ** np.arange(int(math.ceil(math.log(ratio) / math.log(q))) + 1)
+    radii = radii[radii <= 1 + 1e-9]
+    pts = [np.zeros((1, 2))]
+    for r in radii:
+        th = (np.arange(per_ring + 1) + 0.2 * rng.uniform(-1, 1, per_ring + 1)) * dth
+        th = np.clip(th, 0, math.pi / 2)
+        rr = r * (1 + 0.2 * dth * rng.uniform(-1, 1, per_ring + 1)) if r < radii[-1] else r
+        pts.append(np.stack([rr * np.cos(th), rr * np.sin(th)], 1))
+    return np.concatenate(pts)
+
+
+def monte_carlo_points(n: int = 1024, dim: int = 2, seed: int = 0) -> np.ndarray:
+    """``n`` independent uniform points in the unit box [0, 1]^dim."""
+    return np.random.default_rng(seed).uniform(size=(n, dim))
+
+
+def anisotropic_points(nx: int = 100, ny: int = 10, seed: int = 0) -> np.ndarray:
+    """A jittered (10%) grid of the unit square with ``nx`` x ``ny`` points: cells with aspect
+    ratio nx / ny (10 by default), so the nearest neighbours of every point are collinear."""
+    rng = np.random.default_rng(seed)
+    x, y = (np.arange(nx) + 0.5) / nx, (np.arange(ny) + 0.5) / ny
+    g = np.stack(np.meshgrid(x, y, indexing="ij"), -1).reshape(-1, 2)
+    return g + 0.1 * rng.uniform(-1, 1, g.shape) / np.array([nx, ny])
+
+
+def tet_mesh_points(n: int = 1000, seed: int = 0) -> np.ndarray:
+    """Vertices of a tetrahedral mesh of the unit ball (:func:`graphop.geometry.domains.mesh_ball`:
+    a boundary lattice on the sphere plus a jittered interior lattice)."""
+    from graphop.geometry.domains import mesh_ball
+
+    return mesh_ball(n, seed=seed).points
+
+
+def torus_points(n: int = 1024, dim: int = 2, seed: int = 0):
+    """``(points, box)``: uniform random points on the periodic unit torus, box = 1.0."""
+    return monte_carlo_points(n, dim, seed), 1.0
+
+
+def hard_point_sets(seed: int = 0) -> dict:
+    """Every hard case of the stencil as ``{name: (points, periodic box or None)}``:
+    near-duplicates, interleaved boundary refinements (boundaries and corners), a 100x graded
+    set, a Monte Carlo cloud, anisotropic cells, a 3D tetrahedral mesh, a 3D Monte Carlo cloud
+    and a torus."""
+    return {"near_duplicates": (near_duplicate_points(seed=seed), None),
+            "interleaved_boundary": (interleaved_boundary_points(seed=seed), None),
+            "graded_100x": (graded_points(seed=seed), None),
+            "monte_carlo": (monte_carlo_points(seed=seed), None),
+            "anisotropic_10x": (anisotropic_points(seed=seed), None),
+            "tetrahedral_ball": (tet_mesh_points(seed=seed), None),
+            "monte_carlo_3d": (monte_carlo_points(1500, 3, seed=seed), None),
+            "torus": torus_points(seed=seed)}
+
+
+# ---------------------------------------------------------------------------- stencil checks
+def check_stencil(points, periodic=None, kernel_size: int = 3, tol: float = 1e-8,
+                  **stencil_kwargs) -> dict:
+    """The differential stencil is well-posed at every point of ``points`` [N, d].
+
+    Checks, at every point i and stencil function l:
+
+    * linear exactness: ``sum_j A[iL+l, j] (y_j - x_i) = s_l`` (minimum image on a torus), i.e.
+      the stencil applied to any linear function equals s_l . grad f, up to ``tol`` x |s_l|;
+    * the bound ``sum_j |a_l(i, j)| <= C`` (:func:`graphop.layers.stencil.coefficient_bound`),
+      so the response to any f is at most ``2 C ||f||_inf / h_i``;
+    * no neighbourhood left degenerate at the growth cap.
+
+    ``stencil_kwargs`` go to :func:`graphop.layers.stencil.stencil_info` (``scale``,
+    ``neighbours``). Returns ``{"linear_error", "coef_max", "coef_median", "bound",
+    "grown_fraction", "growth_max", "noise_ratio"}``; ``noise_ratio`` is max/median of
+    ``|D xi|`` over points for +-1 noise xi, after multiplying by h_i / median h (so that the
+    legitimate variation of 1/h on graded meshes does not count).
+    """
+    from graphop.layers.stencil import coefficient_bound, stencil_info, stencil_offsets
+
+    pts = np.asarray(points, dtype=np.float64)
+    n, d = pts.shape
+    A, info, coef = stencil_info(pts, kernel_size, periodic=periodic, **stencil_kwargs)
+    offs = stencil_offsets(kernel_size, d)
+    L = len(offs)
+    A = A.tocoo()
+    off = pts[A.col] - pts[A.row // L]
+    if periodic is not None:
+        box = np.broadcast_to(np.asarray(periodic, float), (d,))
+        off = off - box * np.round(off / box)
+    moment = np.stack([np.bincount(A.row, A.data * off[:, k], minlength=n * L)
+                       for k in range(d)], 1).reshape(n, L, d)
+    err = np.abs(moment - offs[None]).max(axis=2) / np.linalg.norm(offs, axis=1)[None]
+    bound = coefficient_bound(kernel_size, d)
+    xi = np.random.default_rng(0).choice([-1.0, 1.0], size=n)
+    resp = np.abs(A.tocsr() @ xi).reshape(n, L).max(axis=1) * info.h / np.median(info.h)
+    out = {"linear_error": float(err.max()), "coef_max": float(coef.max()),
+           "coef_median": float(np.median(coef)), "bound": bound,
+           "grown_fraction": float((info.growth > 1).mean()),
+           "growth_max": float(info.growth.max()),
+           "noise_ratio": float(resp.max() / np.median(resp))}
+    if len(info.degenerate):
+        i = int(info.degenerate[0])
+        raise AssertionError(f"{len(info.degenerate)} points keep a degenerate neighbourhood at "
+                             f"the growth cap, e.g. point {i} at {pts[i].tolist()} (smallest "
+                             f"moment eigenvalue {info.lambda_min[i]:.3g})")
+    if not out["linear_error"] <= tol:
+        i = int(np.argmax(err.max(axis=1)))
+        raise AssertionError(f"stencil not exact for linear functions: error "
+                             f"{out['linear_error']:.3g} at point {i} {pts[i].tolist()}")
+    if not out["coef_max"] <= bound:
+        i = int(np.argmax(coef.max(axis=1)))
+        raise AssertionError(f"stencil coefficients exceed the bound: sum |a| = "
+                             f"{out['coef_max']:.3g} > {bound:.3g} at point {i} {pts[i].tolist()}")
+    return out
+
+
+# ---------------------------------------------------------------------------- model checks
+def nested_clouds(levels: int = 3, n0: int = 200, factor: int = 4, dim: int = 2,
+                  seed: int = 0):
+    """Uniform random clouds of the unit box with ``n0 * factor^k`` points, k < ``levels``,
+    each keeping the previous cloud's points first, with k-NN quadrature weights scaled to the
+    box's measure (:meth:`graphop.geometry.mesh.Mesh.from_points`)."""
+    from graphop.geometry.mesh import Mesh
+
+    pts = monte_carlo_points(n0 * factor ** (levels - 1), dim, seed)
+    return [Mesh.from_points(pts[:n0 * factor ** k], measure=1.0, source=f"cloud level {k}")
+            for k in range(levels)]
+
+
+def check_model_refinement(model, meshes, field, max_ratio: float = 0.8,
+                           max_growth: float = 1.5) -> dict:
+    """A model with fixed parameters gives converging outputs on nested meshes.
+
+    Args:
+        model: ``model(data) -> [N, O]`` reading ``data.x`` (e.g. a LocalGNO), in float64.
+        meshes: K >= 3 nested :class:`graphop.Mesh` (each starts with the previous one's points;
+            :func:`nested_meshes`, :func:`nested_clouds`).
+        field: ``field(points [N, d] ndarray) -> [N, C] ndarray``, the input ``data.x``; smooth,
+            or piecewise constant with jumps.
+        max_ratio: every ratio of successive RMS differences on the coarsest mesh's points must
+            be below this (:func:`check_refinement_convergence`).
+        max_growth: nothing blows up: ``max |out|`` on every mesh is at most ``max_growth`` x
+            that on the coarsest.
+    Returns:
+        ``{"n_points", "peaks", "differences", "ratios"}``.
+    """
+    outs, peaks = [], []
+    for m in meshes:
+        data = m.to_data(dtype=torch.float64)
+        data.x = torch.as_tensor(np.asarray(field(m.points), dtype=np.float64)).reshape(
+            m.n_points, -1)
+        with torch.no_grad():
+            y = model(data)
+        outs.append(y)
+        peaks.append(float(y.abs().max()))
+    n0 = meshes[0].n_points
+    grow = [p / peaks[0] for p in peaks]
+    if not max(grow) <= max_growth:
+        raise AssertionError(f"outputs blow up under refinement: max |out| {_fmt(peaks)} on "
+                             f"{[m.n_points for m in meshes]} points (growth {max(grow):.3g} > "
+                             f"{max_growth})")
+    res = check_refinement_convergence(outs, torch.arange(n0), max_ratio)
+    return {"n_points": [m.n_points for m in meshes], "peaks": peaks, **res}

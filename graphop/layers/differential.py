@@ -1,40 +1,87 @@
-"""The differential layer: a centred, moment-corrected stencil divided by the local spacing.
+"""The differential layer: a centred, well-posed stencil divided by the local spacing, applied to
+the input or to the input mollified over a fixed physical radius.
 
-    (D f)_o(x_i) = sum_l sum_c theta[l, c, o] * (1 / h_i) * sum_{j in N(i)} a_l(i, j) (f_c(y_j) - f_c(x_i))
-                   (+ bias_o)
+    (D f)_o(x_i) = sum_l sum_c theta[l, c, o] * (1 / h_i) * sum_{j in N(i)} a_l(i, j) (g_c(y_j) - g_c(x_i))
+                   (+ bias_o),      g = f  (smoothing_radius None)  or  g = M_rho f
 
-``h_i`` is ``scale`` times the distance from x_i to its k-th nearest neighbour (k = d by
-default: the grid width on a regular grid; ``spacing_neighbours`` sets k), so h -> 0 under
-refinement. Stencil function l belongs to the grid offset
-s_l in {-m..m}^d without the centre (m = (kernel_size - 1) / 2, L = kernel_size^d - 1); its
-coefficients a_l(i, j) interpolate s_l from the neighbours and are corrected per node by
-weighted least squares so that ``sum_j a_l(i, j) (y_j - x_i) / h_i = s_l`` exactly
-(:mod:`graphop.layers.stencil`). Consequences, for fixed theta:
+**The stencil** (:mod:`graphop.layers.stencil`). ``h_i`` is ``scale`` times a robust local
+spacing (the mean distance to the 3^d - 1 nearest neighbours over its grid value, or the
+``spacing_neighbours``-th neighbour distance), grown by at most 8x where the neighbourhood does
+not span all d directions, so h -> 0 under refinement. Stencil function l belongs to the grid
+offset s_l in {-m..m}^d without the centre (m = (kernel_size - 1) / 2, L = kernel_size^d - 1);
+its coefficients interpolate s_l from the neighbours and are corrected per node by weighted
+least squares so that ``sum_j a_l(i, j) (y_j - x_i) / h_i = s_l`` exactly, with
+``sum_j |a_l(i, j)| <= C`` (C = 41 in 2D, 61 in 3D for kernel_size 3) at every point. For fixed
+theta:
 
 * constants map to 0 (to rounding), the paper's centring;
-* linear f map to exactly ``sum_l theta[l] s_l . grad f``, on any mesh;
-* smooth f converge to that first-order operator at O(h).
+* linear f map to exactly ``sum_l theta[l] s_l . grad f``, at every point of any mesh;
+* smooth f converge to that first-order operator at O(h);
+* any f: ``|D f(x_i)| <= 2 C |theta| ||f||_inf / h_i``.
 
-Relation to the paper (Liu-Schiaffini et al., ICML 2024, arXiv 2402.16845): on a regular grid
-of width h the layer *equals* the paper's finite-difference convolution
+**Why mollify, and what it converges to.** The last bound is sharp: on an input with a jump,
+``(f(y_j) - f(x_i)) / h_i`` is of size |jump| / h at the points next to the jump, so the
+paper's operator has no limit on L-infinity inputs (the output spikes grow like 1/h under
+refinement, and through the pointwise path every block sees the jump). With
+``smoothing_radius = rho`` the layer differentiates ``M_rho f`` instead, the quadrature-weighted
+local average of :func:`graphop.layers.stencil.mollifier_matrix`,
+
+    (M_rho f)(x_i) = sum_j phi((y_j - x_i) / rho) w_j f(y_j) / sum_j phi((y_j - x_i) / rho) w_j,
+    phi(z) = (1 - |z|^2)^3 on |z| < 1    (C^2, |grad phi| <= 2, rows sum to one),
+
+with the mesh's quadrature weights w_j (``data.weight``). Derivation of the two limits:
+
+1. *Bounded on L-infinity, for every h.* Two rows i, i' of M_rho differ in l1 by at most
+   ``K |x_i - x_i'| / rho`` with K depending on phi and d only (phi is Lipschitz with constant
+   2 / rho and the normaliser is bounded below by the quadrature of phi over the part of the
+   ball inside the domain, comparable to rho^d while the ball holds enough points). So
+   ``|M f(y_j) - M f(x_i)| <= K ||f||_inf |y_j - x_i| / rho``, and with ``|y_j - x_i| <= 2 sqrt d
+   h_i`` on the stencil's support, ``|D M f(x_i)| <= 4 sqrt(d) C K |theta| ||f||_inf / rho``:
+   independent of h.
+2. *Convergent as h -> 0 for fixed rho, for f in L-infinity (jumps included).* D M_rho f is
+   the stencil applied to the function ``x -> sum_j phi((y_j - x) / rho) w_j f_j / (...)``,
+   which is C^2 in x with second derivatives O(||f||_inf / rho^2), so (stencil consistency)
+   ``D M_rho f(x_i) = sum_l theta_l s_l . grad_x (M_rho f)(x_i) + O(h ||f||_inf / rho^2)``;
+   and ``grad M_rho f`` is a quadrature of the bounded, Lipschitz kernel grad phi against f,
+   which converges to the integral as the mesh is refined (the cells cut by a jump have total
+   measure O(h)). The limit is ``sum_l theta_l s_l . grad (phi_rho * f / phi_rho * 1)``, the
+   learned first-order operator applied to the mollified field.
+3. *The paper's operator as rho -> 0, for smooth f.* Inside the domain ``M_rho f = f + O(rho^2)``
+   with ``grad M_rho f = grad f + O(rho^2)`` (phi is even), so the limit above tends to
+   ``sum_l theta_l s_l . grad f`` as rho -> 0; within one rho of the boundary the one-sided
+   average gives O(rho).
+
+So rho is a fixed physical length, like the DISCO radius, and must be resolved by the coarsest
+mesh the model sees (tens of points per ball); ``None`` (the default) means no mollification:
+the paper's operator, exact on regular grids, bounded on smooth inputs but not on inputs with
+jumps. (For LocalGNO, the radius is chosen from the training meshes and passed in
+``diff_kwargs["smoothing_radius"]``.) The mollifier is a cached per-geometry operator like the
+stencil and DISCO's Psi, never in the ``state_dict``.
+
+Relation to the paper (Liu-Schiaffini et al., ICML 2024, arXiv 2402.16845): without smoothing,
+on a regular grid of width h the layer *equals* the paper's finite-difference convolution
 ``(1/h) conv(f, K - mean(K))`` with a conv kernel K [O, C, k, ..., k] (cross-correlation),
 under ``theta[l, c, o] = (K - mean K)[o, c, m + s_l]``: because sum(K - mean K) = 0, the paper's
 kernel applied to f equals the same kernel applied to f - f(x_i), whose centre tap is zero.
 Every theta arises from some K (take K's centre tap so that mean K = 0), so the two
 parametrisations span the same operators; the paper's has one redundant entry per (c, o).
-:meth:`DifferentialConv.theta_from_kernel` implements the map.
+:meth:`DifferentialConv.theta_from_kernel` implements the map. (On a grid, h_i is the grid width
+at interior points; at boundary rows the robust spacing is larger than the grid width, where
+the paper's convolution has no valid output anyway.)
 """
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import torch
 from torch import nn
 
-from graphop.layers.sparse import (apply_operator, cached_operator, check_features, csr_from_coo,
-                                   graph_set, n_points)
-from graphop.layers.stencil import stencil_matrix, stencil_offsets
+from graphop.errors import ConfigError
+from graphop.layers.sparse import (apply_operator, cached_operator, check_features, graph_set,
+                                   n_points)
+from graphop.layers.stencil import MAX_GROWTH, mollifier_matrix, stencil_info, stencil_offsets
 
 __all__ = ["DifferentialConv"]
 
@@ -47,22 +94,25 @@ class DifferentialConv(nn.Module):
         out_channels: O.
         kernel_size: odd stencil width k >= 3 (default 3), L = k^d - 1 stencil functions.
         dim: spatial dimension d of the points (default 2); fixes L.
-        scale: h_i = scale x (distance to the k-th nearest neighbour) (default 1.0).
+        scale: factor on the local spacing h_i before growth (default 1.0).
         bias: learned bias per output channel (default True).
-        spacing_neighbours: k (default None = d, the grid width on a regular grid). On
-            scattered points (Monte Carlo clouds) the d-th neighbour is sometimes very close and
-            1/h_i explodes; ``spacing_neighbours=3**d - 1, scale=0.5`` keeps the coefficients
-            bounded (measured in experiments/README.md).
+        spacing_neighbours: None (default): h_i from the mean distance to the 3^d - 1 nearest
+            neighbours (the grid width on a regular grid, robust on clouds); an integer k:
+            from the distance to the k-th nearest neighbour (the former option, kept for
+            configs that set it). Either way the neighbourhood then grows until well-posed.
+        smoothing_radius: rho, a physical length: differentiate ``M_rho f`` (module docstring),
+            bounded and convergent on inputs with jumps. None (default): no mollification.
 
     Call: ``conv(x, data)`` with ``data`` a ``Data``/``Batch`` holding ``pos`` [N, d]
-    (``periodic`` [1, d] for tori). Weights are not needed.
+    (``periodic`` [1, d] for tori), and ``weight`` [N] when ``smoothing_radius`` is set.
 
     Shapes:
         x: [N, C] -> [N, O]. theta: [L, C, O]; ``offsets`` buffer-free attribute s_l [L, d].
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, dim: int = 2,
-                 scale: float = 1.0, bias: bool = True, spacing_neighbours: int | None = None):
+                 scale: float = 1.0, bias: bool = True, spacing_neighbours: int | None = None,
+                 smoothing_radius: float | None = None):
         super().__init__()
         if in_channels < 1 or out_channels < 1:
             raise ValueError(f"DifferentialConv: channel counts must be >= 1, got "
@@ -71,6 +121,16 @@ class DifferentialConv(nn.Module):
             raise ValueError(f"DifferentialConv: dim must be 1, 2 or 3, got {dim}")
         if not (math.isfinite(scale) and scale > 0):
             raise ValueError(f"DifferentialConv: scale must be positive, got {scale}")
+        rho = smoothing_radius
+        if rho is not None:
+            try:
+                rho = float(rho)
+            except (TypeError, ValueError):
+                rho = math.nan
+            if not (math.isfinite(rho) and rho > 0):
+                raise ConfigError(f"DifferentialConv: smoothing_radius must be a positive length "
+                                 f"or None, got {smoothing_radius!r}")
+        self.smoothing_radius = rho
         self.offsets = stencil_offsets(kernel_size, dim)       # validates kernel_size
         self.in_channels, self.out_channels = in_channels, out_channels
         if spacing_neighbours is not None and int(spacing_neighbours) < 1:
@@ -110,16 +170,48 @@ class DifferentialConv(nn.Module):
         k, s, nb = self.kernel_size, self.scale, self.spacing_neighbours
 
         def build(p_out, p_in, w_in, periodic, same):
-            rows, cols, vals, L = stencil_matrix(p_in, k, s, periodic, nb)
-            return csr_from_coo(rows, cols, vals, (L * len(p_in), len(p_in))), L
+            m, info, _ = stencil_info(p_in, k, s, periodic, nb)
+            if len(info.degenerate):
+                i = int(info.degenerate[0])
+                warnings.warn(
+                    f"DifferentialConv: {len(info.degenerate)} of {len(p_in)} points have "
+                    f"neighbourhoods spanning fewer than {self.dim} directions even at "
+                    f"{MAX_GROWTH:g}x their spacing (e.g. point {i} at {p_in[i].tolist()}; points on "
+                    f"a curve or surface?); their stencils are exact only along the spanned "
+                    f"directions", stacklevel=6)
+            return m, len(self.offsets)
 
         return cached_operator("stencil", (k, s, nb), g, None, build)
+
+    def mollifier(self, data):
+        """``(SparseOperator, fold)`` of M_rho [N, N] for this geometry (cached), or None."""
+        rho = self.smoothing_radius
+        if rho is None:
+            return None
+        g = graph_set(data, need_weight=True, what="data")
+
+        def build(p_out, p_in, w_in, periodic, same):
+            return mollifier_matrix(p_in, w_in, rho, periodic), 1
+
+        return cached_operator("mollifier", (rho,), g, None, build)
+
+    def smooth(self, x: torch.Tensor, data) -> torch.Tensor:
+        """``M_rho x`` [N, C] (x itself when ``smoothing_radius`` is None)."""
+        mol = self.mollifier(data)
+        if mol is None:
+            return x
+        op, B = mol
+        n, C = op.n_in, x.shape[1]
+        X = x if B == 1 else x.reshape(B, n, C).transpose(0, 1).reshape(n, B * C)
+        Y = op.matmul(X)
+        return Y if B == 1 else Y.reshape(n, B, C).transpose(0, 1).reshape(B * n, C)
 
     def forward(self, x: torch.Tensor, data) -> torch.Tensor:
         check_features(x, n_points(data), self.in_channels, "DifferentialConv")
         if x.dtype != self.weight.dtype:
             raise ValueError(f"DifferentialConv: x is {x.dtype} but the layer is "
                              f"{self.weight.dtype}; convert one of them (e.g. layer.double())")
+        x = self.smooth(x, data)
         op, fold = self.operator(data)
         y = apply_operator(op, fold, x, self.weight)
         return y if self.bias is None else y + self.bias
@@ -134,5 +226,6 @@ class DifferentialConv(nn.Module):
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
                 f"dim={self.dim}, scale={self.scale:g}, spacing_neighbours="
-                f"{self.spacing_neighbours or self.dim}, n_basis={self.n_basis}, "
+                f"{self.spacing_neighbours or 'mean'}, smoothing_radius={self.smoothing_radius}, "
+                f"n_basis={self.n_basis}, "
                 f"bias={self.bias is not None}")
