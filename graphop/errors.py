@@ -1,7 +1,8 @@
 """Exception types shown to command-line users as one-line messages (exit code 2)."""
 from __future__ import annotations
 
-__all__ = ["GraphopError", "MeshError", "MeshReadError", "ConfigError", "DataError"]
+__all__ = ["GraphopError", "MeshError", "MeshReadError", "ConfigError", "DataError",
+           "MemoryLimitError"]
 
 
 class GraphopError(Exception):
@@ -23,3 +24,8 @@ class ConfigError(GraphopError, ValueError):
 
 class DataError(GraphopError, ValueError):
     """A dataset problem: missing or empty data, missing fields, NaN values, mixed dimensions."""
+
+
+class MemoryLimitError(GraphopError):
+    """A request that would need more memory than the machine (or the process limit) has,
+    refused before allocating: the message says how much it needs and how much is available."""

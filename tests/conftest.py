@@ -7,3 +7,21 @@ threads oversubscribes the cores, and torch's parallel regions then stall on des
 import torch
 
 torch.set_num_threads(1)
+
+
+import pytest
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_graphop_cache(tmp_path_factory):
+    """Point graphop's user cache (``$GRAPHOP_CACHE``) at a temporary folder for the whole
+    session, subprocesses included, so the suite never writes into the real home directory."""
+    import os
+
+    old = os.environ.get("GRAPHOP_CACHE")
+    os.environ["GRAPHOP_CACHE"] = str(tmp_path_factory.mktemp("graphop_cache"))
+    yield
+    if old is None:
+        os.environ.pop("GRAPHOP_CACHE", None)
+    else:
+        os.environ["GRAPHOP_CACHE"] = old

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from graphop.data import MeshFolderDataset
+from graphop.data.cache import cache_root
 from graphop.data.generate import generate
 from graphop.errors import DataError
 from graphop.io import read_mesh, write_mesh
@@ -69,8 +70,10 @@ def test_fraction_split_and_cache(tmp_path):
     assert len(te) == 3 and sorted(ids) == list(range(10))
     te2 = MeshFolderDataset(tmp_path, targets=["u"], split="test", split_fraction=0.3, seed=2)
     assert {int(d.y[0, 0]) for d in te2} != {int(d.y[0, 0]) for d in te}
-    caches = list((tmp_path / ".graphop_cache").glob("processed-*.pt"))
-    assert len(caches) == 3
+    assert not (tmp_path / ".graphop_cache").exists()  # nothing is written into the data folder
+    caches = {tr.cache_path, te.cache_path, te2.cache_path}
+    assert len(caches) == 3 and all(p.is_file() for p in caches)
+    assert all(p.parent == cache_root() / "datasets" for p in caches)
     # editing a file changes the key: no stale tensors
     write_mesh(tmp_path / "m0.vtu", tri_mesh(4, u=np.full(16, 42.0)))
     all_ = MeshFolderDataset(tmp_path, targets=["u"])
@@ -154,3 +157,61 @@ def test_boundary_distance_is_derived_from_the_geometry(tmp_path):
     cloud = Mesh.from_points(m.points, point_data={"a": np.ones(n * n)})
     with pytest.raises(DataError, match="no boundary points"):
         mesh_to_sample(cloud, ["a", "boundary_distance"])
+
+
+class _RunsCode:
+    """A pickle payload that, when unpickled, runs a shell command (creates ``marker``)."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_planted_cache_never_runs_code(tmp_path):
+    root = tmp_path / "sent"
+    root.mkdir()
+    for i in range(2):
+        write_mesh(root / f"m{i}.vtu", tri_mesh(4, u=np.full(16, float(i))))
+    ref = MeshFolderDataset(root, targets=["u"], cache=False)
+    probe = MeshFolderDataset(root, targets=["u"])
+    name = probe.cache_path.name
+    marker = tmp_path / "pwned"
+    # the attack of issue #16: a cache file planted inside the folder, under the name the
+    # dataset used to look up there (same key), and one in the user's cache path itself
+    (root / ".graphop_cache").mkdir()
+    torch.save([_RunsCode(marker)], root / ".graphop_cache" / name)
+    torch.save([_RunsCode(marker)], probe.cache_path)
+    with pytest.warns(UserWarning, match="other than tensors"):
+        ds = MeshFolderDataset(root, targets=["u"])
+    assert not marker.exists()
+    assert [d.y[0, 0].item() for d in ds] == [0.0, 1.0]
+    assert torch.equal(ds[1].pos, ref[1].pos) and torch.equal(ds[1].y, ref[1].y)
+    # the rebuilt cache is plain tensors and is served on the next load
+    raw = torch.load(ds.cache_path, weights_only=True)
+    assert isinstance(raw, list) and isinstance(raw[0], dict) and torch.equal(raw[0]["y"], ds[0].y)
+    again = MeshFolderDataset(root, targets=["u"])
+    assert torch.equal(again[1].y, ref[1].y) and again[0].mesh_hash == ref[0].mesh_hash
+
+
+@pytest.mark.parametrize("content", ["foreign", "truncated", "short", "other_shape"])
+def test_stale_or_foreign_cache_is_rebuilt(tmp_path, content):
+    for i in range(2):
+        write_mesh(tmp_path / f"m{i}.vtu", tri_mesh(4, u=np.full(16, float(i))))
+    ds = MeshFolderDataset(tmp_path, targets=["u"])
+    path = ds.cache_path
+    if content == "foreign":   # what made `graphop evaluate` end in AttributeError
+        torch.save([1, 2], path)
+    elif content == "truncated":
+        path.write_bytes(path.read_bytes()[:100])
+    elif content == "short":   # fewer records than files
+        torch.save(torch.load(path, weights_only=True)[:1], path)
+    else:                      # a field with the wrong number of rows
+        recs = torch.load(path, weights_only=True)
+        recs[0]["y"] = recs[0]["y"][:3]
+        torch.save(recs, path)
+    again = MeshFolderDataset(tmp_path, targets=["u"])
+    assert len(again) == 2 and again[0].y.shape == (16, 1) and again[1].y[0, 0].item() == 1.0

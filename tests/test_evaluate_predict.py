@@ -1,6 +1,7 @@
 """The command line end to end on a folder of mesh files: train, evaluate, predict (other
 format, other resolution, point cloud), and every bad-input case with its message."""
 import json
+import os
 
 import numpy as np
 import pytest
@@ -138,3 +139,26 @@ def test_bad_inputs_give_one_line_errors(run, tmp_path, capsys):
     # a fresh run into an existing run directory is refused
     assert cli(["train", "--data", str(data), "--inputs", "a", "--targets", "u", "--out", str(out)]) == 2
     assert "already holds a training run" in _err(capsys)
+
+
+def test_predict_onto_its_input_is_refused_unless_asked(run, tmp_path, capsys):
+    root, data, out = run
+    src = tmp_path / "in.vtu"
+    write_mesh(src, make_mesh(90, 9))
+    before = src.read_bytes()
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "link.vtu").symlink_to(src)
+    os.link(src, tmp_path / "hard.vtu")
+    (tmp_path / "dirlink").symlink_to(tmp_path, target_is_directory=True)
+    for target in (src, tmp_path / "sub" / ".." / "in.vtu", tmp_path / "link.vtu",
+                   tmp_path / "hard.vtu", tmp_path / "dirlink" / "in.vtu"):
+        assert cli(["predict", str(out), str(src), "--out", str(target)]) == 2
+        msg = _err(capsys)
+        assert "is the input mesh file" in msg and "--overwrite" in msg and "\n" not in msg
+        assert src.read_bytes() == before
+    # the input named through a link, the output by its real path: the same file, refused
+    assert cli(["predict", str(out), str(tmp_path / "link.vtu"), "--out", str(src)]) == 2
+    assert "is the input mesh file" in _err(capsys) and src.read_bytes() == before
+    # asked for explicitly: replaced by the mesh with the predicted fields
+    assert cli(["predict", str(out), str(src), "--out", str(src), "--overwrite"]) == 0
+    assert "u_pred" in read_mesh(src).point_data

@@ -5,7 +5,8 @@ Each subcommand module defines ``NAME``, ``HELP``, ``add_arguments(parser)`` and
 subcommand is adding a file.
 
 User errors (bad files, bad configs, bad data) print one line ``graphop: error: ...`` and exit
-with code 2; ``--debug`` shows the full traceback instead.
+with code 2; ``--debug`` shows the full traceback instead. Running out of memory (a
+``MemoryError``, or torch's out-of-memory errors) is one line too, exit code 2.
 """
 from __future__ import annotations
 
@@ -55,6 +56,25 @@ def _user_error_types():
     return (GraphopError, FileNotFoundError, IsADirectoryError, PermissionError)
 
 
+def out_of_memory_message(exc: BaseException) -> str | None:
+    """The one-line report for an out-of-memory exception (``MemoryError``, torch's
+    ``OutOfMemoryError`` or its CPU allocator's failure), else None."""
+    text = " ".join(str(exc).split())
+    torch = sys.modules.get("torch")
+    oom = isinstance(exc, MemoryError)
+    if not oom and torch is not None:
+        oom = isinstance(exc, getattr(torch, "OutOfMemoryError", ())) or (
+            isinstance(exc, RuntimeError) and any(
+                m in text for m in ("can't allocate memory", "not enough memory",
+                                    "out of memory")))
+    if not oom:
+        return None
+    text = text.split("DefaultCPUAllocator: ")[-1]   # drop torch's "[enforce fail at ...]"
+    detail = f" ({text[:200]})" if text else ""
+    return (f"out of memory{detail}; the request is too large for this machine: use smaller "
+            "meshes, a smaller radius or batch size, or a machine with more memory")
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -80,6 +100,12 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("graphop: interrupted", file=sys.stderr)
         return 130
+    except (MemoryError, RuntimeError) as exc:
+        msg = out_of_memory_message(exc)
+        if msg is None or args.debug:
+            raise
+        print(f"graphop: error: {msg}", file=sys.stderr)
+        return 2
     return int(code or 0)
 
 

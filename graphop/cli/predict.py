@@ -19,6 +19,9 @@ def add_arguments(p) -> None:
     p.add_argument("--measure", type=float,
                    help="area/volume of the domain, to scale point-cloud quadrature weights")
     p.add_argument("--periodic", help="box lengths L1,L2[,L3] for models trained on a torus")
+    p.add_argument("--overwrite", action="store_true",
+                   help="allow --out to be the input file itself (replaced by the mesh with the "
+                        "predicted fields); refused otherwise")
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
 
 
@@ -32,7 +35,8 @@ def run(args) -> int:
             periodic = [float(v) for v in args.periodic.split(",")]
         except ValueError:
             raise ConfigError(f"--periodic expects numbers like 1,1, got {args.periodic!r}") from None
-    info = predict_file(args.checkpoint, args.mesh, args.out, args.device, args.measure, periodic)
+    info = predict_file(args.checkpoint, args.mesh, args.out, args.device, args.measure, periodic,
+                        overwrite=args.overwrite)
     if args.json:
         print(json.dumps(info))
     else:

@@ -6,6 +6,7 @@ import argparse
 import os
 import sys
 
+from graphop.cli import out_of_memory_message
 from graphop.cli import train as cli_train
 from graphop.errors import GraphopError
 from graphop.training.distributed import teardown
@@ -20,12 +21,13 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(cli_train.run(args) or 0)
-    except (GraphopError, FileNotFoundError) as exc:
-        if args.debug:
+    except (GraphopError, FileNotFoundError, MemoryError, RuntimeError) as exc:
+        oom = out_of_memory_message(exc)
+        if args.debug or (isinstance(exc, (MemoryError, RuntimeError)) and oom is None):
             raise
         rank = int(os.environ.get("RANK", "0"))
         prefix = f"[rank {rank}] " if int(os.environ.get("WORLD_SIZE", "1")) > 1 else ""
-        print(f"{prefix}graphop: error: {' '.join(str(exc).split())}", file=sys.stderr)
+        print(f"{prefix}graphop: error: {oom or ' '.join(str(exc).split())}", file=sys.stderr)
         return 2
     finally:
         teardown()

@@ -18,9 +18,15 @@ Splits: ``split="train"`` / ``"test"`` reads the subfolder of that name when ``r
 files are split by a permutation seeded with ``seed``, ``split_fraction`` of them
 (rounded) going to ``test``. ``split=None`` gives every file.
 
-Processed tensors are cached in ``root/.graphop_cache/processed-<key>.pt``, where the key hashes
-the contents of the files, the field names and the dtype, so an edited file is never served
-stale. Bad input raises :class:`graphop.errors.DataError` naming the file: an empty folder, a
+Processed tensors are cached in the user's cache directory (see :mod:`graphop.data.cache`:
+``$GRAPHOP_CACHE``, else ``$XDG_CACHE_HOME/graphop``, else ``~/.cache/graphop``) as
+``datasets/processed-<key>.pt``, where the key hashes the contents of the files, the field
+names, the dtype and the graphop version, so an edited file is never served stale. The cache
+holds tensors and plain values only and is read with ``torch.load(weights_only=True)``; a
+``.graphop_cache/`` folder inside ``root`` (older versions kept the cache there) is never read,
+so a data folder cannot plant code. An unreadable or foreign cache file is rebuilt.
+
+Bad input raises :class:`graphop.errors.DataError` naming the file: an empty folder, a
 missing field, a field of the wrong length, NaN values, mixed dimensions.
 """
 from __future__ import annotations
@@ -33,12 +39,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from graphop.data.cache import cache_root, data_to_record, load_records, record_to_data, save_records
 from graphop.errors import DataError, GraphopError
 from graphop.data.sample import mesh_to_sample
 
 __all__ = ["MeshFolderDataset", "list_mesh_files"]
 
-CACHE_DIR = ".graphop_cache"
 
 
 def list_mesh_files(root) -> list[Path]:
@@ -116,6 +122,7 @@ class MeshFolderDataset(torch.utils.data.Dataset):
             raise DataError(f"{self.root}: not a folder")
         self.files = self._select_files()
         self.manifest_root, self.manifest = _find_manifest(self.root)
+        self.cache_path: Path | None = None  # the processed-tensor cache file, when cache=True
         self._data = self._load(cache)
 
     # ------------------------------------------------------------------ files
@@ -149,17 +156,16 @@ class MeshFolderDataset(torch.utils.data.Dataset):
             h.update(d.encode())
         h.update(json.dumps([self.inputs, self.targets, str(self.dtype), __version__,
                              self.manifest], sort_keys=True).encode())
-        return self.root / CACHE_DIR / f"processed-{h.hexdigest()[:20]}.pt"
+        return cache_root() / "datasets" / f"processed-{h.hexdigest()[:20]}.pt"
 
     def _load(self, cache: bool) -> list:
         path = None
         if cache:
             path = self._cache_path([_file_digest(f) for f in self.files])
-            if path.is_file():
-                try:
-                    return torch.load(path, weights_only=False)
-                except Exception:  # a corrupt cache is rebuilt, never trusted
-                    pass
+            self.cache_path = path
+            cached = load_records(path, len(self.files), dtype=self.dtype)
+            if cached is not None:
+                return [record_to_data(r) for r in cached]
         from tqdm.auto import tqdm
 
         records = {}
@@ -176,14 +182,8 @@ class MeshFolderDataset(torch.utils.data.Dataset):
                 raise DataError(f"{f}: dimension {d.pos.shape[1]} differs from dimension "
                                 f"{dim0[0]} of {dim0[1]}; a folder must hold one dimension")
             data.append(d)
-        if path is not None:
-            try:
-                path.parent.mkdir(exist_ok=True)
-                tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-                torch.save(data, tmp)
-                os.replace(tmp, path)
-            except OSError:
-                pass  # read-only folder: work without the cache
+        if path is not None:  # an unwritable cache directory: work without the cache
+            save_records(path, [data_to_record(d) for d in data])
         return data
 
     def _process(self, path: Path, record: dict | None):

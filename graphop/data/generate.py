@@ -31,7 +31,7 @@ import numpy as np
 
 from graphop.errors import DataError
 
-__all__ = ["PROBLEMS", "Problem", "generate", "MANIFEST"]
+__all__ = ["PROBLEMS", "Problem", "generate", "MANIFEST", "sample_bytes"]
 
 MANIFEST = "manifest.json"
 FORMAT = "graphop-dataset/1"
@@ -140,6 +140,31 @@ def _work(task: dict) -> dict:
     return {**rec, "n_points": mesh.n_points, "skipped": False}
 
 
+# Peak memory of one sample, measured (peak RSS of one `generate` process minus the interpreter,
+# workers=1): darcy 1.5 kB per point (4e4 points), poisson3d 7 kB per point (2e4 points; the
+# SuperLU factor of a 3D stiffness matrix grows faster than N), ns 0.2 kB per point plus the
+# s x s spectral fields. The coefficients below are twice the measured ones.
+_BYTES_PER_POINT = {"darcy": 3000.0, "poisson3d": 15000.0, "ns": 1000.0}
+_WORKER_BASE = 150e6  # a spawned worker interpreter with numpy, scipy, meshio
+
+
+def sample_bytes(problem: str, n_points: int, params: dict | None = None) -> float:
+    """Estimated peak bytes to make one sample of ``problem`` with ``n_points`` points.
+
+    darcy: 3 kB per point, times ln(N) / ln(4e4) above 4e4 points (2D sparse LU fill);
+    poisson3d: 15 kB per point, times (N / 2e4)^(1/3) above 2e4 points (3D fill);
+    ns: 1 kB per point plus 640 B per node of the ``grid`` x ``grid`` spectral solver.
+    """
+    n = float(n_points)
+    c = _BYTES_PER_POINT[problem]
+    if problem == "darcy":
+        return float(c * n * max(1.0, np.log(max(n, 2.0)) / np.log(4e4)))
+    if problem == "poisson3d":
+        return float(c * n * max(1.0, (n / 2e4) ** (1.0 / 3.0)))
+    grid = int((params or {}).get("grid", PROBLEMS["ns"].defaults["grid"]))
+    return c * n + 640.0 * grid * grid
+
+
 def _init_worker():
     os.environ["OMP_NUM_THREADS"] = "1"
 
@@ -153,6 +178,30 @@ def _as_list(v, name):
     if not v:
         raise DataError(f"{name} must not be empty")
     return v
+
+
+def _check_memory(problem: str, n: int, sizes: list, solver: dict, workers: int) -> None:
+    """MemoryLimitError before anything is allocated when the largest samples, one per busy
+    worker, cannot fit in the available memory."""
+    from graphop.memory import available_memory, check_memory
+
+    busy = max(1, min(int(workers), n))
+    base = _WORKER_BASE if busy > 1 else 0.0
+    big = max(sizes[:n])
+
+    def need(points: int) -> float:
+        return busy * (sample_bytes(problem, points, solver) + base)
+
+    have, _ = available_memory()
+    hint = ""
+    if have is not None and need(big) > have:
+        lo, hi = 10, big  # bisect for the largest --points that fits with these workers
+        while hi - lo > max(1, lo // 100):
+            mid = (lo + hi) // 2
+            lo, hi = (mid, hi) if need(mid) <= have else (lo, mid)
+        hint = f"use --points {lo} or fewer" + (", or fewer --workers" if busy > 1 else "")
+    check_memory(need(big), f"generate {problem}: {busy} sample(s) of {big} points at a time "
+                            f"({busy} worker{'s' if busy > 1 else ''})", hint)
 
 
 def generate(problem: str, out, n: int, points=2000, domains=None, seed: int = 0,
@@ -197,8 +246,9 @@ def generate(problem: str, out, n: int, points=2000, domains=None, seed: int = 0
     if unknown:
         raise DataError(f"unknown parameter(s) for {problem}: {', '.join(unknown)}")
     solver = {**spec.defaults, **params}
-    out = Path(out)
     n = int(n)
+    _check_memory(problem, n, sizes, solver, workers)
+    out = Path(out)
     n_test = int(round(float(test_fraction) * n))
     recipe = {"problem": problem, "seed": int(seed), "points": sizes, "domains": fams,
               "remesh": bool(remesh), "params": solver}

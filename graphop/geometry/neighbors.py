@@ -10,12 +10,15 @@ ascending), with the matching ``distances`` and displacement vectors ``offsets =
 """
 from __future__ import annotations
 
+import math
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
 from scipy.spatial import cKDTree
 
-__all__ = ["Neighborhood", "radius_neighbors", "knn_distances", "box_size"]
+__all__ = ["Neighborhood", "radius_neighbors", "knn_distances", "box_size", "count_pairs",
+           "check_radius_operator"]
 
 
 @dataclass(frozen=True)
@@ -129,3 +132,119 @@ def knn_distances(points, k: int, *, periodic=None) -> np.ndarray:
         x = np.mod(x, box)
     dist, _ = cKDTree(x, boxsize=box).query(x, k=k + 1)
     return dist[:, 1:]
+
+
+def _count_on_sample(tree, q: np.ndarray, radius: float) -> float:
+    return float(tree.query_ball_point(q, radius, return_length=True).sum())
+
+
+def _sample_queries(x: np.ndarray, sample: int, seed: int) -> np.ndarray:
+    if len(x) <= sample:
+        return x
+    return x[np.random.default_rng(seed).choice(len(x), sample, replace=False)]
+
+
+def count_pairs(query, source=None, radius: float = 1.0, *, periodic=None,
+                sample: int = 1024, seed: int = 0) -> float:
+    """The number of pairs (i, j) with ``|source[j] - query[i]| <= radius`` that
+    :func:`radius_neighbors` would return (self pairs included), without building them.
+
+    Exact when ``len(query) <= sample``; otherwise the mean count over ``sample`` query points
+    drawn with ``seed``, times ``len(query)`` (a KD-tree count: O(sample * log N + pairs of the
+    sample) time, no pair list in memory).
+
+    Args:
+        query, source, radius, periodic: as in :func:`radius_neighbors`.
+        sample: query points counted (default 1024).
+        seed: seed of the sample (default 0).
+    """
+    x = _as_points(query, "query")
+    y = x if source is None else _as_points(source, "source")
+    box = box_size(periodic, x.shape[1])
+    if box is not None:
+        x, y = np.mod(x, box), np.mod(y, box)
+    q = _sample_queries(x, sample, seed)
+    return _count_on_sample(cKDTree(y, boxsize=box), q, radius) * (len(x) / len(q))
+
+
+def check_radius_operator(query, source, radius: float, *, periodic=None,
+                          entries_per_pair: float = 1.0, bytes_per_entry: float = 48.0,
+                          scratch_per_pair: float = 0.0, max_scratch_pairs: float = math.inf,
+                          what: str = "operator", sample: int = 1024) -> float:
+    """Size a sparse operator over the radius graph before it is built; refuse what cannot fit.
+
+    The operator is assumed to hold ``entries_per_pair`` nonzeros per neighbour pair, each
+    costing ``bytes_per_entry`` bytes in memory (every copy included), plus
+    ``scratch_per_pair`` bytes per pair of temporary memory while it is built, for at most
+    ``max_scratch_pairs`` pairs at a time (a builder that works in chunks)::
+
+        P = count_pairs(query, source, radius)
+        needed = P * entries_per_pair * bytes_per_entry + min(P, max_scratch_pairs) * scratch_per_pair
+
+    Raises :class:`graphop.errors.MemoryLimitError` when ``needed`` exceeds the memory
+    available (:func:`graphop.memory.available_memory`), naming the radius, the nonzeros, the
+    bytes and the largest radius whose operator would take at most half of that memory.
+    Warns (``UserWarning``) when the average ball holds more than half of the source points
+    (a local operator that is nearly dense), and when the operator would take more than a
+    quarter of the available memory. An invalid radius or box is left to
+    :func:`radius_neighbors` to report.
+
+    Returns:
+        the estimated number of nonzeros.
+    """
+    from graphop.memory import available_memory, check_memory, format_bytes
+
+    x = _as_points(query, "query")
+    y = x if source is None else _as_points(source, "source")
+    if not (np.isfinite(radius) and radius > 0) or y.shape[1] != x.shape[1]:
+        return 0.0
+    box = box_size(periodic, x.shape[1])
+    if box is not None:
+        if np.any(radius >= box / 2):
+            return 0.0
+        x, y = np.mod(x, box), np.mod(y, box)
+    q = _sample_queries(x, sample, seed=0)
+    tree = cKDTree(y, boxsize=box)
+    scale = len(x) / len(q)
+
+    def nnz(r: float) -> float:
+        return _count_on_sample(tree, q, r) * scale * entries_per_pair
+
+    def bytes_for(n_entries: float) -> float:
+        pairs = n_entries / entries_per_pair
+        return n_entries * bytes_per_entry + min(pairs, max_scratch_pairs) * scratch_per_pair
+
+    n = nnz(radius)
+    need = bytes_for(n)
+    per_ball = n / entries_per_pair / len(x)
+    if per_ball > 0.5 * len(y):
+        warnings.warn(f"{what} radius {radius:g}: a ball holds {per_ball:.0f} of the "
+                      f"{len(y)} points on average ({100 * per_ball / len(y):.0f}%), so the "
+                      f"local operator is nearly dense ({n:.3g} nonzeros, about "
+                      f"{format_bytes(need)}); a local support wants a radius of a few mesh "
+                      "spacings", stacklevel=3)
+    have, _ = available_memory()
+    if have is None:
+        return n
+    if need > have:
+        lo, hi = 0.0, float(radius)  # bisect on the sampled counts (monotone in r)
+        for _ in range(30):
+            mid = 0.5 * (lo + hi)
+            if bytes_for(nnz(mid)) <= 0.5 * have:
+                lo = mid
+            else:
+                hi = mid
+            if hi - lo <= 1e-3 * hi:
+                break
+        fit = float(f"{lo:.2g}") if lo > 0 else 0.0
+        while fit > lo:  # round down to two significant digits
+            fit = float(f"{fit - 10 ** (math.floor(math.log10(fit)) - 1):.2g}")
+        hint = (f"a radius of at most {fit:g} would fit ({nnz(fit):.3g} nonzeros)" if fit > 0
+                else "no radius would fit: use fewer points")
+        check_memory(need, f"the {what} operator with radius {radius:g} on {len(x)} x "
+                           f"{len(y)} points ({n:.3g} nonzeros)", hint)
+    elif need > 0.25 * have:
+        warnings.warn(f"{what} radius {radius:g}: the operator on {len(x)} points will hold "
+                      f"{n:.3g} nonzeros, about {format_bytes(need)} of the "
+                      f"{format_bytes(have)} available", stacklevel=3)
+    return n

@@ -16,14 +16,15 @@ Shapes:
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from graphop.training.checkpoint import load_trained_model
-from graphop.errors import DataError
 from graphop.data.sample import mesh_to_sample, split_channels
+from graphop.errors import ConfigError, DataError
 from graphop.training.metrics import relative_l2
 from graphop.data.normalize import check_sample
 
@@ -53,14 +54,37 @@ def predict_mesh(model, normalizer, mesh, inputs, targets, device="cpu", periodi
     return split_channels(pred.double().numpy(), list(targets)), rel
 
 
+def _refuse_input_as_output(src: Path, out: Path) -> None:
+    """ConfigError when ``out`` is the file ``src`` itself (same path, a symbolic or hard link
+    to it, or a path through a linked folder)."""
+    same = False
+    if out.exists() and src.exists():
+        try:
+            same = os.path.samefile(out, src)
+        except OSError:
+            same = out.resolve() == src.resolve()
+    if same:
+        raise ConfigError(f"{out}: is the input mesh file {src}; refusing to overwrite it with "
+                          "the prediction (choose another --out, or pass --overwrite to replace "
+                          "the input)")
+
+
 def predict_file(checkpoint, mesh_file, out=None, device="cpu", measure: float | None = None,
-                 periodic=None) -> dict:
+                 periodic=None, overwrite: bool = False) -> dict:
     """Predict on ``mesh_file`` and write the mesh with the predicted fields to ``out``
-    (default ``<stem>_pred.vtu`` next to the input). Returns a summary dict."""
+    (default ``<stem>_pred.vtu`` next to the input). Returns a summary dict.
+
+    An ``out`` that is the input file itself (also through a symbolic or hard link) is refused
+    with :class:`graphop.errors.ConfigError` before anything is loaded, unless ``overwrite``
+    is True (default False)."""
     from graphop.training.distributed import resolve_device
     from graphop.io import read_mesh, write_mesh
     from graphop.geometry.mesh import Mesh
 
+    src = Path(mesh_file)
+    out = Path(out) if out is not None else src.with_name(f"{src.stem}_pred.vtu")
+    if not overwrite:
+        _refuse_input_as_output(src, out)
     dev = resolve_device(device)
     model, normalizer, ckpt = load_trained_model(checkpoint, dev)
     tc = ckpt["train_config"]
@@ -83,8 +107,6 @@ def predict_file(checkpoint, mesh_file, out=None, device="cpu", measure: float |
             new[f"{name}_error"] = val - truth
         else:
             new[name] = val
-    src = Path(mesh_file)
-    out = Path(out) if out is not None else src.with_name(f"{src.stem}_pred.vtu")
     out.parent.mkdir(parents=True, exist_ok=True)
     write_mesh(out, mesh.with_point_data(**new))
     return {"out": str(out), "input": str(src), "n_points": mesh.n_points,

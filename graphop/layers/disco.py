@@ -28,7 +28,7 @@ import torch
 from scipy.spatial import cKDTree
 from torch import nn
 
-from graphop.geometry.neighbors import box_size, radius_neighbors
+from graphop.geometry.neighbors import box_size, check_radius_operator, radius_neighbors
 from graphop.layers.basis import KernelBasis, make_basis
 from graphop.layers.sparse import (apply_operator, cached_operator, check_features, csr_from_coo,
                                    graph_set, n_points, stack_rows)
@@ -72,6 +72,12 @@ def disco_matrix(pos_out, pos_in, weight_in, radius: float, basis: KernelBasis, 
     """
     pos_in = np.asarray(pos_in, dtype=np.float64)
     pos_out = pos_in if same else np.asarray(pos_out, dtype=np.float64)
+    # refuse an operator that cannot fit before building it; warn on a nearly dense one.
+    # Measured: 12 B/nonzero in scipy CSR (x2 while chunks are stacked) + 24 B for the torch
+    # A and A^T; about 250 B per neighbour pair of scratch, for one chunk at a time
+    check_radius_operator(pos_out, pos_in, radius, periodic=periodic,
+                          entries_per_pair=basis.entries_per_offset(), bytes_per_entry=48,
+                          scratch_per_pair=250, max_scratch_pairs=BUILD_CHUNK_PAIRS, what="DISCO")
     w = np.asarray(weight_in, dtype=np.float64)
     n_out = len(pos_out)
     chunk = n_out

@@ -20,7 +20,9 @@ dicts, so loading one can never execute code. Contents (see :func:`make_checkpoi
 
 Saving is atomic: the file is written to a temporary name in the same folder, flushed to disk
 and renamed over the target with ``os.replace``, so an interruption leaves either the old or
-the new checkpoint, never a truncated one.
+the new checkpoint, never a truncated one. A temporary left by a process killed mid-write
+(``.best.pt.tmp<pid>``) is removed by :func:`remove_stale_temporaries` when a run directory is
+next claimed (see :mod:`graphop.training.runlock`).
 
 A corrupted or truncated file, a file that is not a graphop checkpoint, or a checkpoint whose
 weights do not fit the model it is loaded into raise :class:`graphop.errors.GraphopError` with
@@ -30,6 +32,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 from pathlib import Path
 
 import numpy as np
@@ -38,7 +41,8 @@ import torch
 from graphop.errors import GraphopError
 
 __all__ = ["FORMAT", "VERSION", "save_checkpoint", "load_checkpoint", "resolve_checkpoint",
-           "load_model_state", "rng_state", "set_rng_state", "load_trained_model"]
+           "load_model_state", "rng_state", "set_rng_state", "load_trained_model",
+           "remove_stale_temporaries"]
 
 FORMAT = "graphop-checkpoint"
 VERSION = 1
@@ -106,6 +110,41 @@ def save_checkpoint(path, state: dict) -> Path:
         if tmp.exists():
             tmp.unlink()
     return path
+
+
+_TMP_NAME = re.compile(r"^\..+\.tmp(\d+)$")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    except OSError:
+        return False
+    return True
+
+
+def remove_stale_temporaries(folder) -> list[Path]:
+    """Delete the temporaries (``.NAME.tmp<pid>``, as :func:`save_checkpoint` and the run log
+    write them) that processes no longer alive left in ``folder`` (e.g. killed with -9 in the
+    middle of a write); those of live processes are kept. Returns the removed paths."""
+    removed = []
+    for p in Path(folder).glob(".*.tmp*"):
+        m = _TMP_NAME.match(p.name)
+        if m is None or not p.is_file():
+            continue
+        pid = int(m.group(1))
+        if pid == os.getpid() or _pid_alive(pid):
+            continue
+        try:
+            p.unlink()
+            removed.append(p)
+        except OSError:
+            pass
+    return removed
 
 
 def resolve_checkpoint(path, prefer: str = "best") -> Path:

@@ -51,6 +51,7 @@ from graphop.errors import DataError, GraphopError
 from graphop.training.metrics import relative_l2_loss
 from graphop.data.normalize import NormalizedDataset, Normalizer, check_sample
 from graphop.training.runlog import RunLogger
+from graphop.training.runlock import claim_run_dir
 
 __all__ = ["Trainer", "TrainingDiverged", "TrainingInterrupted", "load_datasets"]
 
@@ -125,6 +126,8 @@ class Trainer:
         self.cfg = config.validate()
         self.info, self.device = setup(config.device)
         self.run_dir = Path(config.out)
+        if self.info.is_main:  # one process per run directory, for its whole life
+            claim_run_dir(self.run_dir)
         ckpt = self._open_checkpoint(resume, overwrite)
         self.local_bs = self._local_batch_size()
         train, val = self._load_data(datasets)
