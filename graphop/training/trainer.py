@@ -166,6 +166,7 @@ class Trainer:
                 mc["dim"] = int(first.pos.shape[1])
             if "periodic" in accepted and "periodic" not in mc:
                 mc["periodic"] = getattr(first, "periodic", None) is not None
+            mc = self.resolve_supports(mc, train)
             try:
                 model = build_model(mc)
             except (KeyError, TypeError, ValueError) as exc:
@@ -175,6 +176,10 @@ class Trainer:
             self.model_config = dict(getattr(model, "config", mc))
         else:
             self.model_config = dict(getattr(model, "config", {"name": type(model).__name__}))
+            if getattr(model, "unresolved", None):
+                raise ConfigError(f"the model passed to Trainer has unresolved 'auto' supports "
+                                  f"({', '.join(model.unresolved)}); build it from "
+                                  "graphop.models.supports.resolve_supports(config, train_samples)")
         if ckpt is not None:
             load_model_state(model, ckpt, expected_config=self.model_config)
         self.module = model.to(self.device)
@@ -223,6 +228,15 @@ class Trainer:
             if ckpt is None and overwrite and (self.run_dir / "tb").is_dir():
                 shutil.rmtree(self.run_dir / "tb")  # the old run's TensorBoard curves
             config.save(self.run_dir / "config.yaml")
+
+    def resolve_supports(self, model_config: dict, train) -> dict:
+        """``model_config`` with its ``"auto"`` supports (DISCO, encoder and smoothing radii)
+        chosen from the training meshes in the normalised coordinates the model sees
+        (:func:`graphop.models.supports.resolve_supports`); the choice is printed once."""
+        from graphop.models.supports import resolve_supports
+
+        log = (lambda line: print(f"graphop train: {line}", flush=True)) if self.info.is_main else None
+        return resolve_supports(model_config, NormalizedDataset(train, self.normalizer), log=log)
 
     @classmethod
     def resume(cls, run_dir, sets=(), overrides: dict | None = None, model=None, datasets=None
