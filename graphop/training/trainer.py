@@ -49,6 +49,7 @@ from graphop.training.config import ConfigError, TrainConfig, load_config
 from graphop.training.distributed import EpochSampler, all_reduce_sum, setup
 from graphop.errors import DataError, GraphopError
 from graphop.training.metrics import relative_l2_loss
+from graphop.data.augment import AugmentedDataset, augmented
 from graphop.data.normalize import NormalizedDataset, Normalizer, check_sample
 from graphop.training.runlog import RunLogger
 
@@ -202,7 +203,7 @@ class Trainer:
         self.scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=config.epochs)
                           if config.scheduler == "cosine" else None)
 
-        self.train_set = NormalizedDataset(train, self.normalizer)
+        self.train_set = self.augmented(NormalizedDataset(train, self.normalizer))
         self.sampler = EpochSampler(self.train_set, world, self.info.rank, seed=config.seed)
         self.val_set = NormalizedDataset(
             torch.utils.data.Subset(val, list(range(self.info.rank, len(val), world))), self.normalizer)
@@ -236,7 +237,14 @@ class Trainer:
         from graphop.models.supports import resolve_supports
 
         log = (lambda line: print(f"graphop train: {line}", flush=True)) if self.info.is_main else None
-        return resolve_supports(model_config, NormalizedDataset(train, self.normalizer), log=log)
+        # the meshes the model trains on: with augmentation, the (coarser) epoch-0 subsamples
+        return resolve_supports(model_config, self.augmented(NormalizedDataset(train, self.normalizer)),
+                                log=log)
+
+    def augmented(self, dataset):
+        """The training set as the model sees it: ``config.augment`` applied
+        (:func:`graphop.data.augment.augmented`; never to validation)."""
+        return augmented(dataset, self.cfg.augment, self.cfg.augment_fraction, self.cfg.seed)
 
     @classmethod
     def resume(cls, run_dir, sets=(), overrides: dict | None = None, model=None, datasets=None
@@ -305,6 +313,8 @@ class Trainer:
     def _train_epoch(self) -> dict:
         cfg, e = self.cfg, self.epoch
         self.sampler.set_epoch(e)
+        if isinstance(self.train_set, AugmentedDataset):
+            self.train_set.set_epoch(e)
         self.sampler.skip = self.step_in_epoch * self.local_bs
         steps = math.ceil(self.sampler.num_samples / self.local_bs)
         loss_sum, count = float(self.partial["loss_sum"]), float(self.partial["count"])
