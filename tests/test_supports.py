@@ -161,6 +161,10 @@ def test_warnings_name_the_under_resolved_supports():
     # the old encoder default (1.5 latent spacings of 32 x 32 = 0.053) is 0.8 spacings of 16 x 16
     (msg,) = support_warnings({**old, "branches": ["global"]}, d16.pos, d16.boundary)
     assert "encoder_radius 0.0532 is 0.8 mesh spacings" in msg
+    # a stored gino config names no branches: it is global-only
+    gino = build_model({"name": "gino", "in_channels": 1, "out_channels": 1, "encoder_radius": None})
+    assert "branches" not in gino.config
+    assert support_warnings(gino.config, d16.pos, d16.boundary) == [msg]
     d6.source = "coarse.vtu"
     lines = dataset_support_warnings(cfg, [d16, d6, d6, _sample(5)], max_lines=1)
     assert len(lines) == 2 and lines[0].startswith("coarse.vtu (36 points) under-resolves")
@@ -201,3 +205,22 @@ def test_predict_and_evaluate_print_one_warning_line(tmp_path, capsys):
     assert len(warn) == 1 and "s0.vtu (25 points) under-resolves" in warn[0]
     predict_file(tmp_path / "run", tmp_path / "data" / "train" / "s0.vtu", out=tmp_path / "q.vtu")
     assert "warning" not in capsys.readouterr().err
+
+
+def test_smoothing_radius_auto_follows_the_disco_radius_when_the_layer_takes_it():
+    from graphop.models.supports import smoothing_supported
+
+    d = _sample(16)
+    base = {"name": "local_gno", "in_channels": 1, "out_channels": 1, **TINY,
+            "diff_kwargs": {"smoothing_radius": "auto"}}
+    if smoothing_supported():
+        cfg = resolve_supports(base, [d])
+        assert cfg["diff_kwargs"]["smoothing_radius"] == cfg["disco_radius"]
+        given = resolve_supports({**base, "diff_kwargs": {"smoothing_radius": 0.05}}, [d])
+        assert given["diff_kwargs"]["smoothing_radius"] == 0.05
+    else:
+        with pytest.raises(ConfigError, match="DifferentialConv has no smoothing_radius argument"):
+            resolve_supports(base, [d])
+        # without the argument nothing is added to diff_kwargs
+        cfg = resolve_supports({**base, "diff_kwargs": {}}, [d])
+        assert cfg["diff_kwargs"] == {} and build_model(cfg).unresolved == []

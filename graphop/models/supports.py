@@ -194,8 +194,13 @@ def smoothing_supported() -> bool:
     return "smoothing_radius" in inspect.signature(DifferentialConv.__init__).parameters
 
 
+_DEFAULT_BRANCHES = {"local_gno": ("global", "disco", "diff"), "gino": ("global",),
+                     "disco_only": ("disco",)}
+
+
 def _branches(cfg: dict) -> tuple:
-    return tuple(cfg.get("branches") or ())
+    """The branches of a LocalGNO-family config (the gino / disco_only factories store none)."""
+    return tuple(cfg.get("branches") or _DEFAULT_BRANCHES.get(cfg.get("name"), ()))
 
 
 def unresolved_supports(model_config: dict) -> list[str]:
@@ -244,10 +249,8 @@ def resolve_supports(model_config: dict, samples, log=None) -> dict:
         DataError: no samples.
     """
     cfg = dict(model_config)
-    if cfg.get("name") in ("local_gno", "gino", "disco_only"):
-        default = {"local_gno": ("global", "disco", "diff"), "gino": ("global",),
-                   "disco_only": ("disco",)}[cfg["name"]]
-        br = tuple(cfg.get("branches") or default)
+    if cfg.get("name") in _DEFAULT_BRANCHES:
+        br = _branches(cfg)
         auto_disco = "disco" in br and cfg.get("disco_radius", AUTO) == AUTO
         auto_enc = "global" in br and cfg.get("encoder_radius", AUTO) == AUTO
         diff_kw = dict(cfg.get("diff_kwargs") or {})
