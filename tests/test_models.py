@@ -9,13 +9,15 @@ from torch_geometric.data import Batch
 
 from graphop import Mesh
 from graphop.errors import ConfigError
-from graphop.models import MODELS, LocalGNO, MeshGraphNet, build_model
+from graphop.models import MODELS, LocalGNO, MeshGraphNet, build_model, resolve_supports
 from graphop.models.gnn import mesh_edges
 from graphop.testing import (check_batch_consistency, check_permutation_equivariance,
                              check_refinement_convergence, nested_meshes)
 
 torch.set_num_threads(1)
-SMALL = dict(width=12, n_layers=2, latent_shape=(12, 12), modes=(4, 4))
+# the fixed supports of these tests (the pre-'auto' defaults); 'auto' is tested in test_supports.py
+FIXED = dict(disco_radius=0.06, encoder_radius=None)
+SMALL = dict(width=12, n_layers=2, latent_shape=(12, 12), modes=(4, 4), **FIXED)
 
 
 def _f(p):
@@ -39,7 +41,7 @@ def _disk(seed, max_area=0.02):
 def test_refinement_convergence_fixed_parameters():
     meshes = nested_meshes("square", levels=4, max_area=0.006, seed=0)
     torch.manual_seed(0)
-    model = LocalGNO(2, 1, width=16, n_layers=4, latent_shape=(16, 16), modes=(6, 6)).double()
+    model = LocalGNO(2, 1, width=16, n_layers=4, latent_shape=(16, 16), modes=(6, 6), **FIXED).double()
     outs = []
     with torch.no_grad():
         for m in meshes:
@@ -61,7 +63,8 @@ def test_overfits_tiny_dataset(branches):
     sq = nested_meshes("square", levels=2, max_area=0.01, seed=1)[1]
     b = Batch.from_data_list([_data(sq, torch.float32, 0.3), _data(_disk(2), torch.float32, 1.1)])
     torch.manual_seed(0)
-    model = LocalGNO(1, 1, width=16, n_layers=2, branches=branches, latent_shape=(16, 16), modes=(6, 6))
+    model = LocalGNO(1, 1, width=16, n_layers=2, branches=branches, latent_shape=(16, 16), modes=(6, 6),
+                     **FIXED)
     branch_params = {name: p.detach().clone() for name, p in model.named_parameters()
                      if any(k in name for k in ("glob.", "disco.", "diff."))}
     assert branch_params, "every branch has parameters"
@@ -111,7 +114,7 @@ def test_3d_smoke_tetrahedral_meshes():
         datas.append(d)
     torch.manual_seed(0)
     model = LocalGNO(1, 2, width=8, n_layers=2, latent_shape=(8, 8, 8), modes=(3, 3, 3),
-                     disco_radius=0.3).double()
+                     disco_radius=0.3, encoder_radius=None).double()
     assert model.dim == 3
     b = Batch.from_data_list(datas)
     out = model(b)
@@ -155,7 +158,7 @@ def test_registry_builds_every_model_and_rebuilds_from_config():
     d = _data(nested_meshes("square", levels=1, max_area=0.02, seed=6)[0], torch.float32)
     for name in sorted(MODELS):
         torch.manual_seed(0)
-        model = build_model({"name": name, "in_channels": 1, "out_channels": 3})
+        model = build_model(resolve_supports({"name": name, "in_channels": 1, "out_channels": 3}, [d]))
         assert model.config["name"] == name
         if name in expect:
             assert model.branches == expect[name]

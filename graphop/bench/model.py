@@ -131,7 +131,7 @@ def bench_model(n_points: int = 20_000, batch: int = 8, width: int = 64, n_layer
     module docstring. Returns a flat dict of numbers (and notes as strings)."""
     from torch_geometric.data import Batch
 
-    from graphop.models import build_model
+    from graphop.models import build_model, resolve_supports
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     log = (lambda *a: print(*a, file=sys.stderr, flush=True)) if progress else (lambda *a: None)
@@ -149,14 +149,15 @@ def bench_model(n_points: int = 20_000, batch: int = 8, width: int = 64, n_layer
            "modes": "x".join(map(str, modes)), "threads": torch.get_num_threads()}
     size = dict(in_channels=1, out_channels=1, width=width, n_layers=n_layers,
                 latent_shape=list(latent_shape), modes=list(modes))
-    local = {"name": "local_gno", **size}
-    if disco_radius is not None:
-        local["disco_radius"] = float(disco_radius)
-    r = local.get("disco_radius", 0.06)
+    # fixed supports (not 'auto'): the bench times one stated operator size at every n_points
+    size["encoder_radius"] = None   # 1.5 latent spacings
+    r = 0.06 if disco_radius is None else float(disco_radius)
+    local = {"name": "local_gno", **size, "disco_radius": r}
     res["disco_radius"] = r
     res["disco_mean_neighbours"] = float(np.pi * r * r * len(pos))  # unit square, interior
     for key, cfg in [("local_gno", local), ("global_only", {"name": "gino", **size})]:
         torch.manual_seed(0)
+        cfg = resolve_supports(cfg, datas[:1])   # any support still 'auto' (none given here)
         model = build_model(cfg).to(device)
         opt = torch.optim.Adam(model.parameters(), lr=1e-3)
 

@@ -362,11 +362,10 @@ def _init_worker(threads: int) -> None:
 def _train_run(job: dict):
     """Train one (variant, seed) and evaluate it on every test set. Runs in the calling process
     (``jobs=1``) or in a spawned worker, where the trainer's output goes to ``RUN_DIR.log``.
-    Returns ``(run record, (model state, normalizer) or None)``."""
+    Returns ``(run record, (model state, normalizer, model config) or None)``."""
     import contextlib
 
     from graphop.training.config import TrainConfig
-    from graphop.models import build_model
     from graphop.layers.sparse import operator_cache
     from graphop.training.trainer import Trainer
 
@@ -392,10 +391,10 @@ def _train_run(job: dict):
             fh = stack.enter_context(open(f"{out}.log", "w"))
             stack.enter_context(contextlib.redirect_stdout(fh))
             stack.enter_context(contextlib.redirect_stderr(fh))
-        torch.manual_seed(seed)
-        model = build_model(mc)
         t1 = time.perf_counter()
-        trainer = Trainer(tc, model=model, datasets=(train, val), overwrite=True)
+        # the trainer seeds with ``seed``, chooses the 'auto' supports from the training meshes
+        # and builds the model from ``mc``
+        trainer = Trainer(tc, datasets=(train, val), overwrite=True)
         summary = trainer.fit()
         train_s = time.perf_counter() - t1
         tests, t2 = {}, time.perf_counter()
@@ -413,7 +412,7 @@ def _train_run(job: dict):
     kept = None
     if job["keep"]:
         state = {k: v.detach().cpu() for k, v in trainer.module.state_dict().items()}
-        kept = (state, trainer.normalizer)
+        kept = (state, trainer.normalizer, trainer.model_config)
     return run, kept
 
 
@@ -508,7 +507,7 @@ def run_experiment(folder, quick: bool = False, datasets_dir=None, runs_dir=None
     for (vname, seed) in order:
         kept = done[(vname, seed)][1]
         if kept is not None:
-            model = build_model(models[vname][0])
+            model = build_model(kept[2])   # the config with the supports the run chose
             model.load_state_dict(kept[0])
             keep[vname] = (model, kept[1], _weights_wrapper(cfg["variants"][vname]))
 

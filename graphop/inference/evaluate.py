@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -227,7 +228,7 @@ def evaluate_checkpoint(checkpoint, data=None, splits=("train", "test"), out=Non
         raise DataError(f"{root}: data directory not found")
     splits = list(splits)
     has_sub = any((root / s).is_dir() for s in ("train", "test"))
-    per_split, records_of, datasets = {}, {}, {}
+    per_split, records_of, datasets, warned = {}, {}, {}, []
     for split in splits:
         if has_sub and not (root / split).is_dir():
             continue  # a split folder that does not exist (never a fraction of the others)
@@ -235,6 +236,7 @@ def evaluate_checkpoint(checkpoint, data=None, splits=("train", "test"), out=Non
                                split=split)
         if len(ds) == 0:
             continue
+        warned += _support_warnings(ckpt["model_config"], normalizer, ds, split)
         recs = evaluate_dataset(model, normalizer, ds, dev, batch_size, root, progress,
                                 desc=f"evaluate {split}")
         per_split[split], records_of[split], datasets[split] = summarize(recs), recs, ds
@@ -250,7 +252,7 @@ def evaluate_checkpoint(checkpoint, data=None, splits=("train", "test"), out=Non
               "n_samples": per_split[main_split]["n_samples"], "splits": per_split,
               "by_family": {s: _groups(r, "family") for s, r in records_of.items()},
               "by_resolution": {s: _groups(r, "resolution") for s, r in records_of.items()},
-              "samples": records_of, "plots": {}}
+              "samples": records_of, "plots": {}, "support_warnings": warned}
     if plots:
         recs = sorted(records_of[main_split], key=lambda r: r["rel_l2"])
         picks = {"best": recs[0], "median": recs[len(recs) // 2], "worst": recs[-1]}
@@ -266,5 +268,18 @@ def evaluate_checkpoint(checkpoint, data=None, splits=("train", "test"), out=Non
     (out / "results.md").write_text(format_markdown(report))
     report["out"] = str(out)
     return report
+
+
+def _support_warnings(model_config, normalizer, dataset, split: str) -> list[str]:
+    """One stderr line per mesh of ``dataset`` that under-resolves a support of the model
+    (:func:`graphop.models.supports.dataset_support_warnings`); returns the lines."""
+    from graphop.data.normalize import NormalizedDataset
+    from graphop.models.supports import dataset_support_warnings
+
+    lines = [f"{split}: {line}" for line in
+             dataset_support_warnings(model_config, NormalizedDataset(dataset, normalizer))]
+    for line in lines:
+        print(f"graphop evaluate: warning: {line}", file=sys.stderr, flush=True)
+    return lines
 
 

@@ -17,6 +17,7 @@ Shapes:
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -49,7 +50,10 @@ def predict_mesh(model, normalizer, mesh, inputs, targets, device="cpu", periodi
     else:
         has_truth = True
     check_sample(data)
-    pred = predict_data(model, normalizer, data, device)
+    enc = normalizer.encode(data)
+    _warn_supports(model, enc, str(mesh.source))
+    enc = enc.to(device)
+    pred = normalizer.decode(model(enc)).cpu()
     rel = float(relative_l2(pred, data.y, data.weight)) if has_truth else None
     return split_channels(pred.double().numpy(), list(targets)), rel
 
@@ -67,6 +71,24 @@ def _refuse_input_as_output(src: Path, out: Path) -> None:
         raise ConfigError(f"{out}: is the input mesh file {src}; refusing to overwrite it with "
                           "the prediction (choose another --out, or pass --overwrite to replace "
                           "the input)")
+
+
+def _warn_supports(model, enc, source: str) -> str | None:
+    """Print (stderr) and return one warning line when the mesh of the normalised sample
+    ``enc`` under-resolves a support of ``model`` (see :mod:`graphop.models.supports`)."""
+    from graphop.models.supports import support_warnings
+
+    cfg = getattr(model, "config", None)
+    if not isinstance(cfg, dict):
+        return None
+    issues = support_warnings(cfg, enc.pos, getattr(enc, "boundary", None),
+                              getattr(enc, "periodic", None))
+    if not issues:
+        return None
+    line = (f"{source} ({enc.pos.shape[0]} points) under-resolves the model's supports: "
+            + "; ".join(issues))
+    print(f"graphop predict: warning: {line}", file=sys.stderr, flush=True)
+    return line
 
 
 def predict_file(checkpoint, mesh_file, out=None, device="cpu", measure: float | None = None,

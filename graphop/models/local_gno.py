@@ -25,8 +25,14 @@ affine map fitted on the training set.
 Defaults are sized for training on a 2-core CPU in minutes (1.3M parameters in 2D, complex
 spectral weights counted once; 3.8M in 3D):
 width 32, 4 layers, latent grid 32 x 32 with 12 x 12 modes (3D: 16^3 grid, 6^3 modes), DISCO
-radius 0.06 with kernel_shape (3, 4). The paper-scale setting is width=64, latent_shape=(64, 64),
-modes=(16, 16).
+kernel_shape (3, 4). The paper-scale setting is width=64, latent_shape=(64, 64), modes=(16, 16).
+
+Supports: ``disco_radius``, ``encoder_radius`` and (when the installed DifferentialConv takes
+it) ``diff_kwargs["smoothing_radius"]`` default to ``"auto"``: chosen from the coarsest
+training mesh by :func:`graphop.models.supports.resolve_supports`, which the trainer calls
+before it builds the model, so that the checkpoint stores numbers. A LocalGNO built with an
+unresolved ``"auto"`` has all its parameters but raises :class:`graphop.errors.ConfigError`
+when called. A number given by the user is used as is.
 
 Args:
     in_channels: input field channels (``data.x``; 0 for coordinates only).
@@ -40,16 +46,20 @@ Args:
     latent_box: ((lo...), (hi...)) of the latent grid (default unit box padded by
         ``box_padding`` = 0.05).
     fft_padding: zero padding fraction of the FFT on non-periodic domains (default 0.25).
-    encoder_radius: radius of the grid encoder (default 1.5 grid spacings).
-    disco_radius: radius of the DISCO kernel in physical units (default 0.06). It must cover
-        several spacings of the coarsest mesh the model will meet (~30+ points per ball): a
-        kernel that holds only a handful of points is under-resolved, and a model trained there
-        learns the discretisation instead of the operator and does not transfer across
-        resolutions (measured: experiments/README.md). For ~1000-point meshes of a unit-size
-        2D domain use ~0.12.
+    encoder_radius: radius of the grid encoder in model coordinates; ``"auto"`` (default):
+        max(1.5 latent spacings, 2 spacings of the coarsest training mesh); None: 1.5 latent
+        spacings (the default before ``auto``).
+    disco_radius: radius of the DISCO kernel in model coordinates; ``"auto"`` (default): the
+        smallest radius holding >= 30 points per ball on the coarsest training mesh. It must
+        cover several spacings of the coarsest mesh the model will meet: a kernel that holds
+        only a handful of points is under-resolved, and a model trained there learns the
+        discretisation instead of the operator and does not transfer across resolutions
+        (measured: experiments/README.md). For ~1000-point meshes of a unit-size 2D domain
+        ``auto`` gives ~0.1.
     kernel_shape: DISCO basis shape (default (3, 4)).
     disco_kwargs, diff_kwargs: extra keyword arguments of DISCOConv / DifferentialConv
-        (DISCO and differential get ``bias=False``: the pointwise W carries the bias).
+        (DISCO and differential get ``bias=False``: the pointwise W carries the bias;
+        ``diff_kwargs["smoothing_radius"]`` defaults to ``"auto"`` when DifferentialConv takes it).
     diff_scale: a fixed reference length multiplying the differential branch (default 0.02,
         the spacing of a ~2500-point mesh of the unit square). DifferentialConv divides by the
         local spacing h_i, so without it the branch grows like 1/h; the paper's code does the
@@ -70,9 +80,11 @@ import math
 import torch
 from torch import nn
 
+from graphop.errors import ConfigError
 from graphop.layers.latent import GridDecoder, GridEncoder, periodic_box
 from graphop.layers.spectral import SpectralConv
 from graphop.models.mlp import ACTIVATIONS, mlp, plain_config
+from graphop.models.supports import AUTO, unresolved_supports
 
 __all__ = ["LocalGNO", "GlobalBranch", "BRANCHES"]
 
@@ -108,13 +120,18 @@ class _Block(nn.Module):
         if "disco" in branches:
             from graphop.layers.disco import DISCOConv
 
-            # the pointwise W carries the bias
-            self.disco = DISCOConv(width, width, disco_radius, kernel_shape=tuple(kernel_shape),
-                                   **{"bias": False, **disco_kwargs})
+            # the pointwise W carries the bias; an unresolved "auto" radius gets the parameters
+            # now and NaN as radius (the weights do not depend on it; LocalGNO.forward refuses)
+            auto = disco_radius == AUTO
+            self.disco = DISCOConv(width, width, 1.0 if auto else disco_radius,
+                                   kernel_shape=tuple(kernel_shape), **{"bias": False, **disco_kwargs})
+            if auto:
+                self.disco.radius = math.nan
         if "diff" in branches:
             from graphop.layers.differential import DifferentialConv
 
-            self.diff = DifferentialConv(width, width, **{"dim": dim, "bias": False, **diff_kwargs})
+            kw = {k: v for k, v in diff_kwargs.items() if v != AUTO}
+            self.diff = DifferentialConv(width, width, **{"dim": dim, "bias": False, **kw})
 
     def forward(self, h, data, latent):
         z = self.linear(h)
@@ -127,13 +144,20 @@ class _Block(nn.Module):
         return z
 
 
+def _positive(v) -> bool:
+    try:
+        return not isinstance(v, bool) and math.isfinite(float(v)) and float(v) > 0
+    except (TypeError, ValueError):
+        return False
+
+
 class LocalGNO(nn.Module):
     """Lift -> blocks act(W h + global + disco + diff) -> project (see the module docstring)."""
 
     def __init__(self, in_channels: int, out_channels: int, width: int = 32, n_layers: int = 4,
                  branches=BRANCHES, dim: int | None = None, latent_shape=None, modes=None,
                  latent_box=None, box_padding: float = 0.05, fft_padding: float = 0.25,
-                 encoder_radius: float | None = None, disco_radius: float = 0.06,
+                 encoder_radius: float | str | None = AUTO, disco_radius: float | str = AUTO,
                  kernel_shape=(3, 4), disco_kwargs: dict | None = None,
                  diff_kwargs: dict | None = None, diff_scale: float = 0.02,
                  lifting_channels: int | None = None,
@@ -164,6 +188,14 @@ class LocalGNO(nn.Module):
         lifting_channels = lifting_channels or 2 * width
         projection_channels = projection_channels or 4 * width
         disco_kwargs, diff_kwargs = dict(disco_kwargs or {}), dict(diff_kwargs or {})
+        for key, v, none_ok in (("disco_radius", disco_radius, False),
+                                ("encoder_radius", encoder_radius, True)):
+            if not (v == AUTO or (v is None and none_ok) or _positive(v)):
+                raise ValueError(f"{key} must be 'auto' or a positive number, got {v!r}")
+        if "diff" in branches and diff_kwargs.get("smoothing_radius", AUTO) == AUTO:
+            # the smoothing radius follows the DISCO radius (graphop.models.supports), so a
+            # given disco_radius fixes it without data
+            diff_kwargs["smoothing_radius"] = disco_radius if _positive(disco_radius) else AUTO
         self.config = plain_config(dict(
             name="local_gno", in_channels=in_channels, out_channels=out_channels, width=width,
             n_layers=n_layers, branches=branches, dim=dim, latent_shape=latent_shape, modes=modes,
@@ -182,8 +214,13 @@ class LocalGNO(nn.Module):
                    diff_kwargs, diff_scale) for _ in range(n_layers))
         self.project = mlp([width, projection_channels, out_channels], activation)
         if "global" in branches:
-            self.encoder = GridEncoder(latent_shape, latent_box, box_padding, radius=encoder_radius)
+            auto = encoder_radius == AUTO
+            self.encoder = GridEncoder(latent_shape, latent_box, box_padding,
+                                       radius=None if auto else encoder_radius)
+            if auto:
+                self.encoder.radius = math.nan   # unresolved (see the DISCO branch)
             self.decoder = GridDecoder(latent_shape, latent_box, box_padding)
+        self.unresolved = unresolved_supports(self.config)
 
     def reset_parameters(self) -> None:
         for m in self.modules():
@@ -215,6 +252,12 @@ class LocalGNO(nn.Module):
         return torch.cat([x.to(pos.dtype), pfeat], dim=1)
 
     def forward(self, data) -> torch.Tensor:
+        if self.unresolved:
+            raise ConfigError(
+                f"LocalGNO: {', '.join(self.unresolved)} {'is' if len(self.unresolved) == 1 else 'are'}"
+                " still 'auto' (unresolved): choose from the training meshes with "
+                "graphop.models.supports.resolve_supports(config, train_samples) before "
+                "build_model (the trainer does), or give numbers")
         h = self.lift(self._features(data))
         latent = None
         if "global" in self.branches:

@@ -4,7 +4,10 @@
 
 ``config`` is ``{"name": ..., **keyword arguments}``; the built model keeps the full resolved
 configuration (defaults filled in, tuples as lists) in ``model.config``, and
-``build_model(model.config)`` rebuilds the same architecture. Registered names:
+``build_model(model.config)`` rebuilds the same architecture. Supports left at ``"auto"`` (the
+LocalGNO default) are chosen from the training meshes by
+:func:`graphop.models.supports.resolve_supports` before building (the trainer does this).
+Registered names:
 
 =============  ==============================================================================
 local_gno      :class:`LocalGNO`, every branch switchable (``branches=[...]``)
@@ -87,7 +90,7 @@ register_model("gnn")(MeshGraphNet)
 @register_model("gino")
 def _gino(in_channels: int, out_channels: int, width: int = 32, n_layers: int = 4,
           dim: int | None = None, latent_shape=None, modes=None, latent_box=None,
-          box_padding: float = 0.05, fft_padding: float = 0.25, encoder_radius=None,
+          box_padding: float = 0.05, fft_padding: float = 0.25, encoder_radius="auto",
           lifting_channels=None, projection_channels=None, activation: str = "gelu",
           periodic: bool = False) -> LocalGNO:
     """Global-only LocalGNO: lift -> act(W h + Dec(FNO(Enc(h)))) blocks -> project (GINO)."""
@@ -99,7 +102,7 @@ def _gino(in_channels: int, out_channels: int, width: int = 32, n_layers: int = 
 
 @register_model("disco_only")
 def _disco_only(in_channels: int, out_channels: int, width: int = 32, n_layers: int = 4,
-                dim: int | None = None, disco_radius: float = 0.06, kernel_shape=(3, 4),
+                dim: int | None = None, disco_radius="auto", kernel_shape=(3, 4),
                 disco_kwargs: dict | None = None, lifting_channels=None, projection_channels=None,
                 activation: str = "gelu", periodic: bool = False) -> LocalGNO:
     """DISCO-only LocalGNO: lift -> act(W h + DISCO(h)) blocks -> project."""

@@ -58,6 +58,11 @@ class TrainConfig:
         normalize_fields: fit input/target normalisers on the training set (default True).
         normalize_coords: fit one coordinate AffineMap on the training set (default True).
         progress: show tqdm progress bars (default True).
+        augment: ``none`` | ``subsample``: every epoch, train on a random subsample of each
+            training mesh (boundary points plus ``augment_fraction`` of the interior points,
+            exact field values, weights gathered onto the kept points; validation never is);
+            see :mod:`graphop.data.augment` (default none).
+        augment_fraction: share of interior points a subsample keeps, in (0, 1] (default 0.75).
     """
 
     data: str = ""
@@ -79,6 +84,8 @@ class TrainConfig:
     normalize_fields: bool = True
     normalize_coords: bool = True
     progress: bool = True
+    augment: str = "none"
+    augment_fraction: float = 0.75
 
     # ------------------------------------------------------------------ API
     @classmethod
@@ -130,6 +137,11 @@ class TrainConfig:
                 raise ConfigError(f"config key {name!r} must be {rule}, got {getattr(self, name)!r}")
         if self.optimizer not in ("adamw", "adam", "sgd"):
             raise ConfigError(f"optimizer must be adamw, adam or sgd, got {self.optimizer!r}")
+        if self.augment not in ("none", "subsample"):
+            raise ConfigError(f"augment must be none or subsample, got {self.augment!r}")
+        if not 0 < self.augment_fraction <= 1:
+            raise ConfigError(f"config key 'augment_fraction' must be in (0, 1], got "
+                              f"{self.augment_fraction!r}")
         if self.scheduler not in ("cosine", "none"):
             raise ConfigError(f"scheduler must be cosine or none, got {self.scheduler!r}")
         overlap = set(self.inputs) & set(self.targets)

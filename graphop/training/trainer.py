@@ -49,6 +49,7 @@ from graphop.training.config import ConfigError, TrainConfig, load_config
 from graphop.training.distributed import EpochSampler, all_reduce_sum, setup
 from graphop.errors import DataError, GraphopError
 from graphop.training.metrics import relative_l2_loss
+from graphop.data.augment import AugmentedDataset, augmented
 from graphop.data.normalize import NormalizedDataset, Normalizer, check_sample
 from graphop.training.runlog import RunLogger
 from graphop.training.runlock import claim_run_dir
@@ -203,12 +204,17 @@ class Trainer:
 
     def _build_model(self, model, train):
         """``(model, model config)``: the given model, or ``build_model`` of the completed
-        config (build errors are one-line :class:`ConfigError` s)."""
+        config with its ``auto`` supports resolved (build errors are one-line
+        :class:`ConfigError` s)."""
         if model is not None:
+            if getattr(model, "unresolved", None):
+                raise ConfigError(f"the model passed to Trainer has unresolved 'auto' supports "
+                                  f"({', '.join(model.unresolved)}); build it from "
+                                  "graphop.models.supports.resolve_supports(config, train_samples)")
             return model, dict(getattr(model, "config", {"name": type(model).__name__}))
         from graphop.models import build_model
 
-        mc = self._model_config(train)
+        mc = self.resolve_supports(self._model_config(train), train)
         try:
             model = build_model(mc)
         except (KeyError, TypeError, ValueError) as exc:
@@ -243,7 +249,7 @@ class Trainer:
 
     def _make_loaders(self, train, val) -> None:
         world, rank = self.info.world_size, self.info.rank
-        self.train_set = NormalizedDataset(train, self.normalizer)
+        self.train_set = self.augmented(NormalizedDataset(train, self.normalizer))
         self.sampler = EpochSampler(self.train_set, world, rank, seed=self.cfg.seed)
         self.val_set = NormalizedDataset(
             torch.utils.data.Subset(val, list(range(rank, len(val), world))), self.normalizer)
@@ -277,6 +283,22 @@ class Trainer:
         if ckpt is None and overwrite and (self.run_dir / "tb").is_dir():
             shutil.rmtree(self.run_dir / "tb")
         self.cfg.save(self.run_dir / "config.yaml")
+
+    def resolve_supports(self, model_config: dict, train) -> dict:
+        """``model_config`` with its ``"auto"`` supports (DISCO, encoder and smoothing radii)
+        chosen from the training meshes in the normalised coordinates the model sees
+        (:func:`graphop.models.supports.resolve_supports`); the choice is printed once."""
+        from graphop.models.supports import resolve_supports
+
+        log = (lambda line: print(f"graphop train: {line}", flush=True)) if self.info.is_main else None
+        # the meshes the model trains on: with augmentation, the (coarser) epoch-0 subsamples
+        return resolve_supports(model_config, self.augmented(NormalizedDataset(train, self.normalizer)),
+                                log=log)
+
+    def augmented(self, dataset):
+        """The training set as the model sees it: ``config.augment`` applied
+        (:func:`graphop.data.augment.augmented`; never to validation)."""
+        return augmented(dataset, self.cfg.augment, self.cfg.augment_fraction, self.cfg.seed)
 
     @classmethod
     def resume(cls, run_dir, sets=(), overrides: dict | None = None, model=None, datasets=None
@@ -345,6 +367,8 @@ class Trainer:
     def _train_epoch(self) -> dict:
         cfg, e = self.cfg, self.epoch
         self.sampler.set_epoch(e)
+        if isinstance(self.train_set, AugmentedDataset):
+            self.train_set.set_epoch(e)
         self.sampler.skip = self.step_in_epoch * self.local_bs
         steps = math.ceil(self.sampler.num_samples / self.local_bs)
         loss_sum, count = float(self.partial["loss_sum"]), float(self.partial["count"])
