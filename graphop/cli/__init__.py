@@ -36,6 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"graphop {__version__}")
     parser.add_argument("--debug", action="store_true",
                         help="show full tracebacks instead of one-line errors")
+    parser.add_argument("--no-progress", dest="no_progress", action="store_true",
+                        help="no progress bars or progress lines (every subcommand; off a "
+                             "terminal, bars print plain lines instead of redrawing)")
     parser.add_argument("--threads", type=int, default=None, metavar="N",
                         help="torch intra-op threads (default: torch's choice). On a busy machine "
                              "use 1: parallel regions stall on descheduled threads")
@@ -45,6 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                        help="show full tracebacks instead of one-line errors")
         mod.add_arguments(p)
+        if "--no-progress" not in p._option_string_actions:
+            p.add_argument("--no-progress", dest="no_progress", action="store_true",
+                           default=argparse.SUPPRESS, help="no progress bars or progress lines")
         p.set_defaults(_run=mod.run)
     return parser
 
@@ -67,6 +73,10 @@ def main(argv=None) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
+    if getattr(args, "no_progress", False):
+        from graphop.data.progress import set_enabled
+
+        set_enabled(False)
     try:
         code = args._run(args)
     except _user_error_types() as exc:

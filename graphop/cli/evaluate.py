@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import sys
 
 NAME = "evaluate"
 HELP = "evaluate a checkpoint or run directory on a dataset (tables, JSON, sample PNGs)"
@@ -29,7 +28,7 @@ def run(args) -> int:
     splits = [s.strip() for s in args.splits.split(",") if s.strip()]
     rep = evaluate_checkpoint(args.checkpoint, args.data, splits, args.out, args.device,
                               args.batch_size, plots=not args.no_plots,
-                              progress=not args.json and sys.stderr.isatty())
+                              progress=not args.json)
     if args.json:
         slim = {k: v for k, v in rep.items() if k != "samples"}
         print(json.dumps(slim))

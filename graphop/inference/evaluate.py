@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from graphop.data.progress import progress as _progress
 from graphop.training.checkpoint import load_trained_model
 from graphop.errors import DataError
 from graphop.training.metrics import relative_l2
@@ -83,8 +84,6 @@ def evaluate_dataset(model, normalizer, dataset, device="cpu", batch_size: int =
     """One record per sample: ``index``, ``source``, ``rel_l2``, ``n_points``, ``family``,
     ``resolution``. Samples are batched (any mix of meshes); no loop over nodes."""
     from torch_geometric.loader import DataLoader
-    from tqdm.auto import tqdm
-
     from graphop.data.normalize import NormalizedDataset
 
     root = Path(root) if root is not None else None
@@ -99,7 +98,7 @@ def evaluate_dataset(model, normalizer, dataset, device="cpu", batch_size: int =
     model.eval()
     loader = DataLoader(NormalizedDataset(dataset, normalizer), batch_size=batch_size, shuffle=False)
     out, i0 = [], 0
-    for batch in tqdm(loader, desc=desc, leave=False, disable=not progress):
+    for batch in _progress(loader, desc=desc, unit="batch", enabled=progress):
         batch = batch.to(device)
         pred = normalizer.decode(model(batch))
         err = relative_l2(pred, batch.y.to(pred.dtype), batch.weight, batch.batch,

@@ -57,7 +57,8 @@ class TrainConfig:
         num_workers: DataLoader worker processes (default 0).
         normalize_fields: fit input/target normalisers on the training set (default True).
         normalize_coords: fit one coordinate AffineMap on the training set (default True).
-        progress: show tqdm progress bars (default True).
+        progress: show progress bars (default True; off a terminal, one line per epoch and
+            about one per 10% of a long data read; :mod:`graphop.data.progress`).
     """
 
     data: str = ""
