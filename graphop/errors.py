@@ -1,7 +1,8 @@
 """Exception types shown to command-line users as one-line messages (exit code 2)."""
 from __future__ import annotations
 
-__all__ = ["GraphopError", "MeshError", "MeshReadError", "ConfigError", "DataError"]
+__all__ = ["GraphopError", "MeshError", "MeshReadError", "ConfigError", "DataError",
+           "GraphopWarning", "MeshWarning"]
 
 
 class GraphopError(Exception):
@@ -23,3 +24,12 @@ class ConfigError(GraphopError, ValueError):
 
 class DataError(GraphopError, ValueError):
     """A dataset problem: missing or empty data, missing fields, NaN values, mixed dimensions."""
+
+
+class GraphopWarning(UserWarning):
+    """Base class of warnings about the user's input that do not stop the work: the CLI prints
+    each as one line ``graphop: warning: ...``."""
+
+
+class MeshWarning(GraphopWarning):
+    """A usable mesh with a defect worth knowing (zero-measure cells, ...)."""

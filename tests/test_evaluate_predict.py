@@ -118,7 +118,7 @@ def test_bad_inputs_give_one_line_errors(run, tmp_path, capsys):
     assert cli(["train", "--data", str(bad), "--inputs", "a", "--targets", "u", "--out",
                 str(tmp_path / "r3"), "--no-progress"]) == 2
     msg = _err(capsys)
-    assert "NaN" in msg and "sample_001" in msg
+    assert "NaN" in msg and "sample_001" in msg and "field 'a' has NaN or inf at 1 point(s)" in msg
     assert not (tmp_path / "r3" / "last.pt").exists()
     # unknown config key
     assert cli(["train", "--data", str(data), "--targets", "u", "--set", "epoch=3"]) == 2
@@ -138,3 +138,21 @@ def test_bad_inputs_give_one_line_errors(run, tmp_path, capsys):
     # a fresh run into an existing run directory is refused
     assert cli(["train", "--data", str(data), "--inputs", "a", "--targets", "u", "--out", str(out)]) == 2
     assert "already holds a training run" in _err(capsys)
+
+
+def test_non_finite_data_errors_name_the_users_field():
+    from graphop.errors import DataError
+
+    m = make_mesh(60, 3)
+    a = np.array(m.point_data["a"])
+    a[[4, 11]] = np.nan
+    with pytest.raises(DataError) as exc:
+        mesh_to_sample(m.with_point_data(a=a), ["a"], ["u"])
+    msg = str(exc.value)
+    assert "input field 'a' has NaN or inf at 2 point(s) (first: point 4)" in msg
+    assert "'x'" not in msg
+    u = np.array(m.point_data["u"])
+    u[7] = np.inf
+    with pytest.raises(DataError, match=r"target field 'u' has NaN or inf at 1 point\(s\) "
+                                         r"\(first: point 7\)"):
+        mesh_to_sample(m.with_point_data(u=u), ["a"], ["u"])

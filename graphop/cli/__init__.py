@@ -61,6 +61,28 @@ def _user_error_types():
     return (GraphopError, FileNotFoundError, IsADirectoryError, PermissionError)
 
 
+def _one_line_warnings() -> None:
+    """Print graphop's own warnings (:class:`graphop.errors.GraphopWarning`) as one line
+    ``graphop: warning: ...``, without Python's file/line/source lines."""
+    import warnings
+
+    from graphop.errors import GraphopWarning
+
+    default = warnings.showwarning
+    if getattr(default, "_graphop", False):
+        return
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, GraphopWarning):
+            print(f"graphop: warning: {' '.join(str(message).split())}",
+                  file=file or sys.stderr, flush=True)
+        else:
+            default(message, category, filename, lineno, file, line)
+
+    show._graphop = True
+    warnings.showwarning = show
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -73,6 +95,7 @@ def main(argv=None) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
+    _one_line_warnings()
     if getattr(args, "no_progress", False):
         from graphop.data.progress import set_enabled
 

@@ -210,8 +210,10 @@ class MeshFolderDataset(torch.utils.data.Dataset):
                 raise DataError(f"{path}: field {name!r} has length "
                                 f"{0 if v.ndim == 0 else len(v)}, expected {n} (one per point)")
             v = v.reshape(n, -1)
-            if not np.isfinite(v).all():
-                raise DataError(f"{path}: field {name!r} has NaN or inf values")
+            bad = ~np.isfinite(v).all(axis=1)
+            if bad.any():
+                raise DataError(f"{path}: field {name!r} has NaN or inf at {int(bad.sum())} "
+                                f"point(s) (first: point {int(np.flatnonzero(bad)[0])})")
             cols[name] = torch.as_tensor(v, dtype=self.dtype)
         data = mesh.to_data(fields=[], dtype=self.dtype)
 

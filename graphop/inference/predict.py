@@ -43,6 +43,13 @@ def mesh_to_sample(mesh, inputs, targets=(), periodic=None, dtype=torch.float32)
                         f"(the model's inputs are {list(inputs)}); available: "
                         f"{sorted(mesh.point_data) or 'none'}")
     have_y = bool(targets) and all(t in mesh.point_data for t in targets)
+    for f in list(inputs) + (list(targets) if have_y else []):
+        v = np.asarray(mesh.point_data[f], dtype=np.float64).reshape(mesh.n_points, -1)
+        bad = ~np.isfinite(v).all(axis=1)
+        if bad.any():  # named here: check_sample only sees the concatenated x / y
+            kind = "input" if f in inputs else "target"
+            raise DataError(f"{mesh.source}: {kind} field {f!r} has NaN or inf at "
+                            f"{int(bad.sum())} point(s) (first: point {int(np.flatnonzero(bad)[0])})")
     data = mesh.to_data(fields=list(inputs) + (list(targets) if have_y else []), dtype=dtype)
     n = mesh.n_points
     xs = [data[f].reshape(n, -1) for f in inputs]
