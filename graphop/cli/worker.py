@@ -18,6 +18,9 @@ def main(argv=None) -> int:
     parser.add_argument("--debug", action="store_true")
     cli_train.add_arguments(parser)
     args = parser.parse_args(argv)
+    from graphop.cli import _one_line_warnings
+
+    _one_line_warnings()
     try:
         return int(cli_train.run(args) or 0)
     except (GraphopError, FileNotFoundError) as exc:

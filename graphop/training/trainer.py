@@ -48,6 +48,7 @@ from graphop.training.config import ConfigError, TrainConfig, load_config
 from graphop.training.distributed import EpochSampler, all_reduce_sum, setup
 from graphop.errors import DataError, GraphopError
 from graphop.training.metrics import relative_l2_loss
+from graphop.training.model_defaults import choose_model_defaults
 from graphop.data.normalize import NormalizedDataset, Normalizer, check_sample
 from graphop.data.progress import progress, write
 from graphop.training.runlog import RunLogger
@@ -166,6 +167,7 @@ class Trainer:
                 mc["dim"] = int(first.pos.shape[1])
             if "periodic" in accepted and "periodic" not in mc:
                 mc["periodic"] = getattr(first, "periodic", None) is not None
+            mc = choose_model_defaults(mc, train, self.normalizer)  # DISCO radius from the meshes
             try:
                 model = build_model(mc)
             except (KeyError, TypeError, ValueError) as exc:
