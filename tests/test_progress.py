@@ -111,3 +111,10 @@ def test_no_progress_silences_every_bar_the_mesh_reader_included(folder50, tmp_p
     assert code == 0, text
     assert "reading meshes" not in text and "fitting" not in text and "%" not in text
     assert sum(ln.startswith("epoch 1/1") for ln in text.splitlines()) == 1
+
+
+def test_no_progress_of_one_in_process_command_does_not_leak(tmp_path, capsys):
+    from graphop.cli import main
+
+    assert main(["--no-progress", "info", str(REPO / "meshes" / "lshape.msh")]) == 0
+    assert is_enabled()

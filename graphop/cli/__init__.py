@@ -96,10 +96,11 @@ def main(argv=None) -> int:
 
         torch.set_num_threads(args.threads)
     _one_line_warnings()
-    if getattr(args, "no_progress", False):
-        from graphop.data.progress import set_enabled
+    from graphop.data.progress import is_enabled, set_enabled
 
-        set_enabled(False)
+    progress_before = is_enabled()
+    if getattr(args, "no_progress", False):
+        set_enabled(False)  # every bar of this command, the dataset's mesh reader included
     try:
         code = args._run(args)
     except _user_error_types() as exc:
@@ -113,6 +114,8 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("graphop: interrupted", file=sys.stderr)
         return 130
+    finally:
+        set_enabled(progress_before)
     return int(code or 0)
 
 

@@ -87,10 +87,7 @@ def run(args) -> int:
         raise ConfigError(f"--nproc must be >= 1, got {args.nproc}")
     overrides = {key: getattr(args, dest) for dest, key in _FLAGS.items()}
     if getattr(args, "no_progress", False):
-        from graphop.data.progress import set_enabled
-
         overrides["progress"] = False
-        set_enabled(False)  # every bar, the dataset's mesh reader included
     if args.nproc > 1 and "LOCAL_RANK" not in os.environ:
         if not args.resume:  # fail here, once, for what can be checked before launching
             from pathlib import Path
