@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 __all__ = ["GraphopError", "MeshError", "MeshReadError", "ConfigError", "DataError",
-           "MemoryLimitError"]
+           "MemoryLimitError", "GraphopWarning", "MeshWarning"]
 
 
 class GraphopError(Exception):
@@ -29,3 +29,12 @@ class DataError(GraphopError, ValueError):
 class MemoryLimitError(GraphopError):
     """A request that would need more memory than the machine (or the process limit) has,
     refused before allocating: the message says how much it needs and how much is available."""
+
+
+class GraphopWarning(UserWarning):
+    """Base class of warnings about the user's input that do not stop the work: the CLI prints
+    each as one line ``graphop: warning: ...``."""
+
+
+class MeshWarning(GraphopWarning):
+    """A usable mesh with a defect worth knowing (zero-measure cells, ...)."""

@@ -109,3 +109,27 @@ def test_checkpoint_from_another_model(tmp_path):
         load_model_state(PointwiseMLP(width=8), ck, expected_config=PointwiseMLP(width=8).config)
     with pytest.raises(GraphopError, match="from another model.*size mismatch"):
         load_model_state(PointwiseMLP(width=8), ck)
+
+
+class Foreign:
+    """A class a checkpoint must never hold."""
+
+
+def test_errors_quote_torch_whole_but_never_its_weights_only_advice(tmp_path):
+    path = save_checkpoint(tmp_path / "ok.pt", _state(PointwiseMLP()))
+    (tmp_path / "trunc.pt").write_bytes(path.read_bytes()[:1000])
+    try:
+        torch.load(tmp_path / "trunc.pt", weights_only=True)
+    except Exception as exc:  # torch's own text, whatever this torch version says
+        whole = " ".join(str(exc).split())
+    with pytest.raises(GraphopError) as info:
+        load_checkpoint(tmp_path / "trunc.pt")
+    assert whole in str(info.value) and len(whole) > 20
+
+    torch.save({"format": "graphop-checkpoint", "x": Foreign()}, tmp_path / "foreign.pt")
+    with pytest.raises(GraphopError) as info:
+        load_checkpoint(tmp_path / "foreign.pt")
+    msg = str(info.value)
+    assert "refusing to load" in msg and "Foreign" in msg
+    for advice in ("weights_only", "add_safe_globals", "safe_globals", "\x1b["):
+        assert advice not in msg, advice

@@ -136,3 +136,41 @@ def test_example_meshes_keep_their_recipe_promise(name, fn, target, exact):
         r = np.hypot(x - 1, y - 1)
         assert np.abs(stored.point_data["u"]).max() <= 2 ** (1 / 3) + 1e-12
         assert np.abs(stored.point_data["u"][r < 1e-12]).max(initial=0) < 1e-12
+
+
+def test_info_names_fields_with_nan_or_inf_and_their_count(tmp_path, capsys):
+    from graphop.geometry.domains import structured_square
+    from graphop.io import write_mesh
+
+    sq = structured_square(4)
+    a = np.linspace(0.0, 1.0, sq.n_points)
+    a[[2, 5, 9]] = [np.nan, np.inf, np.nan]
+    u = np.ones(sq.n_points)
+    write_mesh(tmp_path / "nan.vtu", sq.with_point_data(a=a, u=u))
+    assert main(["info", str(tmp_path / "nan.vtu")]) == 0
+    out = capsys.readouterr().out
+    line = [ln for ln in out.splitlines() if ln.startswith("warnings:")][0]
+    assert "field 'a' has NaN or inf at 3 point(s) (first: point 2)" in line
+    assert "'u'" not in line
+    s = _info_json(tmp_path / "nan.vtu", capsys)
+    assert s["warnings"] == ["field 'a' has NaN or inf at 3 point(s) (first: point 2)"]
+
+
+def test_info_lists_zero_area_cells_once_and_accepts_the_mesh(tmp_path, capsys):
+    from graphop.geometry.domains import structured_square
+    from graphop.geometry.mesh import Mesh
+    from graphop.io import write_mesh
+
+    sq = structured_square(3)
+    cells = np.vstack([sq.cells["triangle"], [[0, 1, 2]], [[6, 7, 8]], [[3, 3, 4]]])
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        write_mesh(tmp_path / "sliver.vtu", Mesh(sq.points, {"triangle": cells}))
+    assert main(["info", str(tmp_path / "sliver.vtu")]) == 0
+    out, err = capsys.readouterr()
+    assert err == ""  # listed under warnings, not printed a second time
+    assert ("3 triangle cell(s) have zero area and carry no quadrature weight (first: cell "
+            f"{len(sq.cells['triangle'])})") in out
+    assert "area:" in out and [ln for ln in out.splitlines() if ln.startswith("area:")][0].split()[1] == "1"

@@ -119,7 +119,7 @@ def test_bad_inputs_give_one_line_errors(run, tmp_path, capsys):
     assert cli(["train", "--data", str(bad), "--inputs", "a", "--targets", "u", "--out",
                 str(tmp_path / "r3"), "--no-progress"]) == 2
     msg = _err(capsys)
-    assert "NaN" in msg and "sample_001" in msg
+    assert "NaN" in msg and "sample_001" in msg and "field 'a' has NaN or inf at 1 point(s)" in msg
     assert not (tmp_path / "r3" / "last.pt").exists()
     # unknown config key
     assert cli(["train", "--data", str(data), "--targets", "u", "--set", "epoch=3"]) == 2
@@ -162,3 +162,72 @@ def test_predict_onto_its_input_is_refused_unless_asked(run, tmp_path, capsys):
     # asked for explicitly: replaced by the mesh with the predicted fields
     assert cli(["predict", str(out), str(src), "--out", str(src), "--overwrite"]) == 0
     assert "u_pred" in read_mesh(src).point_data
+
+
+def test_non_finite_data_errors_name_the_users_field():
+    from graphop.errors import DataError
+
+    m = make_mesh(60, 3)
+    a = np.array(m.point_data["a"])
+    a[[4, 11]] = np.nan
+    with pytest.raises(DataError) as exc:
+        mesh_to_sample(m.with_point_data(a=a), ["a"], ["u"])
+    msg = str(exc.value)
+    assert "input field 'a' has NaN or inf at 2 point(s) (first: point 4)" in msg
+    assert "'x'" not in msg
+    u = np.array(m.point_data["u"])
+    u[7] = np.inf
+    with pytest.raises(DataError, match=r"target field 'u' has NaN or inf at 1 point\(s\) "
+                                         r"\(first: point 7\)"):
+        mesh_to_sample(m.with_point_data(u=u), ["a"], ["u"])
+
+
+def test_evaluate_a_flat_folder_scores_every_file(run, tmp_path, capsys):
+    root, data, out = run
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for i in range(12):
+        write_mesh(flat / f"case_{i:02d}.vtu", make_mesh(50 + 5 * i, 500 + i))
+    capsys.readouterr()
+    assert cli(["evaluate", str(out), "--data", str(flat), "--json", "--no-plots",
+                "--out", str(tmp_path / "ev")]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    assert rep["split"] == "all" and rep["n_samples"] == 12 and list(rep["splits"]) == ["all"]
+    model, norm, _ = load_trained_model(out / "best.pt")
+    ref = [_rel_l2_numpy(model, norm, read_mesh(p))[0] for p in sorted(flat.glob("*.vtu"))]
+    assert rep["rel_l2"] == pytest.approx(float(np.mean(ref)), rel=1e-4)
+    # asking for the seeded split explicitly still works
+    assert cli(["evaluate", str(out), "--data", str(flat), "--json", "--no-plots",
+                "--splits", "test", "--out", str(tmp_path / "ev2")]) == 0
+    assert json.loads(capsys.readouterr().out)["n_samples"] == 2  # round(0.2 * 12) files
+    assert cli(["evaluate", str(out), "--data", str(flat), "--splits", "tset"]) == 2
+    assert "unknown split(s) 'tset'; choose from train, test, all" in _err(capsys)
+
+
+def test_evaluate_the_runs_own_flat_folder_keeps_the_training_split(tmp_path, capsys):
+    flat = tmp_path / "own"
+    flat.mkdir()
+    for i in range(10):
+        write_mesh(flat / f"m{i}.vtu", make_mesh(40, i))
+    run_dir = tmp_path / "r"
+    assert cli(["train", "--data", str(flat), "--inputs", "a", "--targets", "u", "--epochs", "1",
+                "--batch-size", "4", "--out", str(run_dir), "--device", "cpu", "--no-progress",
+                *TINY_GNO]) == 0
+    for extra in ([], ["--data", str(flat)]):
+        capsys.readouterr()
+        assert cli(["evaluate", str(run_dir), "--json", "--no-plots", *extra]) == 0
+        rep = json.loads(capsys.readouterr().out)
+        assert rep["split"] == "test" and rep["n_samples"] == 2
+        assert rep["splits"]["train"]["n_samples"] == 8
+    help_text = _help("evaluate")
+    assert "seeded 80/20" in help_text and "every file" in help_text
+
+
+def _help(command: str) -> str:
+    import contextlib
+    import io
+
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf), pytest.raises(SystemExit):
+        cli([command, "--help"])
+    return " ".join(buf.getvalue().split())

@@ -86,3 +86,65 @@ def test_plot_2d_3d_and_points(tmp_path, capsys):
     capsys.readouterr()
     assert main(["plot", str(tmp_path / "d/train/sample_000000.vtu"), "--field", "zz"]) == 2
     assert "no point_data field 'zz'; available: ['a', 'u']" in capsys.readouterr().err
+
+
+REPO = __import__("pathlib").Path(__file__).resolve().parents[1]
+
+
+def test_shipped_recipes_run_with_flags_overriding_their_keys(tmp_path, capsys):
+    import shutil
+
+    for name in ("darcy", "ns", "poisson3d"):
+        shutil.copy(REPO / "datasets" / f"{name}.yaml", tmp_path / f"{name}.yaml")
+    small = {"darcy": ["--points", "150"], "poisson3d": ["--points", "300"],
+             "ns": ["--points", "64", "--set", "grid=16", "--set", "t0=0.05",
+                    "--set", "horizon=0.05"]}
+    for name, extra in small.items():
+        assert main(["generate", str(tmp_path / f"{name}.yaml"), "--n", "3", "--workers", "1",
+                     "--quiet", *extra]) == 0, capsys.readouterr().err
+        out = tmp_path / name  # the recipe's relative out, beside the recipe
+        man = json.loads((out / "manifest.json").read_text())
+        assert man["problem"] == name and man["n"] == 3  # --n overrides the recipe's 200
+        assert man["counts"] == {"train": 2, "test": 1}  # the recipe's test_fraction 0.2
+    man = json.loads((tmp_path / "darcy" / "manifest.json").read_text())
+    assert man["domains"] == ["square", "disk", "lshape", "holes"] and man["points"] == [150]
+    ns = json.loads((tmp_path / "ns" / "manifest.json").read_text())
+    assert ns["params"]["grid"] == 16 and ns["params"]["nu"] == 1e-4  # --set over set:
+    # an explicit --out wins over the recipe's
+    assert main(["generate", str(tmp_path / "darcy.yaml"), "--n", "1", "--points", "150",
+                 "--workers", "1", "--quiet", "--out", str(tmp_path / "elsewhere")]) == 0
+    assert (tmp_path / "elsewhere" / "manifest.json").is_file()
+
+
+def test_recipe_errors_name_the_key(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("problem: darcy\nn: 4\npoints_per_sample: 100\n")
+    assert main(["generate", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"graphop: error: {bad}: unknown recipe key 'points_per_sample'; "
+                          "valid keys: problem, n, points") and err.count("\n") == 1
+    bad.write_text("problem: darcy\nn: many\n")
+    assert main(["generate", str(bad)]) == 2
+    assert f"{bad}: n: expected an integer, got 'many'" in capsys.readouterr().err
+    assert main(["generate", "darcyy", "--out", str(tmp_path / "o")]) == 2
+    assert "unknown problem 'darcyy'" in capsys.readouterr().err
+    assert main(["generate", "darcy"]) == 2
+    assert "--out DIR is required" in capsys.readouterr().err
+
+
+def test_generated_data_under_datasets_is_git_ignored_but_recipes_are_not():
+    import subprocess
+
+    def ignored(path):
+        r = subprocess.run(["git", "check-ignore", "-q", "--no-index", path], cwd=REPO)
+        return r.returncode == 0
+
+    if subprocess.run(["git", "rev-parse"], cwd=REPO, capture_output=True).returncode:
+        import pytest
+
+        pytest.skip("not a git checkout")
+    assert ignored("datasets/darcy/train/sample_000000.vtu")
+    assert ignored("datasets/darcy/manifest.json")
+    for name in ("darcy", "ns", "poisson3d"):
+        assert (REPO / "datasets" / f"{name}.yaml").is_file()
+        assert not ignored(f"datasets/{name}.yaml")

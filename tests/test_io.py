@@ -256,8 +256,8 @@ def _bad_files(tmp_path, planar):
         "inf.csv": (b"x,y\n0,0\n1,inf\n0,1\n", "1 point(s) have NaN or inf coordinates"),
         "missing.vtk": (_vtk(SQ, [[0, 1, 2], [1, 3, 9]]).encode(),
                         "triangle cells index point 9 but the mesh has 4 points"),
-        "flat.vtk": (_vtk(SQ + [[2, 0, 0]], [[0, 1, 2], [0, 1, 4]]).encode(),
-                     "1 triangle cell(s) have zero measure"),
+        "flat.vtk": (_vtk(SQ + [[2, 0, 0]], [[0, 1, 4]]).encode(),
+                     "all 1 cell(s) have zero area, so every quadrature weight is 0"),
         "short.vtk": (_vtk(SQ, [[0, 1, 2], [1, 3, 2]],
                            "POINT_DATA 3\nSCALARS u double 1\nLOOKUP_TABLE default\n1 2 3\n")
                       .encode(), "cannot read as vtk"),
@@ -300,3 +300,17 @@ def test_bad_input_in_a_real_process(tmp_path):
     # --debug: the exception propagates (the interpreter prints its traceback)
     with pytest.raises(MeshReadError, match="the file is empty"):
         main(["--debug", "info", str(tmp_path / "empty.vtu")])
+
+
+def test_ply_read_gives_no_torch_warning_about_non_writable_arrays(tmp_path):
+    import warnings
+
+    import torch_geometric.data  # noqa: F401  (its own import-time warnings are not ours)
+    from graphop.geometry.domains import structured_square
+
+    sq = structured_square(4)
+    write_mesh(tmp_path / "s.ply", sq.with_point_data(a=np.arange(sq.n_points, dtype=float)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        d = read_mesh(tmp_path / "s.ply").to_data(fields=["a"])
+    assert d.a.shape == (sq.n_points, 1) and float(d.a[-1, 0]) == sq.n_points - 1

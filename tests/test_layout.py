@@ -1,5 +1,6 @@
 """The package's layering: every import points down, nothing sits flat at the top that belongs
-in a layer, every exception is a GraphopError, and the public API imports."""
+in a layer, every exception is a GraphopError (every warning a GraphopWarning), and the public
+API imports."""
 import ast
 import importlib
 import inspect
@@ -114,7 +115,7 @@ def test_no_import_cycle_between_modules():
 
 
 def test_every_exception_graphop_defines_is_a_graphop_error():
-    from graphop.errors import GraphopError
+    from graphop.errors import GraphopError, GraphopWarning
 
     bad = []
     for info in pkgutil.walk_packages(graphop.__path__, "graphop."):
@@ -122,8 +123,11 @@ def test_every_exception_graphop_defines_is_a_graphop_error():
             continue
         mod = importlib.import_module(info.name)
         for name, obj in vars(mod).items():
-            if (inspect.isclass(obj) and issubclass(obj, Exception)
-                    and obj.__module__ == mod.__name__ and not issubclass(obj, GraphopError)):
+            if not (inspect.isclass(obj) and issubclass(obj, Exception)
+                    and obj.__module__ == mod.__name__):
+                continue
+            base = GraphopWarning if issubclass(obj, Warning) else GraphopError
+            if not issubclass(obj, base):
                 bad.append(f"{mod.__name__}.{name}")
     assert not bad, f"exceptions outside GraphopError: {bad}"
 

@@ -171,8 +171,8 @@ def test_two_d_mesh_stored_with_zero_z_is_reduced():
      "1 point(s) have NaN or inf coordinates (first: point 3)"),
     (lambda p, c: Mesh(p, {"triangle": np.vstack([c["triangle"], [[0, 1, 99]]])}),
      "triangle cells index point 99 but the mesh has 9 points"),
-    (lambda p, c: Mesh(p, {"triangle": np.vstack([c["triangle"], [[0, 1, 2]]])}),
-     "1 triangle cell(s) have zero measure"),
+    (lambda p, c: Mesh(p, {"triangle": np.array([[0, 1, 2], [2, 1, 0]])}),
+     "all 2 cell(s) have zero area, so every quadrature weight is 0"),
     (lambda p, c: Mesh(p, c, {"u": np.zeros(5)}),
      "point_data 'u' has length 5, expected 9"),
     (lambda p, c: Mesh(np.zeros((0, 2)), {}),
@@ -185,3 +185,55 @@ def test_bad_input_raises_mesh_error(make, message):
         make(sq.points, {"triangle": sq.cells["triangle"]})
     assert message in str(exc.value)
     assert "\n" not in str(exc.value)
+
+
+def test_a_few_zero_area_cells_are_accepted_with_one_warning_and_carry_no_weight():
+    sq = structured_square(3)  # 9 points, the unit square
+    good = sq.cells["triangle"]
+    slivers = np.array([[0, 1, 2], [4, 4, 5]])  # collinear points; a repeated vertex
+    from graphop.errors import MeshWarning
+
+    with pytest.warns(MeshWarning) as rec:
+        m = Mesh(sq.points, {"triangle": np.vstack([good, slivers])}, source="cad.stl")
+    assert len(rec) == 1
+    msg = str(rec[0].message)
+    assert msg == (f"cad.stl: 2 triangle cell(s) have zero area and carry no quadrature weight "
+                   f"(first: cell {len(good)})")
+    # the quadrature is that of the good cells: every weight, and the total area
+    np.testing.assert_allclose(m.weights, Mesh(sq.points, {"triangle": good}).weights,
+                               rtol=0, atol=1e-15)
+    assert m.weights.sum() == pytest.approx(1.0, rel=1e-14) and m.measure == pytest.approx(1.0)
+    assert any("2 triangle cell(s) have zero area" in w for w in m.warnings())
+
+
+def test_zero_volume_tetra_among_good_ones_and_an_all_flat_mesh():
+    from graphop.errors import MeshWarning
+
+    ball = mesh_ball(60)
+    tets = ball.cells["tetra"]
+    flat = np.array([[0, 0, 1, 2]])
+    with pytest.warns(MeshWarning, match=r"1 tetra cell\(s\) have zero volume"):
+        m = Mesh(ball.points, {"tetra": np.vstack([flat, tets])})
+    np.testing.assert_allclose(m.weights, ball.weights, atol=1e-15)
+    with pytest.raises(MeshError, match=r"all 1 cell\(s\) have zero volume"):
+        Mesh(ball.points, {"tetra": flat})
+
+
+def test_read_only_arrays_from_a_reader_become_writable_copies():
+    import warnings as _w
+
+    import torch
+
+    sq = structured_square(3)
+    pts = sq.points.copy()
+    pts.flags.writeable = False
+    a = np.arange(9.0)
+    a.flags.writeable = False
+    m = Mesh(pts, sq.cells, {"a": a})
+    assert m.points.flags.writeable and m.point_data["a"].flags.writeable
+    import torch_geometric.data  # noqa: F401  (its own import-time warnings are not ours)
+
+    with _w.catch_warnings():
+        _w.simplefilter("error", UserWarning)  # torch warns about non-writable arrays
+        d = m.to_data(fields=["a"])
+    assert torch.equal(d.a[:, 0], torch.arange(9.0))

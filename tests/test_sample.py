@@ -68,7 +68,7 @@ def test_missing_and_non_finite_fields_name_the_users_field(tmp_path):
         mesh_to_sample(mesh, ["a"], ["u"])
     bad = mesh.point_data["u"].copy()
     bad[4] = np.nan
-    with pytest.raises(DataError, match=r"field 'u' has NaN or inf values at 1 point\(s\) "
+    with pytest.raises(DataError, match=r"target field 'u' has NaN or inf at 1 point\(s\) "
                                          r"\(first: point 4\)"):
         mesh_to_sample(mesh.with_point_data(u=bad), [], ["u"], require_targets=True)
     # a missing target is fine at prediction time (no y), an error for training data

@@ -41,7 +41,7 @@ def test_config_errors_list_valid_keys(tmp_path):
     p.write_text("epochz: 3\n")
     with pytest.raises(ConfigError, match=r"c.yaml: unknown config key 'epochz'; valid keys:.*seed"):
         load_config(p)
-    with pytest.raises(ConfigError, match="'epochs' expects int, got 'many'"):
+    with pytest.raises(ConfigError, match="epochs: expected an integer, got 'many'"):
         load_config(None, None, ["epochs=many"])
     with pytest.raises(ConfigError, match="--set expects key=value"):
         load_config(None, None, ["epochs"])
@@ -243,3 +243,20 @@ def test_sigterm_in_a_subprocess_then_resume_matches(tmp_path):
 
     assert len(curve(run)) == done
     assert np.allclose(curve(run), curve(ref), rtol=1e-5)
+
+
+def test_a_yaml_value_of_the_wrong_type_names_its_key(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("data: d\ntargets: [u]\nmodel: {name: local_gno, width: wide}\n")
+    with pytest.raises(ConfigError) as exc:
+        load_config(p)
+    assert str(exc.value) == f"{p}: model.width: expected an integer, got 'wide'"
+    with pytest.raises(ConfigError, match=r"^model\.disco_radius: expected a number, got 'big'$"):
+        load_config(None, {"data": "d", "targets": ["u"]}, ["model.disco_radius=big"]).validate()
+    with pytest.raises(ConfigError, match=r"^model\.n_layers: expected an integer, got 2\.5$"):
+        load_config(None, {"data": "d", "targets": ["u"]}, ["model.n_layers=2.5"]).validate()
+    p.write_text("data: d\ntargets: [u]\nlr: fast\n")
+    with pytest.raises(ConfigError, match=r"c\.yaml: lr: expected a number, got 'fast'$"):
+        load_config(p)
+    cfg = load_config(None, {"data": "d", "targets": ["u"]}, ["model.width=16"]).validate()
+    assert cfg.model["width"] == 16 and isinstance(cfg.model["width"], int)

@@ -37,6 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"graphop {__version__}")
     parser.add_argument("--debug", action="store_true",
                         help="show full tracebacks instead of one-line errors")
+    parser.add_argument("--no-progress", dest="no_progress", action="store_true",
+                        help="no progress bars or progress lines (every subcommand; off a "
+                             "terminal, bars print plain lines instead of redrawing)")
     parser.add_argument("--threads", type=int, default=None, metavar="N",
                         help="torch intra-op threads (default: torch's choice). On a busy machine "
                              "use 1: parallel regions stall on descheduled threads")
@@ -46,6 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                        help="show full tracebacks instead of one-line errors")
         mod.add_arguments(p)
+        if "--no-progress" not in p._option_string_actions:
+            p.add_argument("--no-progress", dest="no_progress", action="store_true",
+                           default=argparse.SUPPRESS, help="no progress bars or progress lines")
         p.set_defaults(_run=mod.run)
     return parser
 
@@ -75,6 +81,28 @@ def out_of_memory_message(exc: BaseException) -> str | None:
             "meshes, a smaller radius or batch size, or a machine with more memory")
 
 
+def _one_line_warnings() -> None:
+    """Print graphop's own warnings (:class:`graphop.errors.GraphopWarning`) as one line
+    ``graphop: warning: ...``, without Python's file/line/source lines."""
+    import warnings
+
+    from graphop.errors import GraphopWarning
+
+    default = warnings.showwarning
+    if getattr(default, "_graphop", False):
+        return
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, GraphopWarning):
+            print(f"graphop: warning: {' '.join(str(message).split())}",
+                  file=file or sys.stderr, flush=True)
+        else:
+            default(message, category, filename, lineno, file, line)
+
+    show._graphop = True
+    warnings.showwarning = show
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -87,6 +115,12 @@ def main(argv=None) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
+    _one_line_warnings()
+    from graphop.data.progress import is_enabled, set_enabled
+
+    progress_before = is_enabled()
+    if getattr(args, "no_progress", False):
+        set_enabled(False)  # every bar of this command, the dataset's mesh reader included
     try:
         code = args._run(args)
     except _user_error_types() as exc:
@@ -106,6 +140,8 @@ def main(argv=None) -> int:
             raise
         print(f"graphop: error: {msg}", file=sys.stderr)
         return 2
+    finally:
+        set_enabled(progress_before)
     return int(code or 0)
 
 

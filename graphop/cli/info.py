@@ -4,13 +4,14 @@ Reports the format, dimension, points, cells by type, total measure (length/area
 top-dimensional cells), the sum of the quadrature weights (equal to the measure for a valid
 mesh), the bounding box, edge length min/median/max, boundary points and named boundary sets,
 point_data fields with their shapes, and warnings (duplicate points, unused points, inverted
-cells). ``--json`` prints one JSON object instead (keys ``path, format, n_points, dim,
+cells, zero-measure cells, fields with NaN or inf values: name and count). ``--json`` prints one JSON object instead (keys ``path, format, n_points, dim,
 top_dim, measure, weight_sum, cells, bbox, edge_length, n_boundary, boundary_sets, fields,
 warnings, hash``).
 """
 from __future__ import annotations
 
 import json
+import warnings
 
 import numpy as np
 
@@ -89,8 +90,12 @@ def format_summary(s: dict) -> str:
 def run(args) -> int:
     from graphop.io import detect_format, read_mesh
 
+    from graphop.errors import MeshWarning
+
     fmt = detect_format(args.mesh, args.format)
-    mesh = read_mesh(args.mesh, format=args.format)
+    with warnings.catch_warnings():  # listed under "warnings:" below, not twice
+        warnings.simplefilter("ignore", MeshWarning)
+        mesh = read_mesh(args.mesh, format=args.format)
     summary = mesh_summary(mesh, args.mesh, fmt.name)
     if args.json:
         print(json.dumps(summary))

@@ -2,6 +2,7 @@
 processes with ``--nproc N`` (launches ``torchrun``)."""
 from __future__ import annotations
 
+import argparse
 import os
 import subprocess
 import sys
@@ -46,7 +47,8 @@ def add_arguments(p) -> None:
     p.add_argument("--nproc", type=int, default=1,
                    help="number of processes (DistributedDataParallel via torchrun)")
     p.add_argument("--no-progress", dest="no_progress", action="store_true",
-                   help="no progress bars")
+                   default=argparse.SUPPRESS,
+                   help="no progress bars (every bar, the dataset reader's included)")
 
 
 def _argv(args) -> list[str]:
@@ -62,7 +64,7 @@ def _argv(args) -> list[str]:
         out += ["--resume", args.resume]
     if args.overwrite:
         out.append("--overwrite")
-    if args.no_progress:
+    if getattr(args, "no_progress", False):
         out.append("--no-progress")
     if getattr(args, "debug", False):
         out.append("--debug")
@@ -84,7 +86,7 @@ def run(args) -> int:
     if args.nproc < 1:
         raise ConfigError(f"--nproc must be >= 1, got {args.nproc}")
     overrides = {key: getattr(args, dest) for dest, key in _FLAGS.items()}
-    if args.no_progress:
+    if getattr(args, "no_progress", False):
         overrides["progress"] = False
     if args.nproc > 1 and "LOCAL_RANK" not in os.environ:
         if not args.resume:  # fail here, once, for what can be checked before launching

@@ -19,6 +19,13 @@ def main(argv=None) -> int:
     parser.add_argument("--debug", action="store_true")
     cli_train.add_arguments(parser)
     args = parser.parse_args(argv)
+    from graphop.cli import _one_line_warnings
+
+    _one_line_warnings()
+    if getattr(args, "no_progress", False):
+        from graphop.data.progress import set_enabled
+
+        set_enabled(False)  # a process of its own: every bar of this rank
     try:
         return int(cli_train.run(args) or 0)
     except (GraphopError, FileNotFoundError, MemoryError, RuntimeError) as exc:

@@ -166,15 +166,15 @@ class MeshFolderDataset(torch.utils.data.Dataset):
             cached = load_records(path, len(self.files), dtype=self.dtype)
             if cached is not None:
                 return [record_to_data(r) for r in cached]
-        from tqdm.auto import tqdm
+        from graphop.data.progress import progress
 
         records = {}
         if self.manifest:
             for r in self.manifest.get("samples", []):
                 records[(self.manifest_root / r["file"]).resolve()] = r
         data, dim0 = [], None
-        for f in tqdm(self.files, desc="reading meshes", unit="file",
-                      disable=len(self.files) < 50):
+        for f in progress(self.files, desc="reading meshes", unit="file",
+                          enabled=len(self.files) >= 50):
             d = self._process(f, records.get(f.resolve()))
             if dim0 is None:
                 dim0 = (d.pos.shape[1], f)

@@ -15,7 +15,8 @@ round(test_fraction * N) samples form the test split.
 Resumable: a sample whose file exists and reads back with the expected fields is skipped; files
 are written to a temporary name and renamed, so an interrupted run never leaves a partial
 sample. Samples are made in a ``spawn`` process pool (BLAS limited to one thread per worker)
-with a tqdm progress bar.
+with a progress bar (:mod:`graphop.data.progress`: plain lines when stderr is not a
+terminal).
 """
 from __future__ import annotations
 
@@ -219,7 +220,8 @@ def generate(problem: str, out, n: int, points=2000, domains=None, seed: int = 0
         workers: processes (default 2; 1 runs in this process).
         test_fraction: fraction of samples written to ``test/`` (default 0: all in ``train/``).
         remesh: give every sample of a fixed-geometry family its own mesh (default False).
-        progress: show a tqdm progress bar.
+        progress: show a progress bar (default True; a line per ~10% when stderr is not a
+            terminal).
         command: the command line, recorded in the manifest.
         **params: solver parameters overriding the problem's defaults.
 
@@ -273,12 +275,12 @@ def generate(problem: str, out, n: int, points=2000, domains=None, seed: int = 0
                       "n_points": sizes[(i // len(fams)) % len(sizes)],
                       "params": solver, "remesh": bool(remesh),
                       "fields": list(spec.inputs + spec.targets)})
-    from tqdm.auto import tqdm
+    from graphop.data.progress import progress as _progress
 
     t0 = time.perf_counter()
     records = []
-    bar = tqdm(total=n, desc=f"generate {problem}", unit="sample", disable=not progress,
-               file=sys.stderr)
+    bar = _progress(total=n, desc=f"generate {problem}", unit="sample", enabled=progress,
+                    file=sys.stderr)
     if workers <= 1:
         for t in tasks:
             records.append(_work(t))

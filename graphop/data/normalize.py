@@ -161,14 +161,15 @@ class Normalizer:
         Raises:
             DataError: no samples, a sample with NaN/inf, or inconsistent channel counts.
         """
-        from tqdm.auto import tqdm
+        from graphop.data.progress import progress as _progress
 
         xin, yout = _Moments(), _Moments()
         lo = hi = None
         periodic = False
         n_x = n_y = None
         count = 0
-        it = tqdm(samples, desc="fitting normalisation", leave=False, disable=not progress)
+        it = _progress(samples, desc="fitting normalisation", unit="sample", enabled=progress,
+                       lines=1)
         for i, data in enumerate(it):
             check_sample(data, i)
             x = getattr(data, "x", None)

@@ -34,7 +34,7 @@ __all__ = ["mesh_to_sample", "NORMAL_NAMES", "describe", "measure_exponent", "ch
 NORMAL_NAMES = ("normal", "normals", "Normals")
 
 
-def _field(mesh, name: str, where: str) -> np.ndarray:
+def _field(mesh, name: str, where: str, kind: str) -> np.ndarray:
     n = mesh.n_points
     v = np.asarray(mesh.point_data[name], dtype=np.float64)
     if v.ndim == 0 or len(v) != n:
@@ -43,7 +43,7 @@ def _field(mesh, name: str, where: str) -> np.ndarray:
     v = v.reshape(n, -1)
     bad = ~np.isfinite(v).all(axis=1)
     if bad.any():
-        raise DataError(f"{where}: field {name!r} has NaN or inf values at {int(bad.sum())} "
+        raise DataError(f"{where}: {kind} field {name!r} has NaN or inf at {int(bad.sum())} "
                         f"point(s) (first: point {int(np.flatnonzero(bad)[0])})")
     return v
 
@@ -81,15 +81,15 @@ def mesh_to_sample(mesh, inputs, targets=(), *, require_targets: bool = False, p
     n = mesh.n_points
     data = mesh.to_data(fields=[], dtype=dtype)
 
-    def stack(names):
+    def stack(names, kind):
         if not names:
             return torch.zeros(n, 0, dtype=dtype)
-        return torch.as_tensor(np.concatenate([_field(mesh, k, where) for k in names], axis=1),
-                               dtype=dtype)
+        return torch.as_tensor(np.concatenate([_field(mesh, k, where, kind) for k in names],
+                                              axis=1), dtype=dtype)
 
-    data.x = stack(inputs)
+    data.x = stack(inputs, "input")
     if have_y:
-        data.y = stack(targets)
+        data.y = stack(targets, "target")
     for name in NORMAL_NAMES:
         if name in mesh.point_data:
             nv = np.asarray(mesh.point_data[name], dtype=np.float64).reshape(n, -1)

@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import hashlib
 import math
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from graphop.errors import MeshError
+from graphop.errors import MeshError, MeshWarning
 from graphop.geometry.cells import (boundary_facets, cell_dim, cell_measures, lumped_mass,
                                     unique_edges)
 from graphop.geometry.neighbors import knn_distances
@@ -86,22 +87,24 @@ class Mesh:
     validate: bool = True
 
     def __post_init__(self):
-        pts = np.asarray(self.points, dtype=np.float64)
+        pts = _writable(np.asarray(self.points, dtype=np.float64))
         if pts.ndim != 2 or pts.shape[1] not in (2, 3):
             raise MeshError(f"points must have shape [N, 2] or [N, 3], got {pts.shape}")
         if pts.shape[1] == 3 and len(pts) and np.all(pts[:, 2] == 0.0):
             pts = pts[:, :2]
         self.points = np.ascontiguousarray(pts)
-        self.cells = {str(k): np.ascontiguousarray(np.asarray(v, dtype=np.int64))
+        self.cells = {str(k): _writable(np.ascontiguousarray(np.asarray(v, dtype=np.int64)))
                       for k, v in self.cells.items() if len(v)}
-        self.point_data = {str(k): np.asarray(v) for k, v in self.point_data.items()}
+        # readers may hand over read-only views of the file's buffer (meshio's PLY reader):
+        # own writable copies, so torch.as_tensor never warns about non-writable arrays
+        self.point_data = {str(k): _writable(np.asarray(v)) for k, v in self.point_data.items()}
         if self.validate:
             self.check()
         if self.weights is None:
             self.weights = lumped_mass(self.points, self.cells) if self.top_dim > 0 else None
             if self.weights is None:
                 raise MeshError("a mesh without cells needs weights: use Mesh.from_points")
-        self.weights = np.asarray(self.weights, dtype=np.float64)
+        self.weights = _writable(np.asarray(self.weights, dtype=np.float64))
         if self.weights.shape != (len(self.points),):
             raise MeshError(f"weights must have shape [{len(self.points)}], got {self.weights.shape}")
         self._cache: dict = {}
@@ -139,8 +142,13 @@ class Mesh:
 
     # ------------------------------------------------------------------ validation
     def check(self) -> None:
-        """Raise :class:`MeshError` for NaN/inf points, bad indices, zero-measure cells or
-        point_data of the wrong length. Points are never dropped."""
+        """Raise :class:`MeshError` for NaN/inf points, bad indices, a mesh whose cells all
+        have zero measure (so every quadrature weight is 0) or point_data of the wrong length.
+
+        A few zero-measure cells in an otherwise good mesh (slivers of CAD and STL exports) are
+        accepted with one :class:`graphop.errors.MeshWarning` line per cell type (count and
+        first index): they add exactly 0 to every lumped-mass weight, so the quadrature is that
+        of the other cells. Points are never dropped."""
         where = self.source
         _check_points(self.points, where)
         n = len(self.points)
@@ -152,18 +160,34 @@ class Mesh:
                 raise MeshError(
                     f"{where}: {ctype} cells index point {int(conn.max() if conn.max() >= n else conn.min())}"
                     f" but the mesh has {n} points")
-        top = self.top_dim
-        for ctype, conn in self.cells.items():
-            if cell_dim(ctype) == top and top > 0:
-                meas = cell_measures(self.points, ctype, conn)
-                bad = np.flatnonzero(meas <= 1e-14 * max(self.bbox_diameter, 1e-300) ** top)
-                if len(bad):
-                    raise MeshError(f"{where}: {len(bad)} {ctype} cell(s) have zero measure "
-                                    f"(first: cell {int(bad[0])})")
+        degenerate = self._zero_measure_cells()
+        if degenerate:
+            n_top = sum(len(c) for t, c in self.cells.items() if cell_dim(t) == self.top_dim)
+            if sum(len(b) for b in degenerate.values()) == n_top:
+                raise MeshError(f"{where}: all {n_top} cell(s) have zero "
+                                f"{_MEASURE_WORD[self.top_dim]}, so every quadrature weight is 0")
+            for ctype, bad in degenerate.items():
+                warnings.warn(f"{where}: {_zero_cells_text(ctype, bad, self.top_dim)}",
+                              MeshWarning, stacklevel=3)
         for name, val in self.point_data.items():
             if len(val) != n:
                 raise MeshError(f"{where}: point_data {name!r} has length {len(val)}, "
                                 f"expected {n} (one value per point)")
+
+    def _zero_measure_cells(self) -> dict:
+        """{cell type: indices} of top-dimensional cells whose measure is 0 (to round-off:
+        at most 1e-14 diameter^top_dim)."""
+        top = self.top_dim
+        out = {}
+        if top == 0:
+            return out
+        tol = 1e-14 * max(self.bbox_diameter, 1e-300) ** top
+        for ctype, conn in self.cells.items():
+            if cell_dim(ctype) == top:
+                bad = np.flatnonzero(cell_measures(self.points, ctype, conn) <= tol)
+                if len(bad):
+                    out[ctype] = bad
+        return out
 
     # ------------------------------------------------------------------ properties
     @property
@@ -259,6 +283,16 @@ class Mesh:
         dup = cKDTree(self.points).query_pairs(tol, output_type="ndarray")
         if len(dup):
             out.append(f"{len(dup)} pair(s) of duplicate points")
+        for ctype, bad in self._zero_measure_cells().items():
+            out.append(_zero_cells_text(ctype, bad, self.top_dim))
+        for name, val in self.point_data.items():
+            v = np.asarray(val)
+            if v.ndim == 0 or len(v) != self.n_points or not np.issubdtype(v.dtype, np.number):
+                continue
+            bad = ~np.isfinite(v.reshape(len(v), -1)).all(axis=1)
+            if bad.any():
+                out.append(f"field {name!r} has NaN or inf at {int(bad.sum())} point(s) "
+                           f"(first: point {int(np.flatnonzero(bad)[0])})")
         if self.top_dim > 0:
             used = np.zeros(self.n_points, dtype=bool)
             for c in self.cells.values():
@@ -359,6 +393,19 @@ class Mesh:
         cells = ", ".join(f"{t}: {len(c)}" for t, c in self.cells.items()) or "point cloud"
         return (f"Mesh(n_points={self.n_points}, dim={self.dim}, cells={{{cells}}}, "
                 f"fields={sorted(self.point_data)}, measure={self.measure:.6g})")
+
+
+_MEASURE_WORD = {1: "length", 2: "area", 3: "volume"}
+
+
+def _zero_cells_text(ctype: str, bad: np.ndarray, top: int) -> str:
+    return (f"{len(bad)} {ctype} cell(s) have zero {_MEASURE_WORD[top]} and carry no quadrature "
+            f"weight (first: cell {int(bad[0])})")
+
+
+def _writable(a: np.ndarray) -> np.ndarray:
+    """``a`` itself, or a copy when it is a read-only view (e.g. of a file buffer)."""
+    return a if a.flags.writeable else a.copy()
 
 
 def _check_points(pts: np.ndarray, where: str) -> None:

@@ -8,7 +8,8 @@ The metric is the quadrature-weighted relative L2 error of every sample
 
 reported as mean, median, max and standard deviation over the samples of each group. Groups:
 
-* split: ``train`` and ``test`` of the dataset root (whichever exist);
+* split: ``train`` and ``test`` of the dataset root (whichever exist), or ``all`` (every file
+  of the folder; see :func:`evaluate_checkpoint` for which one a folder gets);
 * family: the domain family of a generated dataset (from its ``manifest.json``), or the
   sample's sub-folder for a folder of the user's own meshes;
 * resolution: the requested mesh size of a generated dataset (the manifest's ``points`` list;
@@ -30,13 +31,14 @@ import numpy as np
 import torch
 
 from graphop.data.sample import channel_names, describe
+from graphop.data.progress import progress as _progress
 from graphop.errors import DataError
 from graphop.inference.predict import predict_data
 from graphop.training.checkpoint import load_trained_model
 from graphop.training.metrics import relative_l2
 
-__all__ = ["evaluate_dataset", "evaluate_checkpoint", "summarize", "format_markdown",
-           "plot_sample", "sample_mesh"]
+__all__ = ["evaluate_dataset", "evaluate_checkpoint", "default_splits", "summarize",
+           "format_markdown", "plot_sample", "sample_mesh"]
 
 
 def _manifest(root: Path) -> dict | None:
@@ -71,8 +73,6 @@ def evaluate_dataset(model, normalizer, dataset, device="cpu", batch_size: int =
     """One record per sample: ``index``, ``source``, ``rel_l2``, ``n_points``, ``family``,
     ``resolution``. Samples are batched (any mix of meshes); no loop over nodes."""
     from torch_geometric.loader import DataLoader
-    from tqdm.auto import tqdm
-
     from graphop.data.normalize import NormalizedDataset
 
     root = Path(root) if root is not None else None
@@ -87,7 +87,7 @@ def evaluate_dataset(model, normalizer, dataset, device="cpu", batch_size: int =
     model.eval()
     loader = DataLoader(NormalizedDataset(dataset, normalizer), batch_size=batch_size, shuffle=False)
     out, i0 = [], 0
-    for batch in tqdm(loader, desc=desc, leave=False, disable=not progress):
+    for batch in _progress(loader, desc=desc, unit="batch", enabled=progress):
         batch = batch.to(device)
         pred = normalizer.decode(model(batch))
         err = relative_l2(pred, batch.y.to(pred.dtype), batch.weight, batch.batch,
@@ -211,12 +211,34 @@ def plot_sample(data, pred: torch.Tensor, path, title: str = "", target_names=No
     return path
 
 
-def evaluate_checkpoint(checkpoint, data=None, splits=("train", "test"), out=None, device="cpu",
+def default_splits(root, own: bool) -> list[str]:
+    """The splits :func:`evaluate_checkpoint` scores when none are asked for:
+
+    * a folder with ``train/`` or ``test/`` sub-folders: ``train`` and ``test`` (the folders);
+    * the run's own training folder without sub-folders: ``train`` and ``test`` of the seeded
+      80/20 file split that training used (``MeshFolderDataset`` defaults: test fraction 0.2,
+      seed 0), so the headline is the held-out 20% the model never saw;
+    * any other flat folder: ``all``, every file (nothing of it was used for training).
+    """
+    root = Path(root)
+    if any((root / s).is_dir() for s in ("train", "test")) or own:
+        return ["train", "test"]
+    return ["all"]
+
+
+def evaluate_checkpoint(checkpoint, data=None, splits=None, out=None, device="cpu",
                         batch_size: int = 4, plots: bool = True, progress: bool = True) -> dict:
     """Evaluate a checkpoint file or run directory on the dataset root ``data`` (default: the
     run's training data). Writes ``results.md``/``results.json`` (and PNGs) to ``out`` and
-    returns the report; ``report["rel_l2"]``/``["n_samples"]`` are those of the test split
-    (or of the first split evaluated when there is no test split)."""
+    returns the report.
+
+    Args:
+        splits: names among ``train``, ``test`` and ``all`` (every file of ``data``); default
+            :func:`default_splits` (a flat folder other than the run's training data is scored
+            whole).
+
+    ``report["rel_l2"]``/``["n_samples"]`` (the headline) are those of the ``test`` split, else
+    of ``all``, else of the first split evaluated."""
     from graphop.data import MeshFolderDataset
     from graphop.training.distributed import resolve_device
 
@@ -226,14 +248,20 @@ def evaluate_checkpoint(checkpoint, data=None, splits=("train", "test"), out=Non
     root = Path(data or tc.get("data", ""))
     if not str(root) or not root.exists():
         raise DataError(f"{root}: data directory not found")
-    splits = list(splits)
+    own = data is None or (bool(tc.get("data")) and Path(tc["data"]).exists()
+                           and root.resolve() == Path(tc["data"]).resolve())
+    splits = list(splits) if splits else default_splits(root, own)
+    bad = [s for s in splits if s not in ("train", "test", "all")]
+    if bad:
+        raise DataError(f"unknown split(s) {', '.join(map(repr, bad))}; choose from train, "
+                        "test, all")
     has_sub = any((root / s).is_dir() for s in ("train", "test"))
     per_split, records_of, datasets, warned = {}, {}, {}, []
     for split in splits:
-        if has_sub and not (root / split).is_dir():
+        if has_sub and split != "all" and not (root / split).is_dir():
             continue  # a split folder that does not exist (never a fraction of the others)
         ds = MeshFolderDataset(root, inputs=list(tc["inputs"]), targets=list(tc["targets"]),
-                               split=split)
+                               split=None if split == "all" else split)
         if len(ds) == 0:
             continue
         warned += _support_warnings(ckpt["model_config"], normalizer, ds, split)
@@ -242,7 +270,7 @@ def evaluate_checkpoint(checkpoint, data=None, splits=("train", "test"), out=Non
         per_split[split], records_of[split], datasets[split] = summarize(recs), recs, ds
     if not per_split:
         raise DataError(f"{root}: no samples to evaluate in split(s) {', '.join(splits)}")
-    main_split = "test" if "test" in per_split else next(iter(per_split))
+    main_split = next((s for s in ("test", "all") if s in per_split), next(iter(per_split)))
     ckpt_path = Path(ckpt["path"])
     out = Path(out) if out is not None else ckpt_path.parent / "eval"
     out.mkdir(parents=True, exist_ok=True)

@@ -163,6 +163,23 @@ def resolve_checkpoint(path, prefer: str = "best") -> Path:
     return p
 
 
+def _library_text(exc: BaseException) -> str:
+    """The whole text of a library's exception on one line (ANSI colour codes removed), except
+    torch's advice for files refused by ``weights_only=True`` loading: of that, only the
+    ``WeightsUnpickler error`` sentence naming the refused object is kept (graphop never
+    suggests ``weights_only=False`` or allow-listing a foreign class)."""
+    import re
+
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
+    if "WeightsUnpickler error:" in text:
+        text = text.split("WeightsUnpickler error:", 1)[1]
+        text = re.split(r"\.\s+Please use|\n\s*\n|Check the documentation", text)[0]
+    text = " ".join(text.split()).strip()
+    if "weights_only" in text:  # any other wording of the same advice: drop those sentences
+        text = " ".join(s for s in re.split(r"(?<=[.!?])\s+", text) if "weights_only" not in s)
+    return text or exc.__class__.__name__
+
+
 def load_checkpoint(path, map_location="cpu") -> dict:
     """Load and validate a checkpoint with ``torch.load(weights_only=True)``.
 
@@ -175,16 +192,13 @@ def load_checkpoint(path, map_location="cpu") -> dict:
     try:
         state = torch.load(p, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch raises several types for damaged archives
-        text = str(exc)
-        detail = text.split("WeightsUnpickler error:", 1)[-1].strip().splitlines()
-        detail = detail[0].strip() if detail and detail[0].strip() else exc.__class__.__name__
-        detail = detail.split(". Please")[0]
-        if "Unsupported global" in text:
+        text = _library_text(exc)
+        if "Unsupported global" in text or "WeightsUnpickler error:" in text:
             raise GraphopError(f"{p}: refusing to load: the file holds Python objects other than "
-                               f"tensors and plain data ({detail[:200]}); a graphop checkpoint "
+                               f"tensors and plain data ({text}); a graphop checkpoint "
                                "never does") from exc
         raise GraphopError(f"{p}: corrupted or truncated checkpoint, cannot be read "
-                           f"({exc.__class__.__name__}: {detail[:200]})") from exc
+                           f"({exc.__class__.__name__}: {text})") from exc
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise GraphopError(f"{p}: not a graphop checkpoint (no 'format: {FORMAT}' entry; a bare "
                            "state_dict or another program's file?)")
@@ -221,7 +235,7 @@ def load_model_state(model: torch.nn.Module, ckpt: dict, expected_config: dict |
     except RuntimeError as exc:
         lines = [ln.strip() for ln in str(exc).splitlines()[1:] if ln.strip()]
         raise GraphopError(f"{src}: checkpoint is from another model ({_model_name(saved)}): its "
-                           f"weights do not fit: {' '.join(lines)[:400]}") from exc
+                           f"weights do not fit: {' '.join(lines)}") from exc
 
 
 def load_trained_model(path, device="cpu"):

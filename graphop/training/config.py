@@ -5,7 +5,9 @@
 both end in a :class:`TrainConfig`. Keys are the dataclass fields; ``model`` is a free dict
 (``name`` plus the keyword arguments of ``graphop.models.build_model``) addressed with dotted
 keys (``model.width=32``). An unknown key is a :class:`graphop.errors.ConfigError` that lists
-the valid keys; a value that cannot be converted to the field's type names the key and type.
+the valid keys; a value that cannot be converted to the field's type names the key and type
+(``epochs: expected an integer, got 'many'``). Model arguments are checked against the types of
+the model's defaults in the same way (``model.width: expected an integer, got 'wide'``).
 
 Example YAML::
 
@@ -28,7 +30,7 @@ import yaml
 
 from graphop.errors import ConfigError
 
-__all__ = ["TrainConfig", "load_config", "apply_overrides", "parse_value"]
+__all__ = ["TrainConfig", "load_config", "apply_overrides", "parse_value", "check_model_values"]
 
 
 @dataclass
@@ -57,7 +59,8 @@ class TrainConfig:
         num_workers: DataLoader worker processes (default 0).
         normalize_fields: fit input/target normalisers on the training set (default True).
         normalize_coords: fit one coordinate AffineMap on the training set (default True).
-        progress: show tqdm progress bars (default True).
+        progress: show progress bars (default True; off a terminal, one line per epoch and
+            about one per 10% of a long data read; :mod:`graphop.data.progress`).
         augment: ``none`` | ``subsample``: every epoch, train on a random subsample of each
             training mesh (boundary points plus ``augment_fraction`` of the interior points,
             exact field values, weights gathered onto the kept points; validation never is);
@@ -147,10 +150,36 @@ class TrainConfig:
         overlap = set(self.inputs) & set(self.targets)
         if overlap:
             raise ConfigError(f"fields {sorted(overlap)} are both inputs and targets")
+        self.model = check_model_values(self.model)
         return self
 
     def save(self, path) -> None:
         Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+
+def check_model_values(model: dict) -> dict:
+    """``model`` with every argument whose default in the registered model's signature is a
+    bool, int, float or str converted to that type; a value that does not convert is a
+    :class:`ConfigError` naming the dotted key (``model.width: expected an integer, got
+    'wide'``). Unknown model names and arguments are left to ``build_model``."""
+    import inspect
+
+    from graphop.models import MODELS
+
+    fn = MODELS.get(model.get("name")) if isinstance(model, dict) else None
+    if fn is None:
+        return model
+    sig = inspect.signature(fn.__init__ if inspect.isclass(fn) else fn)
+    out = dict(model)
+    for p in sig.parameters.values():
+        default = p.default
+        if p.name in out and type(default) in (bool, int, float, str):
+            out[p.name] = _coerce(f"model.{p.name}", out[p.name], type(default))
+    return out
+
+
+_EXPECTED = {int: "an integer", float: "a number", bool: "true or false", str: "a string",
+             list: "a list of names", dict: "a mapping"}
 
 
 def _field_type(name: str):
@@ -177,7 +206,8 @@ def parse_value(text: str):
 
 
 def _coerce(key: str, value, typ):
-    bad = ConfigError(f"config key {key!r} expects {getattr(typ, '__name__', typ)}, got {value!r}")
+    bad = ConfigError(f"{key}: expected {_EXPECTED.get(typ, getattr(typ, '__name__', typ))}, "
+                      f"got {value!r}")
     if typ is list:
         if isinstance(value, str):
             value = parse_value(value) if value.strip().startswith("[") else \
@@ -246,11 +276,12 @@ def load_config(path=None, overrides: dict | None = None, sets=()) -> TrainConfi
             raw = {}
         if not isinstance(raw, dict):
             raise ConfigError(f"{p}: the config must be a mapping of keys to values")
-        for k, v in raw.items():
-            try:
+        try:
+            for k, v in raw.items():
                 cfg.set(k, v)
-            except ConfigError as exc:
-                raise ConfigError(f"{p}: {exc}") from None
+            cfg.model = check_model_values(cfg.model)
+        except ConfigError as exc:
+            raise ConfigError(f"{p}: {exc}") from None
     for k, v in (overrides or {}).items():
         if v is not None:
             cfg.set(k, v)

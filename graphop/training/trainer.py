@@ -42,7 +42,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from graphop.training.checkpoint import load_checkpoint, load_model_state, rng_state, save_checkpoint, set_rng_state
 from graphop.training.config import ConfigError, TrainConfig, load_config
@@ -51,6 +50,7 @@ from graphop.errors import DataError, GraphopError
 from graphop.training.metrics import relative_l2_loss
 from graphop.data.augment import AugmentedDataset, augmented
 from graphop.data.normalize import NormalizedDataset, Normalizer, check_sample
+from graphop.data.progress import progress, write
 from graphop.training.runlog import RunLogger
 from graphop.training.runlock import claim_run_dir
 
@@ -374,8 +374,9 @@ class Trainer:
         loss_sum, count = float(self.partial["loss_sum"]), float(self.partial["count"])
         t_before = float(self.partial["time_s"])
         self.model.train()
-        bar = tqdm(total=steps, initial=self.step_in_epoch, desc=f"epoch {e + 1}/{cfg.epochs}",
-                   leave=False, disable=not (cfg.progress and self.info.is_main), dynamic_ncols=True)
+        # off a terminal no per-batch lines: fit() prints one line per epoch
+        bar = progress(total=steps, initial=self.step_in_epoch, desc=f"epoch {e + 1}/{cfg.epochs}",
+                       unit="batch", enabled=cfg.progress and self.info.is_main, lines=0)
         t0 = time.perf_counter()
         for b, batch in enumerate(self._loader(self.train_set, True), start=self.step_in_epoch):
             batch = batch.to(self.device)
@@ -471,10 +472,9 @@ class Trainer:
                 self._save("last.pt")
                 if main_:
                     logger.epoch(self.history)
-                    tqdm.write(f"epoch {e}/{cfg.epochs}  train rel_l2 {row['train_loss']:.4g}  "
-                               f"val rel_l2 {val:.4g}{'  (best)' if improved else ''}  "
-                               f"{row['samples_per_s']:.1f} samples/s", file=sys.stdout)
-                    sys.stdout.flush()
+                    write(f"epoch {e}/{cfg.epochs}  train rel_l2 {row['train_loss']:.4g}  "
+                          f"val rel_l2 {val:.4g}{'  (best)' if improved else ''}  "
+                          f"{row['samples_per_s']:.1f} samples/s", file=sys.stdout)
                 if self._stop_signal:
                     self._interrupt(f"after epoch {e}")
         finally:
