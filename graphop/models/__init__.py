@@ -1,7 +1,9 @@
-"""Models: LocalGNO (global FNO + DISCO + differential branches), its ablations and baselines,
+"""Models: LocalGNO (global FNO + DISCO + differential branches), its ablations and baselines
+(GNN, grid FNO),
 all built from plain dicts through :func:`build_model`."""
+from graphop.models.fno import FNO
 from graphop.models.gnn import MeshGraphNet
 from graphop.models.local_gno import LocalGNO
 from graphop.models.registry import MODELS, build_model, model_arguments, register_model
 
-__all__ = ["LocalGNO", "MeshGraphNet", "MODELS", "build_model", "register_model", "model_arguments"]
+__all__ = ["LocalGNO", "MeshGraphNet", "FNO", "MODELS", "build_model", "register_model", "model_arguments"]
