@@ -40,7 +40,7 @@ def _write(tmp_path, cfg, name="exp"):
     (("variants", "m"), {"widht": 3}, "variants.m: unknown key(s) widht"),
     (("tests", "t"), {"pointz": 3}, "tests.t: unknown key(s) pointz"),
     (("tests", "t"), {"mesh": {"structure": "tri"}}, "tests.t.mesh: unknown key(s) structure"),
-    (("train",), {"mesh": {}}, "train: unknown key(s) mesh"),
+    (("train",), {"mesh": {"bogus": 1}}, "train.mesh: unknown key(s) bogus"),
 ])
 def test_unknown_keys_are_errors(tmp_path, path, bad, msg):
     cfg = json.loads(json.dumps(BASE))

@@ -153,10 +153,14 @@ def test_periodic_model_on_torus():
 
 
 def test_registry_builds_every_model_and_rebuilds_from_config():
-    assert {"local_gno", "gino", "disco_only", "gnn"} <= set(MODELS)
+    assert {"local_gno", "gino", "disco_only", "gnn", "fno"} <= set(MODELS)
     expect = {"local_gno": ("global", "disco", "diff"), "gino": ("global",), "disco_only": ("disco",)}
-    d = _data(nested_meshes("square", levels=1, max_area=0.02, seed=6)[0], torch.float32)
+    d_mesh = _data(nested_meshes("square", levels=1, max_area=0.02, seed=6)[0], torch.float32)
+    from graphop.geometry.domains import structured_square
+
+    d_grid = _data(structured_square(9, quad=True), torch.float32)   # fno runs on tensor grids only
     for name in sorted(MODELS):
+        d = d_grid if name == "fno" else d_mesh
         torch.manual_seed(0)
         model = build_model(resolve_supports({"name": name, "in_channels": 1, "out_channels": 3}, [d]))
         assert model.config["name"] == name
@@ -172,7 +176,7 @@ def test_registry_builds_every_model_and_rebuilds_from_config():
 
 
 def test_registry_and_model_errors():
-    with pytest.raises(ConfigError, match="unknown model 'fno3'; available: disco_only, gino, gnn"):
+    with pytest.raises(ConfigError, match="unknown model 'fno3'; available: disco_only, fno, gino, gnn"):
         build_model({"name": "fno3", "in_channels": 1, "out_channels": 1})
     with pytest.raises(ConfigError, match="unknown argument.* branches for model 'gino'"):
         build_model({"name": "gino", "in_channels": 1, "out_channels": 1, "branches": ["disco"]})

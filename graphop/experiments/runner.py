@@ -75,12 +75,23 @@ def _keys(where: str, d, valid) -> None:
         raise ConfigError(f"{where}: unknown key(s) {', '.join(bad)}; valid: {', '.join(sorted(valid))}")
 
 
+def _mesh_spec(where: str, spec: dict) -> None:
+    """The ``mesh`` option of a set spec: known keys; a nested grid (``solve_points``) that nests."""
+    from graphop.experiments.sets import MESH_KEYS, nested_grid_sizes
+
+    if "mesh" not in spec:
+        return
+    _keys(f"{where}.mesh", spec["mesh"], MESH_KEYS)
+    if spec["mesh"].get("solve_points") is not None:
+        nested_grid_sizes(spec.get("points"), spec["mesh"], f"{where}.mesh")
+
+
 def validate_experiment(cfg: dict, where: str = "experiment") -> dict:
     """Check an experiment config (after the quick merge); returns it. Unknown keys, missing
     sections and dangling references raise :class:`ConfigError` naming them."""
     from graphop.training.config import TrainConfig
     from graphop.data.generate import PROBLEMS
-    from graphop.experiments.sets import MESH_KEYS, TEST_KEYS
+    from graphop.experiments.sets import TEST_KEYS
 
     _keys(where, cfg, EXPERIMENT_KEYS)
     for k in ("problem", "targets", "train", "tests", "variants", "seeds"):
@@ -91,7 +102,8 @@ def validate_experiment(cfg: dict, where: str = "experiment") -> dict:
     seeds = cfg["seeds"]
     if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) for s in seeds):
         raise ConfigError(f"{where}: seeds must be a non-empty list of integers, got {seeds!r}")
-    _keys(f"{where}: train", cfg["train"], TEST_KEYS - {"from", "point_cloud", "mesh"})
+    _keys(f"{where}: train", cfg["train"], TEST_KEYS - {"from", "point_cloud"})
+    _mesh_spec(f"{where}: train", cfg["train"])
     tests = cfg["tests"]
     _keys(f"{where}: tests", tests, tests.keys() if isinstance(tests, dict) else ())
     if not tests:
@@ -104,8 +116,7 @@ def validate_experiment(cfg: dict, where: str = "experiment") -> dict:
                                   f"got {spec['from']!r}")
         elif "n" not in spec or "points" not in spec:
             raise ConfigError(f"{where}: tests.{name} needs n and points (or from)")
-        if "mesh" in spec:
-            _keys(f"{where}: tests.{name}.mesh", spec["mesh"], MESH_KEYS)
+        _mesh_spec(f"{where}: tests.{name}", spec)
     training = cfg.get("training") or {}
     _keys(f"{where}: training", training, set(TrainConfig.keys()) - TRAINING_RESERVED)
     variants = cfg["variants"]

@@ -10,6 +10,12 @@ A test-set spec (one entry of ``tests:`` in ``experiments/<name>/config.yaml``) 
   samples on meshes of the unit square from :func:`graphop.geometry.domains.mesh_domain`, written by
   :func:`write_meshtype_set` (quads are split into two triangles for the P1 solve only; the
   file keeps the quads, so the quadrature weights are the quad lumped mass);
+* a nested-grid set, as the FNO Darcy benchmark makes it: ``{n, points, seed, mesh:
+  {structured: quad|tri, solve_points: 16641}}`` -> every sample is solved once on the fine
+  ``solve_points`` = n_f x n_f grid and restricted to the nodes of the coarse ``points`` =
+  n_c x n_c grid, which nest in it ((n_f - 1) a multiple of (n_c - 1): 17, 33, 65 in 129), by
+  :func:`write_nested_grid_set`. Sets of every resolution with the same seed hold the same
+  functions: at their shared nodes their fields are equal;
 * a point-cloud view: ``{from: OTHER, point_cloud: true}`` -> the samples of OTHER with the
   cells dropped and weights re-estimated from the points alone (:meth:`Mesh.from_points`
   with the domain measure known), see :class:`PointCloudView`.
@@ -34,11 +40,11 @@ import torch
 
 from graphop.errors import ConfigError
 
-__all__ = ["TEST_KEYS", "dataset_root", "build_set", "write_meshtype_set", "PointCloudView",
-           "UniformWeights", "load_set"]
+__all__ = ["TEST_KEYS", "dataset_root", "build_set", "write_meshtype_set", "nested_grid_sizes",
+           "write_nested_grid_set", "PointCloudView", "UniformWeights", "load_set"]
 
 TEST_KEYS = {"n", "points", "domains", "seed", "remesh", "mesh", "from", "point_cloud"}
-MESH_KEYS = {"structured", "perturb"}
+MESH_KEYS = {"structured", "perturb", "solve_points"}
 
 
 def _recipe_hash(obj) -> str:
@@ -74,6 +80,8 @@ def write_meshtype_set(out, n: int, points: int, seed: int, mesh: dict, params: 
     bad = sorted(set(mesh) - MESH_KEYS)
     if bad:
         raise ConfigError(f"unknown mesh option(s) {', '.join(bad)}; valid: {sorted(MESH_KEYS)}")
+    if mesh.get("solve_points") is not None:
+        return write_nested_grid_set(out, n, points, seed, mesh, params)
     out = Path(out)
     (out / "train").mkdir(parents=True, exist_ok=True)
     structured = mesh.get("structured")
@@ -94,6 +102,116 @@ def write_meshtype_set(out, n: int, points: int, seed: int, mesh: dict, params: 
             cells = {"triangle": tris}
         rng = np.random.default_rng([int(seed), i])
         fields = darcy_sample(pts, tris, rng, **params)
+        tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
+        write_mesh(tmp, Mesh(pts, cells, fields, validate=False))
+        os.replace(tmp, path)
+    return out
+
+
+def nested_grid_sizes(points, mesh: dict, where: str = "mesh") -> tuple[int, int]:
+    """``(n_c, n_f)`` of a nested-grid spec: ``points`` = n_c^2 nodes kept of the
+    ``mesh["solve_points"]`` = n_f^2 nodes solved, with (n_f - 1) a multiple of (n_c - 1).
+    Raises :class:`ConfigError` (one line, naming ``where`` and the value) otherwise, and when
+    the spec is not a structured grid without perturbation."""
+    def side(v, key):
+        try:
+            k = int(v)
+        except (TypeError, ValueError):
+            k = -1
+        r = int(round(k ** 0.5)) if k > 0 else 0
+        if r < 2 or r * r != k or k != v:
+            raise ConfigError(f"{where}: {key}={v!r} must be the node count n*n of a grid with "
+                              f"n >= 2 (e.g. 289 = 17 x 17)")
+        return r
+
+    if mesh.get("structured") not in ("tri", "quad"):
+        raise ConfigError(f"{where}: solve_points needs structured: quad or tri, got "
+                          f"structured={mesh.get('structured')!r}")
+    if float(mesh.get("perturb", 0.0)) != 0.0:
+        raise ConfigError(f"{where}: solve_points needs an unperturbed grid, got "
+                          f"perturb={mesh['perturb']!r}")
+    n_c, n_f = side(points, "points"), side(mesh["solve_points"], "mesh.solve_points")
+    if n_f < n_c or (n_f - 1) % (n_c - 1):
+        raise ConfigError(f"{where}: the {n_c} x {n_c} grid (points={points}) does not nest in "
+                          f"the {n_f} x {n_f} grid (solve_points={mesh['solve_points']}): "
+                          f"{n_f} - 1 must be a multiple of {n_c} - 1 (e.g. 17, 33, 65 in 129)")
+    return n_c, n_f
+
+
+def _fine_solution(cache: Path, i: int, seed: int, fine: "Mesh", tris, params: dict) -> dict:
+    """Darcy sample i (coefficient from ``default_rng([seed, i])``) on the fine grid, solved once
+    and kept in ``cache/sample_NNNNNN.npz`` for every coarser set of the same recipe."""
+    from graphop.data.darcy import darcy_sample
+
+    path = cache / f"sample_{i:06d}.npz"
+    if path.exists():
+        with np.load(path) as z:
+            return {k: z[k] for k in ("a", "u")}
+    fields = darcy_sample(fine.points[:, :2], tris, np.random.default_rng([int(seed), i]),
+                          **params)
+    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
+    with open(tmp, "wb") as fh:
+        np.savez(fh, a=fields["a"], u=fields["u"])
+    os.replace(tmp, path)
+    return fields
+
+
+def write_nested_grid_set(out, n: int, points: int, seed: int, mesh: dict, params: dict,
+                          cache=None) -> Path:
+    """Darcy samples on the coarse grid of a nested-grid spec (see the module docstring).
+
+    Sample i: the coefficient psi from ``default_rng([seed, i])`` (the same function on every
+    grid), solved by :func:`graphop.data.darcy.darcy_sample` (P1 FEM, each quad split into two
+    triangles) on the fine n_f x n_f grid of the unit square, then restricted to the coarse
+    grid's nodes, which are fine nodes (coordinates copied, not recomputed):
+
+        a_c = a_f[keep] (the binary coefficient high/low at the nodes),  u_c = u_f[keep],
+        keep = fine node (s i, s j) for coarse node (i, j),  s = (n_f - 1) / (n_c - 1).
+
+    The file holds the coarse grid's cells (``quad`` or ``triangle``), so the quadrature
+    weights are the coarse grid's lumped mass (summing to 1).
+
+    Args:
+        out: folder (files go to ``out/train/sample_NNNNNN.vtu``; existing files are kept).
+        n: number of samples.
+        points: coarse grid nodes n_c^2; ``mesh["solve_points"]``: fine grid nodes n_f^2.
+        seed: seed of the coefficients.
+        mesh: ``{"structured": "quad"|"tri", "solve_points": int}`` (no ``perturb``).
+        params: Darcy solver parameters (high, low, f).
+        cache: folder of the fine solutions (default: next to ``out``, named by the fine
+            recipe, so sets of every resolution share one solve per sample).
+    """
+    from graphop.geometry.domains import structured_square
+    from graphop.geometry.mesh import Mesh
+    from graphop.io import write_mesh
+
+    bad = sorted(set(mesh) - MESH_KEYS)
+    if bad:
+        raise ConfigError(f"unknown mesh option(s) {', '.join(bad)}; valid: {sorted(MESH_KEYS)}")
+    n_c, n_f = nested_grid_sizes(points, mesh)
+    out = Path(out)
+    (out / "train").mkdir(parents=True, exist_ok=True)
+    if cache is None:
+        fine_key = {"problem": "darcy", "params": params, "seed": int(seed), "solve_points":
+                    int(mesh["solve_points"])}
+        cache = out.parent / f"darcy-fine-{mesh['solve_points']}-{_recipe_hash(fine_key)}"
+    cache = Path(cache)
+    cache.mkdir(parents=True, exist_ok=True)
+    fine = structured_square(n_f, quad=True)
+    q = fine.cells["quad"]
+    tris = np.concatenate([q[:, [0, 1, 2]], q[:, [0, 2, 3]]])   # the (0, 2) diagonal split
+    step = (n_f - 1) // (n_c - 1)
+    keep = np.arange(n_f * n_f).reshape(n_f, n_f)[::step, ::step].ravel()  # coarse node order
+    coarse = structured_square(n_c, quad=mesh["structured"] == "quad")
+    kind = "quad" if "quad" in coarse.cells else "triangle"
+    pts = fine.points[keep, :2]
+    cells = {kind: coarse.cells[kind]}
+    for i in range(int(n)):
+        path = out / "train" / f"sample_{i:06d}.vtu"
+        if path.exists():
+            continue
+        f = _fine_solution(cache, i, seed, fine, tris, params)
+        fields = {"a": f["a"][keep], "u": f["u"][keep]}
         tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
         write_mesh(tmp, Mesh(pts, cells, fields, validate=False))
         os.replace(tmp, path)

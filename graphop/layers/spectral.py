@@ -18,6 +18,8 @@ c_k = 1 where k_d = 0 (or k_d = n_d / 2), else 2. On a periodic grid the layer i
 translation-equivariant. For non-periodic domains ``forward(x, periodic=False)`` first pads
 every axis at its end with ``ceil(padding * n_a)`` zeros (so the FFT's periodic wrap-around does
 not couple opposite faces of the box) and crops the output back; periodic domains get no padding.
+``forward(x, modes=(m'_1, ...))`` with m'_a <= m_a keeps only the lowest m'_a of the kept modes
+(the same weights R for those modes): a grid FNO uses it to stay within what its grid holds.
 
 Args:
     in_channels, out_channels: channel counts.
@@ -76,8 +78,14 @@ class SpectralConv(nn.Module):
     def pad_amount(self, shape) -> tuple[int, ...]:
         return tuple(int(math.ceil(self.padding * n)) for n in shape)
 
-    def forward(self, x: torch.Tensor, periodic: bool = False) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, periodic: bool = False, modes=None) -> torch.Tensor:
         d = self.dim
+        if modes is None:
+            modes = self.modes
+        else:
+            modes = tuple(int(m) for m in modes)
+            if len(modes) != d or not all(1 <= m <= k for m, k in zip(modes, self.modes)):
+                raise ValueError(f"modes {modes} must be {d} integers in [1, {self.modes}]")
         if x.dim() != d + 2 or x.shape[1] != self.in_channels:
             raise ValueError(f"SpectralConv expects [B, {self.in_channels}, <{d} grid axes>], "
                              f"got {tuple(x.shape)}")
@@ -90,23 +98,23 @@ class SpectralConv(nn.Module):
             x = F.pad(x, pad_arg)
         n = tuple(x.shape[2:])
         for a in range(d - 1):
-            if n[a] < 2 * self.modes[a]:
-                raise ValueError(f"grid axis {a} has {n[a]} nodes, too few for {self.modes[a]} modes "
-                                 f"(needs >= {2 * self.modes[a]})")
-        if n[-1] // 2 + 1 < self.modes[-1]:
-            raise ValueError(f"grid axis {d - 1} has {n[-1]} nodes, too few for {self.modes[-1]} "
-                             f"modes (needs >= {2 * self.modes[-1] - 2})")
+            if n[a] < 2 * modes[a]:
+                raise ValueError(f"grid axis {a} has {n[a]} nodes, too few for {modes[a]} modes "
+                                 f"(needs >= {2 * modes[a]})")
+        if n[-1] // 2 + 1 < modes[-1]:
+            raise ValueError(f"grid axis {d - 1} has {n[-1]} nodes, too few for {modes[-1]} "
+                             f"modes (needs >= {2 * modes[-1] - 2})")
         dims = tuple(range(2, d + 2))
         xf = torch.fft.rfftn(x, dim=dims, norm="forward")
         out = xf.new_zeros(x.shape[0], self.out_channels, *xf.shape[2:])
         w = self.weight.to(xf.dtype)
-        m_last = self.modes[-1]
+        m_last = modes[-1]
         for halves in itertools.product((0, 1), repeat=d - 1):
             sel, wsel = [], []
             for a, h in enumerate(halves):
-                m = self.modes[a]
+                m, mw = modes[a], self.modes[a]   # negative k = -m..-1 sit at 2 mw - m .. 2 mw - 1
                 sel.append(slice(0, m) if h == 0 else slice(n[a] - m, n[a]))
-                wsel.append(slice(0, m) if h == 0 else slice(m, 2 * m))
+                wsel.append(slice(0, m) if h == 0 else slice(2 * mw - m, 2 * mw))
             sel.append(slice(0, m_last))
             wsel.append(slice(0, m_last))
             out[(slice(None), slice(None), *sel)] = torch.einsum(

@@ -14,6 +14,7 @@ local_gno      :class:`LocalGNO`, every branch switchable (``branches=[...]``)
 gino           global-only LocalGNO (``branches=("global",)``), the GINO pattern
 disco_only     DISCO-only LocalGNO (``branches=("disco",)``)
 gnn            :class:`MeshGraphNet` encode-process-decode baseline
+fno            :class:`FNO` on the data's own tensor grid (structured-grid baseline)
 =============  ==============================================================================
 
 Add a model with ``@register_model("name")`` on a class or a factory function.
@@ -25,6 +26,7 @@ import inspect
 from torch import nn
 
 from graphop.errors import ConfigError
+from graphop.models.fno import FNO
 from graphop.models.gnn import MeshGraphNet
 from graphop.models.local_gno import LocalGNO
 
@@ -85,6 +87,7 @@ def build_model(config: dict) -> nn.Module:
 
 register_model("local_gno")(LocalGNO)
 register_model("gnn")(MeshGraphNet)
+register_model("fno")(FNO)
 
 
 @register_model("gino")
