@@ -1,13 +1,22 @@
 """Exception types shown to command-line users as one-line messages (exit code 2)."""
 from __future__ import annotations
 
-__all__ = ["GraphopError", "MeshError", "MeshReadError", "ConfigError", "DataError",
-           "MemoryLimitError", "GraphopWarning", "MeshWarning"]
+__all__ = ["GraphopError", "InputError", "InputTypeError", "MeshError", "MeshReadError",
+           "ConfigError", "DataError", "MemoryLimitError", "GraphopWarning", "MeshWarning"]
 
 
 class GraphopError(Exception):
     """Base class of errors that are the user's input, not a bug: the CLI prints the message
     on one line and exits with code 2 (``--debug`` shows the traceback)."""
+
+
+class InputError(GraphopError, ValueError):
+    """An invalid argument or input of a graphop function or layer: a wrong shape, a value out
+    of range, an unknown option (a ``ValueError`` too, as Python code expects)."""
+
+
+class InputTypeError(GraphopError, TypeError):
+    """An argument of the wrong type (a ``TypeError`` too)."""
 
 
 class MeshError(GraphopError, ValueError):

@@ -29,6 +29,8 @@ import math
 import numpy as np
 import torch
 
+from graphop.errors import InputError
+
 __all__ = ["check_refinement_convergence", "check_convergence_rate",
            "check_permutation_equivariance", "check_batch_consistency", "permute_data",
            "nested_meshes", "convergence_rate", "nested_clouds", "check_model_refinement",
@@ -56,7 +58,7 @@ def check_refinement_convergence(outputs, common, max_ratio: float = 0.7) -> dic
         ``{"differences": [K-1 RMS differences], "ratios": [K-2 ratios]}``.
     """
     if len(outputs) < 3:
-        raise ValueError(f"need at least 3 refinements to measure a ratio, got {len(outputs)}")
+        raise InputError(f"need at least 3 refinements to measure a ratio, got {len(outputs)}")
     idx = common if isinstance(common, (list, tuple)) else [common] * len(outputs)
     vals = [o[torch.as_tensor(np.asarray(i), dtype=torch.long)] for o, i in zip(outputs, idx)]
     diffs = [_rms(b - a) for a, b in zip(vals[:-1], vals[1:])]
@@ -165,7 +167,7 @@ def nested_meshes(domain: str = "square", levels: int = 4, max_area: float = 0.0
         th = np.linspace(0, 2 * np.pi, boundary_points, endpoint=False)
         v = np.stack([np.cos(th), np.sin(th)], axis=1)
     else:
-        raise ValueError(f"domain must be 'square' or 'disk', got {domain!r}")
+        raise InputError(f"domain must be 'square' or 'disk', got {domain!r}")
     seg = np.stack([np.arange(len(v)), (np.arange(len(v)) + 1) % len(v)], axis=1)
     geo = {"vertices": v, "segments": seg}
     meshes, n_old, area = [], 0, max_area

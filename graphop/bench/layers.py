@@ -33,6 +33,8 @@ import time
 import numpy as np
 import torch
 
+from graphop.errors import InputError
+
 __all__ = ["TARGETS", "run_target", "bench_layers", "naive_disco_class", "format_result"]
 
 
@@ -323,7 +325,7 @@ TARGETS: dict = {
 def run_target(name: str, **options) -> dict:
     """Run target ``name`` with the ``options`` its signature accepts."""
     if name not in TARGETS:
-        raise ValueError(f"unknown benchmark {name!r}; available: {sorted(TARGETS)}")
+        raise InputError(f"unknown benchmark {name!r}; available: {sorted(TARGETS)}")
     fn = TARGETS[name]
     if isinstance(fn, str):
         mod, attr = fn.split(":")

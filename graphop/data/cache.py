@@ -28,6 +28,8 @@ from pathlib import Path
 
 import torch
 
+from graphop.errors import InputTypeError
+
 __all__ = ["cache_root", "data_to_record", "record_to_data", "save_records", "load_records"]
 
 _PLAIN = (bool, int, float, str)
@@ -54,7 +56,7 @@ def data_to_record(data) -> dict:
     out = {}
     for key, value in data.items():
         if not isinstance(value, (torch.Tensor,) + _PLAIN):
-            raise TypeError(f"Data attribute {key!r} of type {type(value).__name__} cannot be "
+            raise InputTypeError(f"Data attribute {key!r} of type {type(value).__name__} cannot be "
                             "cached (tensors and plain values only)")
         out[str(key)] = value
     return out

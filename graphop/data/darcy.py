@@ -19,6 +19,7 @@ import numpy as np
 
 from graphop.data.fem import boundary_nodes, load_vector, solve_dirichlet, stiffness_matrix
 from graphop.data.grf import GaussianRandomField, threshold
+from graphop.errors import InputError
 
 __all__ = ["solve_darcy", "darcy_sample", "DARCY_GRF"]
 
@@ -43,13 +44,13 @@ def solve_darcy(points, triangles, a, f=1.0, g=0.0, boundary=None) -> np.ndarray
     points = np.asarray(points, dtype=np.float64)
     triangles = np.asarray(triangles, dtype=np.int64)
     if points.ndim != 2 or points.shape[1] != 2:
-        raise ValueError(f"Darcy needs 2D points [N, 2], got {points.shape}")
+        raise InputError(f"Darcy needs 2D points [N, 2], got {points.shape}")
     a = np.asarray(a, dtype=np.float64)
     if a.ndim and a.shape != (len(triangles),):
-        raise ValueError(f"a must be a scalar or one value per triangle [{len(triangles)}], "
+        raise InputError(f"a must be a scalar or one value per triangle [{len(triangles)}], "
                          f"got shape {a.shape}")
     if np.any(a <= 0):
-        raise ValueError("the permeability a must be positive")
+        raise InputError("the permeability a must be positive")
     if boundary is None:
         boundary = boundary_nodes(triangles, len(points))
     k = stiffness_matrix(points, triangles, a)

@@ -40,7 +40,7 @@ import numpy as np
 import torch
 
 from graphop.data.cache import cache_root, data_to_record, load_records, record_to_data, save_records
-from graphop.errors import DataError, GraphopError
+from graphop.errors import DataError, GraphopError, InputError, InputTypeError
 from graphop.data.sample import mesh_to_sample
 
 __all__ = ["MeshFolderDataset", "list_mesh_files"]
@@ -109,12 +109,12 @@ class MeshFolderDataset(torch.utils.data.Dataset):
                  dtype: torch.dtype = torch.float32):
         self.root = Path(root)
         if isinstance(inputs, str) or isinstance(targets, str):
-            raise TypeError("inputs and targets must be lists of field names, not strings")
+            raise InputTypeError("inputs and targets must be lists of field names, not strings")
         self.inputs, self.targets = list(inputs), list(targets)
         if split not in (None, "train", "test"):
-            raise ValueError(f"split must be 'train', 'test' or None, got {split!r}")
+            raise InputError(f"split must be 'train', 'test' or None, got {split!r}")
         if not 0.0 <= split_fraction <= 1.0:
-            raise ValueError(f"split_fraction must be in [0, 1], got {split_fraction}")
+            raise InputError(f"split_fraction must be in [0, 1], got {split_fraction}")
         self.split, self.split_fraction, self.seed, self.dtype = split, split_fraction, seed, dtype
         if not self.root.exists():
             raise DataError(f"{self.root}: no such folder")

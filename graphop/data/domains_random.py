@@ -28,6 +28,8 @@ import math
 import numpy as np
 import triangle
 
+from graphop.errors import InputError
+
 __all__ = ["DOMAINS_2D", "FIXED_DOMAINS", "RANDOM_DOMAINS", "domain_loops", "mesh_loops",
            "mesh_domain"]
 
@@ -63,7 +65,7 @@ def domain_loops(family: str, h: float, rng: np.random.Generator | None = None):
     boundaries) and one point inside each hole, [n_holes, 2].
     """
     if family not in DOMAINS_2D:
-        raise ValueError(f"unknown 2D domain {family!r}; choose from {', '.join(DOMAINS_2D)}")
+        raise InputError(f"unknown 2D domain {family!r}; choose from {', '.join(DOMAINS_2D)}")
     rng = np.random.default_rng(0) if rng is None else rng
     phase = float(rng.random())
     square = np.array([[0.0, 0.0], [1.0, 0.0], [1.0, 1.0], [0.0, 1.0]])
@@ -89,7 +91,7 @@ def domain_loops(family: str, h: float, rng: np.random.Generator | None = None):
         t = 2 * np.pi * (np.arange(n) + phase) / n
         rad = 0.36 * (1 + (amp[:, None] * np.cos(ks[:, None] * t[None] + ph[:, None])).sum(0))
         return [np.stack([0.5 + rad * np.cos(t), 0.5 + rad * np.sin(t)], 1)], np.zeros((0, 2))
-    raise ValueError(f"{family!r} is meshed by graphop.geometry.domains; domain_loops builds "
+    raise InputError(f"{family!r} is meshed by graphop.geometry.domains; domain_loops builds "
                      f"{', '.join(RANDOM_DOMAINS)}")
 
 
@@ -147,7 +149,7 @@ def mesh_domain(family: str, n_points: int, rng: np.random.Generator | None = No
     step rescales the area bound by the ratio of the node counts.
     """
     if n_points < 10:
-        raise ValueError(f"n_points must be >= 10, got {n_points}")
+        raise InputError(f"n_points must be >= 10, got {n_points}")
     if family in _SHARED:
         return _shared_mesh(family, n_points, rng)
     state = None if rng is None else rng.bit_generator.state

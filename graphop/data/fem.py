@@ -24,6 +24,7 @@ import scipy.sparse as sp
 from scipy.sparse.linalg import splu
 
 from graphop.geometry.cells import boundary_facets
+from graphop.errors import InputError
 
 __all__ = ["p1_gradients", "stiffness_matrix", "mass_matrix", "load_vector",
            "solve_dirichlet", "boundary_nodes", "l2_error", "cell_average"]
@@ -34,7 +35,7 @@ def _check(points: np.ndarray, cells: np.ndarray) -> tuple[np.ndarray, np.ndarra
     cells = np.asarray(cells, dtype=np.int64)
     d = points.shape[1] if points.ndim == 2 else -1
     if d not in (2, 3) or cells.ndim != 2 or cells.shape[1] != d + 1:
-        raise ValueError(f"P1 elements need points [N, d] (d = 2 or 3) and simplices [M, d + 1]; "
+        raise InputError(f"P1 elements need points [N, d] (d = 2 or 3) and simplices [M, d + 1]; "
                          f"got points {points.shape} and cells {cells.shape}")
     return points, cells
 
@@ -55,7 +56,7 @@ def p1_gradients(points, cells) -> tuple[np.ndarray, np.ndarray]:
         adj = np.stack([np.cross(c1, c2), np.cross(c2, c0), np.cross(c0, c1)], 1)
         det = np.einsum("md,md->m", c0, adj[:, 0])
     if np.any(np.abs(det) <= 1e-300):
-        raise ValueError(f"{int((np.abs(det) <= 1e-300).sum())} degenerate cell(s) (zero measure)")
+        raise InputError(f"{int((np.abs(det) <= 1e-300).sum())} degenerate cell(s) (zero measure)")
     binv = adj / det[:, None, None]  # rows are grad(lambda_1..d)
     grads = np.concatenate([-binv.sum(axis=1, keepdims=True), binv], axis=1)
     return np.abs(det) / math.factorial(d), grads
@@ -98,7 +99,7 @@ def load_vector(points, cells, f=1.0) -> np.ndarray:
         np.add.at(b, cells.ravel(), np.repeat(vol / cells.shape[1], cells.shape[1]))
         return float(f) * b
     if f.shape != (len(points),):
-        raise ValueError(f"f must be a scalar or have shape [{len(points)}], got {f.shape}")
+        raise InputError(f"f must be a scalar or have shape [{len(points)}], got {f.shape}")
     return mass_matrix(points, cells) @ f
 
 
@@ -128,9 +129,9 @@ def solve_dirichlet(k: sp.spmatrix, b: np.ndarray, boundary: np.ndarray, g=0.0) 
     n = k.shape[0]
     boundary = np.asarray(boundary, dtype=bool)
     if boundary.shape != (n,):
-        raise ValueError(f"boundary mask must have shape [{n}], got {boundary.shape}")
+        raise InputError(f"boundary mask must have shape [{n}], got {boundary.shape}")
     if not boundary.any():
-        raise ValueError("the Dirichlet problem needs at least one boundary node")
+        raise InputError("the Dirichlet problem needs at least one boundary node")
     u = np.zeros(n)
     u[boundary] = np.broadcast_to(np.asarray(g, dtype=np.float64), (n,))[boundary]
     inner = np.flatnonzero(~boundary)

@@ -29,6 +29,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from graphop.errors import InputError
+
 __all__ = ["GaussianRandomField", "fourier_eval", "threshold"]
 
 
@@ -72,7 +74,7 @@ def fourier_eval(coeffs: np.ndarray, freqs: np.ndarray, points: np.ndarray,
     points = np.asarray(points, dtype=np.float64)
     d = points.shape[1]
     if coeffs.ndim != d:
-        raise ValueError(f"coefficients have {coeffs.ndim} axes but points have dimension {d}")
+        raise InputError(f"coefficients have {coeffs.ndim} axes but points have dimension {d}")
     lo = np.broadcast_to(np.asarray(lo, dtype=np.float64), (d,))
     length = np.broadcast_to(np.asarray(length, dtype=np.float64), (d,))
     freqs = np.asarray(freqs, dtype=np.float64)
@@ -118,11 +120,11 @@ class GaussianRandomField:
 
     def __post_init__(self):
         if self.dim not in (1, 2, 3):
-            raise ValueError(f"dim must be 1, 2 or 3, got {self.dim}")
+            raise InputError(f"dim must be 1, 2 or 3, got {self.dim}")
         if not self.length > 0:
-            raise ValueError(f"length must be positive, got {self.length}")
+            raise InputError(f"length must be positive, got {self.length}")
         if self.n_modes < 1:
-            raise ValueError(f"n_modes must be >= 1, got {self.n_modes}")
+            raise InputError(f"n_modes must be >= 1, got {self.n_modes}")
 
     @property
     def freqs(self) -> np.ndarray:

@@ -27,6 +27,7 @@ import numpy as np
 from scipy import fft
 
 from graphop.data.grf import GaussianRandomField, fourier_eval
+from graphop.errors import InputError
 
 __all__ = ["fno_forcing", "wavenumbers", "velocity", "advection", "solve_navier_stokes",
            "spectral_coefficients", "sample_at_points", "ns_sample", "NS_INITIAL_GRF"]
@@ -98,9 +99,9 @@ def solve_navier_stokes(w0, t_final: float, nu: float = 1e-4, forcing=fno_forcin
     w0 = np.asarray(w0, dtype=np.float64)
     s = w0.shape[0]
     if w0.shape != (s, s):
-        raise ValueError(f"w0 must be a square grid [s, s], got {w0.shape}")
+        raise InputError(f"w0 must be a square grid [s, s], got {w0.shape}")
     if t_final < 0 or nu < 0:
-        raise ValueError(f"t_final and nu must be non-negative, got {t_final} and {nu}")
+        raise InputError(f"t_final and nu must be non-negative, got {t_final} and {nu}")
     kx, ky, mask = wavenumbers(s)
     k2 = kx**2 + ky**2
     f_hat = 0.0 if forcing is None else fft.rfft2(forcing(_grid_points(s))) * mask
@@ -128,7 +129,7 @@ def spectral_coefficients(w, n_modes: int | None = None) -> np.ndarray:
     s = w.shape[0]
     k = s // 3 if n_modes is None else int(n_modes)
     if not 0 < k < s / 2:
-        raise ValueError(f"n_modes must be in 1..{(s - 1) // 2} for a {s} x {s} grid, got {k}")
+        raise InputError(f"n_modes must be in 1..{(s - 1) // 2} for a {s} x {s} grid, got {k}")
     w_hat = np.fft.fft2(w) / s**2
     idx = np.r_[np.arange(-k, 0) % s, np.arange(0, k + 1)]
     return w_hat[np.ix_(idx, idx)]

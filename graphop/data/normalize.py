@@ -37,7 +37,7 @@ import math
 import torch
 
 from graphop.data.sample import describe, measure_exponent
-from graphop.errors import DataError
+from graphop.errors import DataError, InputError
 from graphop.geometry.mesh import AffineMap
 
 __all__ = ["FieldNormalizer", "Normalizer", "NormalizedDataset", "check_sample"]
@@ -73,7 +73,7 @@ class FieldNormalizer:
         self.mean = torch.as_tensor(mean, dtype=torch.float64).reshape(-1)
         self.std = torch.as_tensor(std, dtype=torch.float64).reshape(-1)
         if self.mean.shape != self.std.shape:
-            raise ValueError("mean and std must have the same shape")
+            raise InputError("mean and std must have the same shape")
         self._dev: dict = {}
 
     @property
@@ -88,13 +88,13 @@ class FieldNormalizer:
 
     def encode(self, v: torch.Tensor) -> torch.Tensor:
         if v.shape[-1] != self.channels:
-            raise ValueError(f"expected {self.channels} channel(s), got {v.shape[-1]}")
+            raise InputError(f"expected {self.channels} channel(s), got {v.shape[-1]}")
         m, s = self._on(v)
         return (v - m) / s
 
     def decode(self, v: torch.Tensor) -> torch.Tensor:
         if v.shape[-1] != self.channels:
-            raise ValueError(f"expected {self.channels} channel(s), got {v.shape[-1]}")
+            raise InputError(f"expected {self.channels} channel(s), got {v.shape[-1]}")
         m, s = self._on(v)
         return v * s + m
 

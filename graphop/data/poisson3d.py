@@ -27,6 +27,7 @@ import numpy as np
 
 from graphop.data.fem import boundary_nodes, load_vector, solve_dirichlet, stiffness_matrix
 from graphop.data.grf import GaussianRandomField
+from graphop.errors import InputError
 
 __all__ = ["SHAPES_3D", "kuhn_cube_mesh", "shape_mesh", "solve_poisson", "poisson3d_sample",
            "POISSON3D_GRF"]
@@ -41,7 +42,7 @@ def kuhn_cube_mesh(n: int) -> tuple[np.ndarray, np.ndarray]:
     """Structured tetrahedral mesh of [-1, 1]^3: (n + 1)^3 nodes, 6 n^3 positively oriented
     tetrahedra (the Kuhn split of each cube along its main diagonal)."""
     if n < 1:
-        raise ValueError(f"n must be >= 1, got {n}")
+        raise InputError(f"n must be >= 1, got {n}")
     x = np.linspace(-1.0, 1.0, n + 1)
     pts = np.stack(np.meshgrid(x, x, x, indexing="ij"), -1).reshape(-1, 3)
     idx = np.arange((n + 1) ** 3).reshape(n + 1, n + 1, n + 1)
@@ -84,7 +85,7 @@ def shape_mesh(shape: str, n_points: int, rng: np.random.Generator | None = None
         points [N, 3], tetra [M, 4] (positively oriented).
     """
     if shape not in SHAPES_3D:
-        raise ValueError(f"unknown 3D shape {shape!r}; choose from {', '.join(SHAPES_3D)}")
+        raise InputError(f"unknown 3D shape {shape!r}; choose from {', '.join(SHAPES_3D)}")
     rng = np.random.default_rng(0) if rng is None else rng
     n = max(2, int(round(n_points ** (1 / 3))) - 1)
     pts, tets = kuhn_cube_mesh(n)
@@ -139,7 +140,7 @@ def solve_poisson(points, tetra, f=1.0, g=0.0, coeff=None, boundary=None) -> np.
     points = np.asarray(points, dtype=np.float64)
     tetra = np.asarray(tetra, dtype=np.int64)
     if points.ndim != 2 or points.shape[1] != 3 or tetra.ndim != 2 or tetra.shape[1] != 4:
-        raise ValueError(f"3D Poisson needs points [N, 3] and tetra [M, 4], got {points.shape} "
+        raise InputError(f"3D Poisson needs points [N, 3] and tetra [M, 4], got {points.shape} "
                          f"and {tetra.shape}")
     if boundary is None:
         boundary = boundary_nodes(tetra, len(points))

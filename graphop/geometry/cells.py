@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from graphop.errors import InputError
+
 __all__ = [
     "CELL_DIM",
     "cell_dim",
@@ -72,7 +74,7 @@ def cell_dim(cell_type: str) -> int:
     try:
         return CELL_DIM[cell_type]
     except KeyError:
-        raise ValueError(
+        raise InputError(
             f"unsupported cell type {cell_type!r}; supported: {sorted(CELL_DIM)}"
         ) from None
 
@@ -123,7 +125,7 @@ def cell_measures(points: np.ndarray, cell_type: str, cells: np.ndarray,
             points, cells[:, [0, 2, 3]], signed
         )
     if points.shape[1] != 3:
-        raise ValueError(f"{cell_type} cells need 3D points, got dimension {points.shape[1]}")
+        raise InputError(f"{cell_type} cells need 3D points, got dimension {points.shape[1]}")
     if cell_type == "tetra":
         return _tet_volumes(points, cells, signed)
     split = {"hexahedron": _HEX_TETS, "wedge": _WEDGE_TETS, "pyramid": _PYRAMID_TETS}[cell_type]
@@ -145,7 +147,7 @@ def lumped_mass(points: np.ndarray, cells: dict[str, np.ndarray]) -> np.ndarray:
     w = np.zeros(len(points))
     top = max((cell_dim(t) for t in cells), default=0)
     if top == 0:
-        raise ValueError("no cells of dimension >= 1: cannot compute lumped-mass weights")
+        raise InputError("no cells of dimension >= 1: cannot compute lumped-mass weights")
     for ctype, conn in cells.items():
         if cell_dim(ctype) != top or len(conn) == 0:
             continue

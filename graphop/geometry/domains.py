@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from graphop.geometry.mesh import Mesh
+from graphop.errors import InputError
 
 __all__ = ["Domain", "DOMAINS", "domain_boundary", "mesh_domain", "naca4_symmetric",
            "structured_square", "mesh_ball", "mesh_sphere"]
@@ -147,7 +148,7 @@ def _disk(h, radius=1.0):
 
 def _annulus(h, r_inner=0.5, r_outer=1.0):
     if not 0 < r_inner < r_outer:
-        raise ValueError(f"annulus needs 0 < r_inner < r_outer, got {r_inner}, {r_outer}")
+        raise InputError(f"annulus needs 0 < r_inner < r_outer, got {r_inner}, {r_outer}")
     b = _Builder()
     b.loop(_circle((0, 0), r_outer, h), 1)
     b.loop(_circle((0, 0), r_inner, h, clockwise=True), 2)
@@ -201,9 +202,9 @@ DOMAINS = {"square": _square, "disk": _disk, "annulus": _annulus, "lshape": _lsh
 def domain_boundary(name: str, h: float, **params) -> Domain:
     """The :class:`Domain` ``name`` with its boundary discretised at spacing ``h``."""
     if name not in DOMAINS:
-        raise ValueError(f"unknown domain {name!r}; known: {', '.join(sorted(DOMAINS))}")
+        raise InputError(f"unknown domain {name!r}; known: {', '.join(sorted(DOMAINS))}")
     if not h > 0:
-        raise ValueError(f"boundary spacing h must be positive, got {h}")
+        raise InputError(f"boundary spacing h must be positive, got {h}")
     return DOMAINS[name](float(h), **params)
 
 
@@ -248,13 +249,13 @@ def mesh_domain(name: str, n_points: int = 1000, seed: int = 0, *, perturb: floa
         physical tags, and named ``boundary_sets``.
     """
     if not 0 <= perturb < 0.5:
-        raise ValueError(f"perturb must be in [0, 0.5), got {perturb}")
+        raise InputError(f"perturb must be in [0, 0.5), got {perturb}")
     if n_points < 4:
-        raise ValueError(f"n_points must be at least 4, got {n_points}")
+        raise InputError(f"n_points must be at least 4, got {n_points}")
     source = f"<{name} domain, {n_points} points>"
     if structured is not None:
         if name != "square":
-            raise ValueError(f"structured grids exist for the square only, not {name!r}")
+            raise InputError(f"structured grids exist for the square only, not {name!r}")
         n = max(2, round(math.sqrt(n_points)))
         return structured_square(n, quad=(structured == "quad"), perturb=perturb, seed=seed,
                                  **params)
@@ -301,7 +302,7 @@ def structured_square(n: int, quad: bool = False, perturb: float = 0.0, seed: in
     triangles along its (0, 2) diagonal. ``perturb`` < 0.5 jitters interior nodes by up to
     ``perturb`` x grid spacing / 2 (connectivity kept, cells stay convex)."""
     if n < 2:
-        raise ValueError(f"n must be at least 2, got {n}")
+        raise InputError(f"n must be at least 2, got {n}")
     x, y = np.meshgrid(np.linspace(0, width, n), np.linspace(0, height, n), indexing="xy")
     pts = np.column_stack([x.ravel(), y.ravel()])
     idx = np.arange(n * n).reshape(n, n)  # idx[j, i]: row j (y), column i (x)

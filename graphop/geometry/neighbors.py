@@ -17,6 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.spatial import cKDTree
 
+from graphop.errors import InputError
+
 __all__ = ["Neighborhood", "radius_neighbors", "knn_distances", "box_size", "count_pairs",
            "check_radius_operator"]
 
@@ -50,9 +52,9 @@ class Neighborhood:
 def _as_points(x, name: str) -> np.ndarray:
     x = np.asarray(x, dtype=np.float64)
     if x.ndim != 2 or x.shape[1] not in (1, 2, 3):
-        raise ValueError(f"{name} must have shape [N, d] with d in (1, 2, 3), got {x.shape}")
+        raise InputError(f"{name} must have shape [N, d] with d in (1, 2, 3), got {x.shape}")
     if not np.isfinite(x).all():
-        raise ValueError(f"{name} contains NaN or inf coordinates")
+        raise InputError(f"{name} contains NaN or inf coordinates")
     return x
 
 
@@ -62,7 +64,7 @@ def box_size(periodic, d: int):
         return None
     box = np.broadcast_to(np.asarray(periodic, dtype=np.float64), (d,)).copy()
     if (box <= 0).any():
-        raise ValueError(f"periodic box sizes must be positive, got {box}")
+        raise InputError(f"periodic box sizes must be positive, got {box}")
     return box
 
 
@@ -82,17 +84,17 @@ def radius_neighbors(query, source=None, radius: float = 1.0, *, periodic=None,
         :class:`Neighborhood` with rows sorted by source index.
     """
     if not np.isfinite(radius) or radius <= 0:
-        raise ValueError(f"radius must be a positive finite number, got {radius}")
+        raise InputError(f"radius must be a positive finite number, got {radius}")
     same = source is None
     x = _as_points(query, "query")
     y = x if same else _as_points(source, "source")
     if y.shape[1] != x.shape[1]:
-        raise ValueError(f"query has dimension {x.shape[1]} but source has {y.shape[1]}")
+        raise InputError(f"query has dimension {x.shape[1]} but source has {y.shape[1]}")
     d = x.shape[1]
     box = box_size(periodic, d)
     if box is not None:
         if np.any(radius >= box / 2):
-            raise ValueError(f"radius {radius} must be below half the periodic box {box}")
+            raise InputError(f"radius {radius} must be below half the periodic box {box}")
         x = np.mod(x, box)
         y = x if same else np.mod(y, box)
     if same:
@@ -126,7 +128,7 @@ def knn_distances(points, k: int, *, periodic=None) -> np.ndarray:
     """Distances from each point to its ``k`` nearest other points, [N, k] (ascending)."""
     x = _as_points(points, "points")
     if k < 1 or k >= len(x):
-        raise ValueError(f"k must be in [1, {len(x) - 1}] for {len(x)} points, got {k}")
+        raise InputError(f"k must be in [1, {len(x) - 1}] for {len(x)} points, got {k}")
     box = box_size(periodic, x.shape[1])
     if box is not None:
         x = np.mod(x, box)

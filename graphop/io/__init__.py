@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from graphop.errors import GraphopError, MeshReadError
+from graphop.errors import GraphopError, InputTypeError, MeshReadError
 from graphop.errors import MeshError
 from graphop.geometry.mesh import Mesh
 
@@ -166,7 +166,7 @@ def write_mesh(path, mesh: Mesh, format: str | None = None, *, drop_fields: bool
     """
     path = os.fspath(path)
     if not isinstance(mesh, Mesh):
-        raise TypeError(f"write_mesh expects a graphop.Mesh, got {type(mesh).__name__}")
+        raise InputTypeError(f"write_mesh expects a graphop.Mesh, got {type(mesh).__name__}")
     fmt = detect_format(path, format)
     if fmt.writer is None:
         raise MeshWriteError(f"{path}: format {fmt.name!r} can be read but not written")

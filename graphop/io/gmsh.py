@@ -22,6 +22,7 @@ import numpy as np
 
 from graphop.geometry.cells import CELL_DIM
 from graphop.io._common import PHYSICAL_KEY, split_components
+from graphop.errors import InputError
 
 __all__ = ["read_msh", "write_msh", "GMSH_TYPE"]
 
@@ -68,7 +69,7 @@ def _blocks(cells: dict, cell_data: dict):
     blocks, entities = [], {}
     for i, (ctype, conn) in enumerate(cells.items()):
         if ctype not in GMSH_TYPE:
-            raise ValueError(f"cell type {ctype!r} has no gmsh element type")
+            raise InputError(f"cell type {ctype!r} has no gmsh element type")
         dim = CELL_DIM[ctype]
         phys = (np.asarray(tags[i], dtype=np.int64).ravel() if tags is not None
                 else np.zeros(len(conn), dtype=np.int64))
@@ -112,7 +113,7 @@ def write_msh(path: str, mesh, version: str = "4.1", binary: bool = False) -> No
     """
     version = str(version)
     if version not in ("4.1", "2.2"):
-        raise ValueError(f"gmsh version must be '4.1' or '2.2', got {version!r}")
+        raise InputError(f"gmsh version must be '4.1' or '2.2', got {version!r}")
     pts = np.zeros((mesh.n_points, 3))
     pts[:, : mesh.dim] = mesh.points
     cells, cell_data, point_data = mesh.cells, mesh.cell_data, dict(mesh.point_data)

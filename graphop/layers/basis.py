@@ -36,6 +36,8 @@ import math
 
 import numpy as np
 
+from graphop.errors import InputError
+
 __all__ = ["KernelBasis", "make_basis", "BASES"]
 
 BASES = ("piecewise_linear", "isotropic")
@@ -73,20 +75,20 @@ class KernelBasis:
 
     def __init__(self, kernel_shape=(3, 4), dim: int = 2, name: str = "piecewise_linear"):
         if name not in BASES:
-            raise ValueError(f"unknown basis {name!r}; choose one of {BASES}")
+            raise InputError(f"unknown basis {name!r}; choose one of {BASES}")
         if isinstance(kernel_shape, (int, np.integer)):
             kernel_shape = (int(kernel_shape), 1)
         kernel_shape = tuple(int(k) for k in kernel_shape)
         if name == "isotropic":
             kernel_shape = (kernel_shape[0], 1)
         if len(kernel_shape) != 2 or kernel_shape[0] < 1 or kernel_shape[1] < 1:
-            raise ValueError(f"kernel_shape must be (n_r >= 1, n_a >= 1), got {kernel_shape}")
+            raise InputError(f"kernel_shape must be (n_r >= 1, n_a >= 1), got {kernel_shape}")
         if dim not in (1, 2, 3):
-            raise ValueError(f"basis dimension must be 1, 2 or 3, got {dim}")
+            raise InputError(f"basis dimension must be 1, 2 or 3, got {dim}")
         n_r, n_a = kernel_shape
         allowed = {1: (1, 2), 3: (1, 4, 9)}.get(dim)
         if allowed is not None and n_a not in allowed:
-            raise ValueError(f"in {dim}D the number of direction functions must be one of "
+            raise InputError(f"in {dim}D the number of direction functions must be one of "
                              f"{allowed}, got kernel_shape {kernel_shape}")
         self.name, self.dim, self.kernel_shape = name, dim, kernel_shape
         self.n_r, self.n_a = n_r, n_a
@@ -104,7 +106,7 @@ class KernelBasis:
         dropped (so offsets with |z| >= 1 contribute nothing)."""
         z = np.asarray(z, dtype=np.float64)
         if z.ndim != 2 or z.shape[1] != self.dim:
-            raise ValueError(f"offsets must have shape [E, {self.dim}], got {z.shape}")
+            raise InputError(f"offsets must have shape [E, {self.dim}], got {z.shape}")
         if len(z) > _CHUNK:   # cache-sized chunks: 2-3x faster than whole-array temporaries
             parts = [self._evaluate(z[a:a + _CHUNK]) for a in range(0, len(z), _CHUNK)]
             return (np.concatenate([p[0] + a for p, a in zip(parts, range(0, len(z), _CHUNK))]),
@@ -217,6 +219,6 @@ def make_basis(basis, kernel_shape, dim: int) -> KernelBasis:
     """A :class:`KernelBasis` from a name (or pass one through after checking ``dim``)."""
     if isinstance(basis, KernelBasis):
         if basis.dim != dim:
-            raise ValueError(f"basis is {basis.dim}D but the points are {dim}D")
+            raise InputError(f"basis is {basis.dim}D but the points are {dim}D")
         return basis
     return KernelBasis(kernel_shape, dim, basis)

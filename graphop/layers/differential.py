@@ -78,7 +78,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from graphop.errors import ConfigError
+from graphop.errors import ConfigError, InputError
 from graphop.layers.sparse import (apply_operator, cached_operator, check_features, graph_set,
                                    n_points)
 from graphop.layers.stencil import MAX_GROWTH, mollifier_matrix, stencil_info, stencil_offsets
@@ -115,12 +115,12 @@ class DifferentialConv(nn.Module):
                  smoothing_radius: float | None = None):
         super().__init__()
         if in_channels < 1 or out_channels < 1:
-            raise ValueError(f"DifferentialConv: channel counts must be >= 1, got "
+            raise InputError(f"DifferentialConv: channel counts must be >= 1, got "
                              f"{in_channels} -> {out_channels}")
         if dim not in (1, 2, 3):
-            raise ValueError(f"DifferentialConv: dim must be 1, 2 or 3, got {dim}")
+            raise InputError(f"DifferentialConv: dim must be 1, 2 or 3, got {dim}")
         if not (math.isfinite(scale) and scale > 0):
-            raise ValueError(f"DifferentialConv: scale must be positive, got {scale}")
+            raise InputError(f"DifferentialConv: scale must be positive, got {scale}")
         rho = smoothing_radius
         if rho is not None:
             try:
@@ -134,7 +134,7 @@ class DifferentialConv(nn.Module):
         self.offsets = stencil_offsets(kernel_size, dim)       # validates kernel_size
         self.in_channels, self.out_channels = in_channels, out_channels
         if spacing_neighbours is not None and int(spacing_neighbours) < 1:
-            raise ValueError(f"DifferentialConv: spacing_neighbours must be >= 1, got "
+            raise InputError(f"DifferentialConv: spacing_neighbours must be >= 1, got "
                              f"{spacing_neighbours}")
         self.kernel_size, self.dim, self.scale = int(kernel_size), int(dim), float(scale)
         self.spacing_neighbours = None if spacing_neighbours is None else int(spacing_neighbours)
@@ -165,7 +165,7 @@ class DifferentialConv(nn.Module):
         """``(SparseOperator, fold)`` for this geometry, from the process-wide cache."""
         g = graph_set(data, need_weight=False, what="data")
         if g.pos.shape[1] != self.dim:
-            raise ValueError(f"DifferentialConv: data.pos is {g.pos.shape[1]}D but the layer was "
+            raise InputError(f"DifferentialConv: data.pos is {g.pos.shape[1]}D but the layer was "
                              f"built with dim={self.dim} (dimension mismatch)")
         k, s, nb = self.kernel_size, self.scale, self.spacing_neighbours
 
@@ -209,7 +209,7 @@ class DifferentialConv(nn.Module):
     def forward(self, x: torch.Tensor, data) -> torch.Tensor:
         check_features(x, n_points(data), self.in_channels, "DifferentialConv")
         if x.dtype != self.weight.dtype:
-            raise ValueError(f"DifferentialConv: x is {x.dtype} but the layer is "
+            raise InputError(f"DifferentialConv: x is {x.dtype} but the layer is "
                              f"{self.weight.dtype}; convert one of them (e.g. layer.double())")
         x = self.smooth(x, data)
         op, fold = self.operator(data)

@@ -32,6 +32,7 @@ from graphop.geometry.neighbors import box_size, check_radius_operator, radius_n
 from graphop.layers.basis import KernelBasis, make_basis
 from graphop.layers.sparse import (apply_operator, cached_operator, check_features, csr_from_coo,
                                    graph_set, n_points, stack_rows)
+from graphop.errors import InputError
 
 __all__ = ["DISCOConv", "disco_matrix"]
 
@@ -122,9 +123,9 @@ class DISCOConv(nn.Module):
         except (TypeError, ValueError):
             r = math.nan
         if not (math.isfinite(r) and r > 0):
-            raise ValueError(f"DISCOConv: radius must be a positive number, got {radius}")
+            raise InputError(f"DISCOConv: radius must be a positive number, got {radius}")
         if in_channels < 1 or out_channels < 1:
-            raise ValueError(f"DISCOConv: channel counts must be >= 1, got "
+            raise InputError(f"DISCOConv: channel counts must be >= 1, got "
                              f"{in_channels} -> {out_channels}")
         if isinstance(basis, KernelBasis):
             kernel_shape, basis_name = basis.kernel_shape, basis.name
@@ -155,7 +156,7 @@ class DISCOConv(nn.Module):
         g_out = None if out is None else graph_set(out, need_weight=False, what="out")
         d = g_in.pos.shape[1]
         if g_out is not None and g_out.pos.shape[1] != d:
-            raise ValueError(f"DISCOConv: out.pos is {g_out.pos.shape[1]}D but data.pos is {d}D "
+            raise InputError(f"DISCOConv: out.pos is {g_out.pos.shape[1]}D but data.pos is {d}D "
                              "(dimension mismatch)")
         basis = self.basis(d)
         r, norm = self.radius, self.normalize
@@ -169,7 +170,7 @@ class DISCOConv(nn.Module):
     def forward(self, x: torch.Tensor, data, out=None) -> torch.Tensor:
         check_features(x, n_points(data), self.in_channels, "DISCOConv")
         if x.dtype != self.weight.dtype:
-            raise ValueError(f"DISCOConv: x is {x.dtype} but the layer is {self.weight.dtype}; "
+            raise InputError(f"DISCOConv: x is {x.dtype} but the layer is {self.weight.dtype}; "
                              "convert one of them (e.g. layer.double())")
         op, fold = self.operator(data, out)
         y = apply_operator(op, fold, x, self.weight)

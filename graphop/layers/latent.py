@@ -51,6 +51,7 @@ from torch import nn
 
 from graphop.geometry.neighbors import radius_neighbors
 from graphop.layers.sparse import SparseOperator, batch_operator, fold_matmul, graph_set
+from graphop.errors import InputError
 
 __all__ = ["LatentGrid", "GridEncoder", "GridDecoder", "encoder_matrix", "decoder_matrix",
            "kernel_mass", "periodic_box"]
@@ -69,12 +70,12 @@ class LatentGrid:
 
     def __post_init__(self):
         if not (len(self.shape) == len(self.lo) == len(self.hi)) or len(self.shape) not in (1, 2, 3):
-            raise ValueError(f"latent grid shape {self.shape} and box {self.lo}..{self.hi} must "
+            raise InputError(f"latent grid shape {self.shape} and box {self.lo}..{self.hi} must "
                              "have the same length d in (1, 2, 3)")
         if min(self.shape) < 2:
-            raise ValueError(f"latent grid needs at least 2 nodes per axis, got {self.shape}")
+            raise InputError(f"latent grid needs at least 2 nodes per axis, got {self.shape}")
         if any(h <= l for l, h in zip(self.lo, self.hi)):
-            raise ValueError(f"latent box must have hi > lo on every axis, got {self.lo}..{self.hi}")
+            raise InputError(f"latent box must have hi > lo on every axis, got {self.lo}..{self.hi}")
 
     @classmethod
     def make(cls, shape, box=None, padding: float = 0.05, periodic=None) -> "LatentGrid":
@@ -127,7 +128,7 @@ def _outside(pos: np.ndarray, grid: LatentGrid, mode: str) -> np.ndarray:
                f"{tuple(grid.lo)}..{tuple(grid.hi)} (coordinate range {pos.min(0)}..{pos.max(0)}); "
                "normalise coordinates into the box or enlarge latent_box")
         if mode == "error":
-            raise ValueError(msg)
+            raise InputError(msg)
         if mode == "warn":
             warnings.warn(msg + "; they are clamped onto the box", stacklevel=4)
     return np.clip(pos, lo, hi)
@@ -139,10 +140,10 @@ def encoder_matrix(pos, weight, grid: LatentGrid, radius: float, outside: str = 
     pos = np.asarray(pos, dtype=np.float64)
     weight = np.asarray(weight, dtype=np.float64)
     if pos.ndim != 2 or pos.shape[1] != grid.dim:
-        raise ValueError(f"positions must have shape [N, {grid.dim}] for a {grid.dim}D latent "
+        raise InputError(f"positions must have shape [N, {grid.dim}] for a {grid.dim}D latent "
                          f"grid, got {pos.shape}")
     if weight.shape != (len(pos),):
-        raise ValueError(f"weight must have shape [{len(pos)}], got {weight.shape}")
+        raise InputError(f"weight must have shape [{len(pos)}], got {weight.shape}")
     if grid.periodic:
         nb = radius_neighbors(grid.nodes(), pos, radius, periodic=np.asarray(grid.hi))
     else:
@@ -161,7 +162,7 @@ def decoder_matrix(pos, grid: LatentGrid):
     """Multilinear interpolation as a scipy CSR matrix [N, G] with 2^d entries per row."""
     pos = np.asarray(pos, dtype=np.float64)
     if pos.ndim != 2 or pos.shape[1] != grid.dim:
-        raise ValueError(f"positions must have shape [N, {grid.dim}] for a {grid.dim}D latent "
+        raise InputError(f"positions must have shape [N, {grid.dim}] for a {grid.dim}D latent "
                          f"grid, got {pos.shape}")
     n = np.asarray(grid.shape)
     u = (pos - np.asarray(grid.lo)) / grid.spacing
@@ -193,7 +194,7 @@ def periodic_box(data, d: int):
         return None
     per = torch.as_tensor(per).detach().cpu().double().reshape(-1, d).numpy()
     if not np.allclose(per, per[0]):
-        raise ValueError(f"samples of one batch must share the periodic box, got {per.tolist()}")
+        raise InputError(f"samples of one batch must share the periodic box, got {per.tolist()}")
     return per[0]
 
 
@@ -229,9 +230,9 @@ class GridEncoder(_GridOperator):
                  radius: float | None = None, radius_factor: float = 1.5, outside: str = "warn"):
         super().__init__(latent_shape, latent_box, box_padding)
         if outside not in ("warn", "error", "clamp"):
-            raise ValueError(f"outside must be 'warn', 'error' or 'clamp', got {outside!r}")
+            raise InputError(f"outside must be 'warn', 'error' or 'clamp', got {outside!r}")
         if radius is not None and not radius > 0:
-            raise ValueError(f"encoder radius must be positive, got {radius}")
+            raise InputError(f"encoder radius must be positive, got {radius}")
         self.radius, self.radius_factor, self.outside = radius, float(radius_factor), outside
 
     def radius_for(self, grid: LatentGrid) -> float:
@@ -289,7 +290,7 @@ class GridDecoder(_GridOperator):
         op, fold = op if op is not None else self.operator(data)
         B, C = grid.shape[:2]
         if tuple(grid.shape[2:]) != self.latent_shape:
-            raise ValueError(f"grid has shape {tuple(grid.shape)}, expected [B, C, "
+            raise InputError(f"grid has shape {tuple(grid.shape)}, expected [B, C, "
                              f"{', '.join(map(str, self.latent_shape))}]")
         flat = grid.reshape(B, C, -1).transpose(1, 2).reshape(-1, C)  # [B*G, C]
         return fold_matmul(op, fold, flat)

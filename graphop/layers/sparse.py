@@ -43,6 +43,8 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from graphop.errors import InputError
+
 __all__ = ["SparseOperator", "OperatorCache", "operator_cache", "GraphSet", "graph_set",
            "batch_operator", "cached_operator", "fold_matmul", "apply_operator", "csr_from_coo",
            "stack_rows", "block_diagonal", "check_features", "n_points"]
@@ -81,11 +83,11 @@ class SparseOperator:
                  extra: np.ndarray | None = None, cpu_backend: str = "scipy"):
         n_out = matrix.shape[0] // n_basis if n_out is None else n_out
         if matrix.shape[0] != n_basis * n_out:
-            raise ValueError(f"operator has {matrix.shape[0]} rows, expected {n_out} x {n_basis}")
+            raise InputError(f"operator has {matrix.shape[0]} rows, expected {n_out} x {n_basis}")
         if cpu_backend not in ("scipy", "torch"):
-            raise ValueError(f"cpu_backend must be 'scipy' or 'torch', got {cpu_backend!r}")
+            raise InputError(f"cpu_backend must be 'scipy' or 'torch', got {cpu_backend!r}")
         if extra is not None and len(extra) != n_out:
-            raise ValueError(f"extra has {len(extra)} rows for {n_out} output points")
+            raise InputError(f"extra has {len(extra)} rows for {n_out} output points")
         self.matrix = matrix
         self.n_basis, self.n_out, self.n_in = n_basis, n_out, matrix.shape[1]
         self.extra, self.cpu_backend = extra, cpu_backend
@@ -156,7 +158,7 @@ class SparseOperator:
     def matmul(self, x: torch.Tensor) -> torch.Tensor:
         """``A @ x`` for dense ``x`` [n_in, K], differentiable in ``x``."""
         if x.shape[0] != self.n_in:
-            raise ValueError(f"operator expects {self.n_in} input rows, got {x.shape[0]}")
+            raise InputError(f"operator expects {self.n_in} input rows, got {x.shape[0]}")
         return _CSRMatMul.apply(x.contiguous(), self, False)
 
     def __repr__(self) -> str:
@@ -220,7 +222,7 @@ def fold_matmul(op: SparseOperator, fold: int, x: torch.Tensor) -> torch.Tensor:
     whole batch is one sparse product."""
     n_in, B = op.n_in, fold
     if x.shape[0] != B * n_in:
-        raise ValueError(f"operator expects {B * n_in} rows of features, got {x.shape[0]}")
+        raise InputError(f"operator expects {B * n_in} rows of features, got {x.shape[0]}")
     if B == 1:
         return op.matmul(x)
     C = x.shape[1]
@@ -251,21 +253,21 @@ def n_points(data) -> int:
     """The number of points of ``data`` (ValueError without a ``pos`` tensor [N, d])."""
     pos = getattr(data, "pos", None)
     if not torch.is_tensor(pos) or pos.dim() != 2:
-        raise ValueError("data has no 'pos' tensor [N, d] (point coordinates)")
+        raise InputError("data has no 'pos' tensor [N, d] (point coordinates)")
     return pos.shape[0]
 
 
 def check_features(x, n: int, channels: int, layer: str) -> None:
     """ValueError unless ``x`` is a floating tensor [n, channels]."""
     if not torch.is_tensor(x) or x.dim() != 2:
-        raise ValueError(f"{layer}: x must be a tensor [N, {channels}], "
+        raise InputError(f"{layer}: x must be a tensor [N, {channels}], "
                          f"got {tuple(getattr(x, 'shape', ())) or type(x).__name__}")
     if x.shape[1] != channels:
-        raise ValueError(f"{layer}: expected x with {channels} input channels, got {x.shape[1]}")
+        raise InputError(f"{layer}: expected x with {channels} input channels, got {x.shape[1]}")
     if x.shape[0] != n:
-        raise ValueError(f"{layer}: x has {x.shape[0]} rows but data.pos has {n} points")
+        raise InputError(f"{layer}: x has {x.shape[0]} rows but data.pos has {n} points")
     if not x.is_floating_point():
-        raise ValueError(f"{layer}: x must be floating point, got {x.dtype}")
+        raise InputError(f"{layer}: x must be floating point, got {x.dtype}")
 
 
 # ---------------------------------------------------------------------------- the cache
@@ -413,25 +415,25 @@ def graph_set(data, *, need_weight: bool, what: str = "data") -> GraphSet:
     """
     pos = getattr(data, "pos", None)
     if pos is None:
-        raise ValueError(f"{what} has no 'pos' (point coordinates [N, d])")
+        raise InputError(f"{what} has no 'pos' (point coordinates [N, d])")
     if not torch.is_tensor(pos) or pos.dim() != 2 or pos.shape[1] not in (1, 2, 3):
-        raise ValueError(f"{what}.pos must be a tensor [N, d] with d in (1, 2, 3), "
+        raise InputError(f"{what}.pos must be a tensor [N, d] with d in (1, 2, 3), "
                          f"got {tuple(getattr(pos, 'shape', ()))}")
     n = pos.shape[0]
     weight = getattr(data, "weight", None) if need_weight else None
     if need_weight:
         if weight is None:
-            raise ValueError(f"{what} has no 'weight' (quadrature weights [N]); "
+            raise InputError(f"{what} has no 'weight' (quadrature weights [N]); "
                              "build it with Mesh.to_data() or Mesh.from_points()")
         if weight.dim() == 2 and weight.shape[1] == 1:
             weight = weight[:, 0]
         if weight.shape != (n,):
-            raise ValueError(f"{what}.weight must have shape [{n}], got {tuple(weight.shape)}")
+            raise InputError(f"{what}.weight must have shape [{n}], got {tuple(weight.shape)}")
     ptr = getattr(data, "ptr", None)
     if ptr is None:
         b = getattr(data, "batch", None)
         if b is not None and len(b) and bool((b[1:] < b[:-1]).any()):
-            raise ValueError(f"{what}.batch must be sorted (samples stored contiguously)")
+            raise InputError(f"{what}.batch must be sorted (samples stored contiguously)")
         ptr = [0, n] if b is None else [0] + torch.bincount(b.cpu()).cumsum(0).tolist()
     else:
         ptr = ptr.tolist()
@@ -443,7 +445,7 @@ def graph_set(data, *, need_weight: bool, what: str = "data") -> GraphSet:
         if len(per) == 1:
             per = np.repeat(per, len(ptr) - 1, axis=0)
         if len(per) != len(ptr) - 1:
-            raise ValueError(f"{what}.periodic has {len(per)} rows for {len(ptr) - 1} graphs")
+            raise InputError(f"{what}.periodic has {len(per)} rows for {len(ptr) - 1} graphs")
         periodic = [tuple(float(v) for v in row) for row in per]
     tensors = (pos,) if weight is None else (pos, weight)
 
@@ -485,7 +487,7 @@ def cached_operator(kind: str, params: tuple, g_in: GraphSet, g_out: GraphSet | 
     same = g_out is None
     g_out = g_in if same else g_out
     if g_out.n_graphs != g_in.n_graphs:
-        raise ValueError(f"out has {g_out.n_graphs} graphs but data has {g_in.n_graphs}")
+        raise InputError(f"out has {g_out.n_graphs} graphs but data has {g_in.n_graphs}")
 
     def make(b):
         p_in, w_in, per = g_in.slice(b)

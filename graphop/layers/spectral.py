@@ -39,6 +39,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from graphop.errors import InputError
+
 __all__ = ["SpectralConv"]
 
 _LETTERS = "xyz"
@@ -51,11 +53,11 @@ class SpectralConv(nn.Module):
         super().__init__()
         modes = tuple(int(m) for m in modes)
         if len(modes) not in (1, 2, 3) or min(modes) < 1:
-            raise ValueError(f"modes must be 1 to 3 positive integers, got {modes}")
+            raise InputError(f"modes must be 1 to 3 positive integers, got {modes}")
         if in_channels < 1 or out_channels < 1:
-            raise ValueError(f"channel counts must be positive, got {in_channels} -> {out_channels}")
+            raise InputError(f"channel counts must be positive, got {in_channels} -> {out_channels}")
         if padding < 0:
-            raise ValueError(f"padding must be >= 0, got {padding}")
+            raise InputError(f"padding must be >= 0, got {padding}")
         self.in_channels, self.out_channels = in_channels, out_channels
         self.modes, self.padding = modes, float(padding)
         shape = [2 * m for m in modes[:-1]] + [modes[-1]]
@@ -85,9 +87,9 @@ class SpectralConv(nn.Module):
         else:
             modes = tuple(int(m) for m in modes)
             if len(modes) != d or not all(1 <= m <= k for m, k in zip(modes, self.modes)):
-                raise ValueError(f"modes {modes} must be {d} integers in [1, {self.modes}]")
+                raise InputError(f"modes {modes} must be {d} integers in [1, {self.modes}]")
         if x.dim() != d + 2 or x.shape[1] != self.in_channels:
-            raise ValueError(f"SpectralConv expects [B, {self.in_channels}, <{d} grid axes>], "
+            raise InputError(f"SpectralConv expects [B, {self.in_channels}, <{d} grid axes>], "
                              f"got {tuple(x.shape)}")
         shape = tuple(x.shape[2:])
         pads = (0,) * d if periodic else self.pad_amount(shape)
@@ -99,10 +101,10 @@ class SpectralConv(nn.Module):
         n = tuple(x.shape[2:])
         for a in range(d - 1):
             if n[a] < 2 * modes[a]:
-                raise ValueError(f"grid axis {a} has {n[a]} nodes, too few for {modes[a]} modes "
+                raise InputError(f"grid axis {a} has {n[a]} nodes, too few for {modes[a]} modes "
                                  f"(needs >= {2 * modes[a]})")
         if n[-1] // 2 + 1 < modes[-1]:
-            raise ValueError(f"grid axis {d - 1} has {n[-1]} nodes, too few for {modes[-1]} "
+            raise InputError(f"grid axis {d - 1} has {n[-1]} nodes, too few for {modes[-1]} "
                              f"modes (needs >= {2 * modes[-1] - 2})")
         dims = tuple(range(2, d + 2))
         xf = torch.fft.rfftn(x, dim=dims, norm="forward")

@@ -69,7 +69,7 @@ import numpy as np
 import scipy.sparse as sp
 from scipy.spatial import cKDTree
 
-from graphop.errors import MeshError
+from graphop.errors import InputError, MeshError
 from graphop.geometry.neighbors import knn_distances, radius_neighbors
 
 __all__ = ["stencil_offsets", "local_scale", "stencil_matrix", "stencil_info",
@@ -86,7 +86,7 @@ MAX_GROWTH = 8.0
 def stencil_offsets(kernel_size: int, dim: int) -> np.ndarray:
     """Grid offsets s_l [L, d] in C order (last axis fastest), the centre removed."""
     if kernel_size < 3 or kernel_size % 2 == 0:
-        raise ValueError(f"kernel_size must be an odd integer >= 3, got {kernel_size}")
+        raise InputError(f"kernel_size must be an odd integer >= 3, got {kernel_size}")
     m = (kernel_size - 1) // 2
     offs = np.array(list(itertools.product(range(-m, m + 1), repeat=dim)), dtype=np.float64)
     return offs[np.any(offs != 0, axis=1)]
@@ -107,16 +107,16 @@ def local_scale(pos: np.ndarray, scale: float = 1.0, periodic=None,
     if neighbours is None:
         k = min(3 ** d - 1, n - 1)
         if k < d:
-            raise ValueError(f"the differential stencil needs at least {d + 1} points in {d}D, "
+            raise InputError(f"the differential stencil needs at least {d + 1} points in {d}D, "
                              f"got {n}")
         c = np.linalg.norm(stencil_offsets(3, d), axis=1).mean()
         s = knn_distances(pos, k, periodic=periodic).mean(axis=1) / c
     else:
         k = int(neighbours)
         if k < 1:
-            raise ValueError(f"neighbours must be >= 1, got {k}")
+            raise InputError(f"neighbours must be >= 1, got {k}")
         if n <= k:
-            raise ValueError(f"the differential stencil needs more than {k} points, got {n}")
+            raise InputError(f"the differential stencil needs more than {k} points, got {n}")
         s = knn_distances(pos, k, periodic=periodic)[:, -1]
     h = scale * s
     if not (h > 0).all():

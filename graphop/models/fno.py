@@ -57,7 +57,7 @@ import math
 import torch
 from torch import nn
 
-from graphop.errors import DataError
+from graphop.errors import DataError, InputError
 from graphop.layers.latent import periodic_box
 from graphop.layers.spectral import SpectralConv
 from graphop.models.mlp import ACTIVATIONS, mlp, plain_config
@@ -116,23 +116,23 @@ class FNO(nn.Module):
                  activation: str = "gelu", periodic: bool = False):
         super().__init__()
         if activation not in ACTIVATIONS:
-            raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
+            raise InputError(f"activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
         if in_channels < 0 or out_channels < 1 or width < 1 or n_layers < 1:
-            raise ValueError(f"need in_channels >= 0, out_channels >= 1, width >= 1, n_layers >= 1; "
+            raise InputError(f"need in_channels >= 0, out_channels >= 1, width >= 1, n_layers >= 1; "
                              f"got {in_channels}, {out_channels}, {width}, {n_layers}")
         if modes is not None:
             modes = tuple(int(m) for m in modes)
             if dim is not None and int(dim) != len(modes):
-                raise ValueError(f"dim={dim} but modes {modes} has {len(modes)} entries")
+                raise InputError(f"dim={dim} but modes {modes} has {len(modes)} entries")
             dim = len(modes)
         dim = 2 if dim is None else int(dim)
         if dim not in (1, 2, 3):
-            raise ValueError(f"dim must be 1, 2 or 3, got {dim}")
+            raise InputError(f"dim must be 1, 2 or 3, got {dim}")
         modes = modes or _DEFAULT_MODES[dim]
         if min(modes) < 1:
-            raise ValueError(f"modes must be positive, got {modes}")
+            raise InputError(f"modes must be positive, got {modes}")
         if padding < 0:
-            raise ValueError(f"padding must be >= 0, got {padding}")
+            raise InputError(f"padding must be >= 0, got {padding}")
         lifting_channels = lifting_channels or 2 * width
         projection_channels = projection_channels or 4 * width
         self.config = plain_config(dict(
@@ -176,11 +176,11 @@ class FNO(nn.Module):
     def _features(self, data) -> torch.Tensor:
         pos = data.pos
         if pos is None or pos.dim() != 2 or pos.shape[1] != self.dim:
-            raise ValueError(f"FNO(dim={self.dim}) needs data.pos of shape [N, {self.dim}], "
+            raise InputError(f"FNO(dim={self.dim}) needs data.pos of shape [N, {self.dim}], "
                              f"got {None if pos is None else tuple(pos.shape)}")
         box = periodic_box(data, self.dim)
         if (box is not None) != self.periodic:
-            raise ValueError("data is periodic (data.periodic is set) but the model was built with "
+            raise InputError("data is periodic (data.periodic is set) but the model was built with "
                              "periodic=False" if box is not None else
                              "the model was built with periodic=True but data has no 'periodic' box")
         if box is not None:
@@ -193,7 +193,7 @@ class FNO(nn.Module):
             x = pos.new_zeros(pos.shape[0], 0)
         x = x.reshape(x.shape[0], -1)
         if x.shape[1] != self.in_channels or x.shape[0] != pos.shape[0]:
-            raise ValueError(f"FNO expects data.x of shape [{pos.shape[0]}, {self.in_channels}], "
+            raise InputError(f"FNO expects data.x of shape [{pos.shape[0]}, {self.in_channels}], "
                              f"got {tuple(x.shape)}")
         return torch.cat([x.to(pos.dtype), pfeat], dim=1)
 
@@ -207,7 +207,7 @@ class FNO(nn.Module):
         if b is None or not len(b):
             return [0, n]
         if bool((b[1:] < b[:-1]).any()):
-            raise ValueError("data.batch must be sorted (samples stored contiguously)")
+            raise InputError("data.batch must be sorted (samples stored contiguously)")
         return [0] + torch.bincount(b.cpu()).cumsum(0).tolist()
 
     def _groups(self, data) -> dict:

@@ -41,6 +41,7 @@ from graphop.layers.sparse import graph_set, operator_cache
 from graphop.layers.latent import periodic_box
 from graphop.geometry.neighbors import radius_neighbors
 from graphop.models.mlp import mlp, plain_config
+from graphop.errors import InputError
 
 __all__ = ["MeshGraphNet", "mesh_edges"]
 
@@ -131,9 +132,9 @@ class MeshGraphNet(nn.Module):
                  activation: str = "relu"):
         super().__init__()
         if dim not in (2, 3):
-            raise ValueError(f"dim must be 2 or 3, got {dim}")
+            raise InputError(f"dim must be 2 or 3, got {dim}")
         if in_channels < 0 or out_channels < 1 or hidden < 1 or n_layers < 1:
-            raise ValueError(f"need in_channels >= 0, out_channels >= 1, hidden >= 1, n_layers >= 1; "
+            raise InputError(f"need in_channels >= 0, out_channels >= 1, hidden >= 1, n_layers >= 1; "
                              f"got {in_channels}, {out_channels}, {hidden}, {n_layers}")
         self.config = plain_config(dict(name="gnn", in_channels=in_channels, out_channels=out_channels,
                                   hidden=hidden, n_layers=n_layers, dim=dim, use_pos=use_pos,
@@ -154,12 +155,12 @@ class MeshGraphNet(nn.Module):
     def forward(self, data) -> torch.Tensor:
         pos = data.pos
         if pos.dim() != 2 or pos.shape[1] != self.dim:
-            raise ValueError(f"MeshGraphNet(dim={self.dim}) needs data.pos [N, {self.dim}], "
+            raise InputError(f"MeshGraphNet(dim={self.dim}) needs data.pos [N, {self.dim}], "
                              f"got {tuple(pos.shape)}")
         x = getattr(data, "x", None)
         x = pos.new_zeros(pos.shape[0], 0) if x is None else x.reshape(x.shape[0], -1).to(pos.dtype)
         if x.shape[1] != self.in_channels:
-            raise ValueError(f"MeshGraphNet expects data.x with {self.in_channels} channels, "
+            raise InputError(f"MeshGraphNet expects data.x with {self.in_channels} channels, "
                              f"got {x.shape[1]}")
         edge_index = mesh_edges(data, self.radius, self.k)
         rel = pos[edge_index[0]] - pos[edge_index[1]]  # y_j - x_i

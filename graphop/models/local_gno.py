@@ -80,7 +80,7 @@ import math
 import torch
 from torch import nn
 
-from graphop.errors import ConfigError
+from graphop.errors import ConfigError, InputError
 from graphop.layers.latent import GridDecoder, GridEncoder, periodic_box
 from graphop.layers.spectral import SpectralConv
 from graphop.models.mlp import ACTIVATIONS, mlp, plain_config
@@ -167,31 +167,31 @@ class LocalGNO(nn.Module):
         branches = tuple(branches)
         bad = [b for b in branches if b not in BRANCHES]
         if bad or len(set(branches)) != len(branches):
-            raise ValueError(f"branches must be distinct names from {BRANCHES}, got {branches}")
+            raise InputError(f"branches must be distinct names from {BRANCHES}, got {branches}")
         if activation not in ACTIVATIONS:
-            raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
+            raise InputError(f"activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
         if in_channels < 0 or out_channels < 1 or width < 1 or n_layers < 1:
-            raise ValueError(f"need in_channels >= 0, out_channels >= 1, width >= 1, n_layers >= 1; "
+            raise InputError(f"need in_channels >= 0, out_channels >= 1, width >= 1, n_layers >= 1; "
                              f"got {in_channels}, {out_channels}, {width}, {n_layers}")
         if latent_shape is not None:
             latent_shape = tuple(int(n) for n in latent_shape)
             if dim is not None and dim != len(latent_shape):
-                raise ValueError(f"dim={dim} but latent_shape {latent_shape} has {len(latent_shape)} axes")
+                raise InputError(f"dim={dim} but latent_shape {latent_shape} has {len(latent_shape)} axes")
             dim = len(latent_shape)
         dim = 2 if dim is None else int(dim)
         if dim not in (2, 3):
-            raise ValueError(f"dim must be 2 or 3, got {dim}")
+            raise InputError(f"dim must be 2 or 3, got {dim}")
         latent_shape = latent_shape or ((32, 32) if dim == 2 else (16, 16, 16))
         modes = tuple(int(m) for m in (modes or ((12, 12) if dim == 2 else (6, 6, 6))))
         if len(modes) != dim:
-            raise ValueError(f"modes {modes} must have one entry per axis of latent_shape {latent_shape}")
+            raise InputError(f"modes {modes} must have one entry per axis of latent_shape {latent_shape}")
         lifting_channels = lifting_channels or 2 * width
         projection_channels = projection_channels or 4 * width
         disco_kwargs, diff_kwargs = dict(disco_kwargs or {}), dict(diff_kwargs or {})
         for key, v, none_ok in (("disco_radius", disco_radius, False),
                                 ("encoder_radius", encoder_radius, True)):
             if not (v == AUTO or (v is None and none_ok) or _positive(v)):
-                raise ValueError(f"{key} must be 'auto' or a positive number, got {v!r}")
+                raise InputError(f"{key} must be 'auto' or a positive number, got {v!r}")
         if "diff" in branches and diff_kwargs.get("smoothing_radius", AUTO) == AUTO:
             # the smoothing radius follows the DISCO radius (graphop.models.supports), so a
             # given disco_radius fixes it without data
@@ -230,11 +230,11 @@ class LocalGNO(nn.Module):
     def _features(self, data) -> torch.Tensor:
         pos = data.pos
         if pos is None or pos.dim() != 2 or pos.shape[1] != self.dim:
-            raise ValueError(f"LocalGNO(dim={self.dim}) needs data.pos of shape [N, {self.dim}], "
+            raise InputError(f"LocalGNO(dim={self.dim}) needs data.pos of shape [N, {self.dim}], "
                              f"got {None if pos is None else tuple(pos.shape)}")
         box = periodic_box(data, self.dim)
         if (box is not None) != self.periodic:
-            raise ValueError("data is periodic (data.periodic is set) but the model was built with "
+            raise InputError("data is periodic (data.periodic is set) but the model was built with "
                              "periodic=False" if box is not None else
                              "the model was built with periodic=True but data has no 'periodic' box")
         if box is not None:
@@ -247,7 +247,7 @@ class LocalGNO(nn.Module):
             x = pos.new_zeros(pos.shape[0], 0)
         x = x.reshape(x.shape[0], -1)
         if x.shape[1] != self.in_channels or x.shape[0] != pos.shape[0]:
-            raise ValueError(f"LocalGNO expects data.x of shape [{pos.shape[0]}, {self.in_channels}], "
+            raise InputError(f"LocalGNO expects data.x of shape [{pos.shape[0]}, {self.in_channels}], "
                              f"got {tuple(x.shape)}")
         return torch.cat([x.to(pos.dtype), pfeat], dim=1)
 

@@ -25,7 +25,7 @@ import inspect
 
 from torch import nn
 
-from graphop.errors import ConfigError
+from graphop.errors import ConfigError, InputError
 from graphop.models.fno import FNO
 from graphop.models.gnn import MeshGraphNet
 from graphop.models.local_gno import LocalGNO
@@ -39,7 +39,7 @@ def register_model(name: str):
     """Decorator: register a class or factory ``f(**kwargs) -> nn.Module`` under ``name``."""
     def deco(fn):
         if name in MODELS:
-            raise ValueError(f"model name {name!r} is already registered")
+            raise InputError(f"model name {name!r} is already registered")
         MODELS[name] = fn
         return fn
     return deco

@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from graphop.errors import GraphopError
+from graphop.errors import GraphopError, InputTypeError
 
 __all__ = ["FORMAT", "VERSION", "save_checkpoint", "load_checkpoint", "resolve_checkpoint",
            "load_model_state", "rng_state", "set_rng_state", "load_trained_model",
@@ -56,14 +56,14 @@ def _check_plain(obj, where: str = "checkpoint") -> None:
     if isinstance(obj, dict):
         for k, v in obj.items():
             if not isinstance(k, (str, int)):
-                raise TypeError(f"{where}: dict key {k!r} is not a str/int")
+                raise InputTypeError(f"{where}: dict key {k!r} is not a str/int")
             _check_plain(v, f"{where}.{k}")
         return
     if isinstance(obj, (list, tuple)):
         for i, v in enumerate(obj):
             _check_plain(v, f"{where}[{i}]")
         return
-    raise TypeError(f"{where}: {type(obj).__name__} cannot be stored in a weights_only checkpoint")
+    raise InputTypeError(f"{where}: {type(obj).__name__} cannot be stored in a weights_only checkpoint")
 
 
 def rng_state() -> dict:

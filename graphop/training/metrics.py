@@ -24,6 +24,8 @@ from __future__ import annotations
 import torch
 from torch_geometric.utils import scatter
 
+from graphop.errors import InputError
+
 __all__ = ["relative_l2", "relative_l2_loss", "weighted_sq_norm"]
 
 
@@ -42,7 +44,7 @@ def weighted_sq_norm(values: torch.Tensor, weight: torch.Tensor | None,
     sq = (v * v).sum(dim=1)
     if weight is not None:
         if weight.shape != sq.shape:
-            raise ValueError(f"weight must have shape [{sq.shape[0]}], got {tuple(weight.shape)}")
+            raise InputError(f"weight must have shape [{sq.shape[0]}], got {tuple(weight.shape)}")
         sq = sq * weight.to(sq.dtype)
     if batch is None:
         return sq.sum().reshape(1)
@@ -66,7 +68,7 @@ def relative_l2(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor |
             divided by sqrt(eps) instead of a division by zero.
     """
     if pred.shape != target.shape:
-        raise ValueError(f"pred and target must have the same shape, got {tuple(pred.shape)} "
+        raise InputError(f"pred and target must have the same shape, got {tuple(pred.shape)} "
                          f"and {tuple(target.shape)}")
     num = weighted_sq_norm(pred - target, weight, batch, num_graphs)
     den = weighted_sq_norm(target, weight, batch, num_graphs)
@@ -87,4 +89,4 @@ def relative_l2_loss(pred: torch.Tensor, data, reduction: str = "mean") -> torch
         return err.sum()
     if reduction == "none":
         return err
-    raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+    raise InputError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
