@@ -63,9 +63,9 @@ def run(args) -> int:
     print(f"[3/4] training LocalGNO for {args.epochs} epochs -> {args.out}", flush=True)
     cfg = TrainConfig(data=str(data), inputs=["a"], targets=["u"], epochs=args.epochs,
                       batch_size=8, lr=2e-3, seed=args.seed, out=args.out, device=args.device,
-                      model={"name": "local_gno", "width": args.width, "n_layers": 3,
-                             # ~40 points per DISCO ball on the training meshes (see LocalGNO)
-                             "disco_radius": 0.12})
+                      # the supports (DISCO, encoder, smoothing radii) are chosen from the
+                      # training meshes and printed ('auto', graphop.models.supports)
+                      model={"name": "local_gno", "width": args.width, "n_layers": 3})
     summary = Trainer(cfg, overwrite=True).fit()
 
     print("[4/4] evaluating the best checkpoint", flush=True)
