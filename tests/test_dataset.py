@@ -125,7 +125,7 @@ def test_empty_folder_and_nan(tmp_path):
     u = np.ones(16)
     u[3] = np.nan
     write_mesh(tmp_path / "nan.vtu", tri_mesh(4, u=u))
-    with pytest.raises(DataError, match=r"nan\.vtu: field 'u' has NaN"):
+    with pytest.raises(DataError, match=r"nan\.vtu: target field 'u' has NaN or inf at 1 point\(s\) \(first: point 3\)"):
         MeshFolderDataset(tmp_path, targets=["u"])
     with pytest.raises(ValueError, match="split"):
         MeshFolderDataset(tmp_path, split="val")

@@ -135,3 +135,23 @@ def test_every_exception_graphop_defines_is_a_graphop_error():
 @pytest.mark.parametrize("name", graphop.__all__)
 def test_public_api_resolves(name):
     assert getattr(graphop, name) is not None
+
+
+def test_every_warning_graphop_issues_names_a_graphop_warning():
+    """A ``warnings.warn`` without a category is a bare UserWarning, which users cannot filter
+    as graphop's; every call in the package passes a GraphopWarning (sub)class by name."""
+    from graphop import errors
+
+    bad = []
+    for path in sorted(PKG.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                    and node.func.attr == "warn" and getattr(node.func.value, "id", "") == "warnings"):
+                continue
+            cat = node.args[1] if len(node.args) > 1 else next(
+                (k.value for k in node.keywords if k.arg == "category"), None)
+            name = cat.id if isinstance(cat, ast.Name) else getattr(cat, "attr", None)
+            cls = getattr(errors, name, None) if name else None
+            if not (inspect.isclass(cls) and issubclass(cls, errors.GraphopWarning)):
+                bad.append(f"{path.relative_to(PKG.parent)}:{node.lineno}")
+    assert not bad, f"warnings without a GraphopWarning category: {bad}"

@@ -29,8 +29,9 @@ def levels():
 
 
 def model(smoothing_radius, seed=0):
+    """``smoothing_radius=None`` is the unsmoothed branch (LocalGNO's own default smooths)."""
     torch.manual_seed(seed)
-    diff = {} if smoothing_radius is None else {"smoothing_radius": smoothing_radius}
+    diff = {"smoothing_radius": smoothing_radius}
     return LocalGNO(1, 1, width=8, n_layers=4, latent_shape=(16, 16), modes=(6, 6),
                     disco_radius=0.2, encoder_radius=0.2, diff_scale=0.1,
                     diff_kwargs=diff).double()

@@ -251,8 +251,11 @@ def test_a_yaml_value_of_the_wrong_type_names_its_key(tmp_path):
     with pytest.raises(ConfigError) as exc:
         load_config(p)
     assert str(exc.value) == f"{p}: model.width: expected an integer, got 'wide'"
-    with pytest.raises(ConfigError, match=r"^model\.disco_radius: expected a number, got 'big'$"):
+    with pytest.raises(ConfigError, match=r"^model\.disco_radius: expected 'auto' or a number, got 'big'$"):
         load_config(None, {"data": "d", "targets": ["u"]}, ["model.disco_radius=big"]).validate()
+    for text, want in (("0.3", 0.3), ("auto", "auto"), ("AUTO", "auto")):
+        cfg = load_config(None, {"data": "d", "targets": ["u"]}, [f"model.disco_radius={text}"])
+        assert cfg.validate().model["disco_radius"] == want
     with pytest.raises(ConfigError, match=r"^model\.n_layers: expected an integer, got 2\.5$"):
         load_config(None, {"data": "d", "targets": ["u"]}, ["model.n_layers=2.5"]).validate()
     p.write_text("data: d\ntargets: [u]\nlr: fast\n")

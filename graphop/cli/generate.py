@@ -102,19 +102,11 @@ def load_recipe(path) -> dict:
     are a one-line :class:`graphop.errors.ConfigError` naming the file and the key. A relative
     ``out`` is resolved against the recipe's folder; without ``out`` the data goes to the
     recipe's name beside it (``datasets/darcy.yaml`` -> ``datasets/darcy``)."""
-    import yaml
-
     from graphop.errors import ConfigError
+    from graphop.training.config import read_yaml_mapping
 
     p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"{p}: recipe file not found")
-    try:
-        raw = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{p}: invalid YAML ({' '.join(str(exc).split())})") from exc
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{p}: a recipe is a mapping of keys to values")
+    raw = read_yaml_mapping(p, "recipe")
     rec = {}
     for key, value in raw.items():
         k = str(key).replace("-", "_")

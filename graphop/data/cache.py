@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from graphop.errors import InputTypeError
+from graphop.errors import GraphopWarning, InputTypeError
 
 __all__ = ["cache_root", "data_to_record", "record_to_data", "save_records", "load_records"]
 
@@ -127,7 +127,7 @@ def load_records(path, n_expected: int, required=("pos", "weight", "boundary", "
     except pickle.UnpicklingError:
         warnings.warn(f"{path}: ignoring a cache file that holds Python objects other than "
                       "tensors and plain data (not written by graphop); rebuilding it",
-                      stacklevel=2)
+                      GraphopWarning, stacklevel=2)
         return None
     except Exception:  # damaged archives raise several types
         return None

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.spatial import cKDTree
 
-from graphop.errors import InputError
+from graphop.errors import GraphopWarning, InputError
 
 __all__ = ["Neighborhood", "radius_neighbors", "knn_distances", "box_size", "count_pairs",
            "check_radius_operator"]
@@ -224,7 +224,7 @@ def check_radius_operator(query, source, radius: float, *, periodic=None,
                       f"{len(y)} points on average ({100 * per_ball / len(y):.0f}%), so the "
                       f"local operator is nearly dense ({n:.3g} nonzeros, about "
                       f"{format_bytes(need)}); a local support wants a radius of a few mesh "
-                      "spacings", stacklevel=3)
+                      "spacings", GraphopWarning, stacklevel=3)
     have, _ = available_memory()
     if have is None:
         return n
@@ -248,5 +248,5 @@ def check_radius_operator(query, source, radius: float, *, periodic=None,
     elif need > 0.25 * have:
         warnings.warn(f"{what} radius {radius:g}: the operator on {len(x)} points will hold "
                       f"{n:.3g} nonzeros, about {format_bytes(need)} of the "
-                      f"{format_bytes(have)} available", stacklevel=3)
+                      f"{format_bytes(have)} available", GraphopWarning, stacklevel=3)
     return n

@@ -78,7 +78,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from graphop.errors import ConfigError, InputError
+from graphop.errors import ConfigError, GraphopWarning, InputError
 from graphop.layers.sparse import (apply_operator, cached_operator, check_features, graph_set,
                                    n_points)
 from graphop.layers.stencil import MAX_GROWTH, mollifier_matrix, stencil_info, stencil_offsets
@@ -178,7 +178,7 @@ class DifferentialConv(nn.Module):
                     f"neighbourhoods spanning fewer than {self.dim} directions even at "
                     f"{MAX_GROWTH:g}x their spacing (e.g. point {i} at {p_in[i].tolist()}; points on "
                     f"a curve or surface?); their stencils are exact only along the spanned "
-                    f"directions", stacklevel=6)
+                    f"directions", GraphopWarning, stacklevel=6)
             return m, len(self.offsets)
 
         return cached_operator("stencil", (k, s, nb), g, None, build)

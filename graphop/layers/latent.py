@@ -51,7 +51,7 @@ from torch import nn
 
 from graphop.geometry.neighbors import radius_neighbors
 from graphop.layers.sparse import SparseOperator, batch_operator, fold_matmul, graph_set
-from graphop.errors import InputError
+from graphop.errors import GraphopWarning, InputError
 
 __all__ = ["LatentGrid", "GridEncoder", "GridDecoder", "encoder_matrix", "decoder_matrix",
            "kernel_mass", "periodic_box"]
@@ -130,7 +130,7 @@ def _outside(pos: np.ndarray, grid: LatentGrid, mode: str) -> np.ndarray:
         if mode == "error":
             raise InputError(msg)
         if mode == "warn":
-            warnings.warn(msg + "; they are clamped onto the box", stacklevel=4)
+            warnings.warn(msg + "; they are clamped onto the box", GraphopWarning, stacklevel=4)
     return np.clip(pos, lo, hi)
 
 

@@ -58,9 +58,8 @@ import torch
 from torch import nn
 
 from graphop.errors import DataError, InputError
-from graphop.layers.latent import periodic_box
 from graphop.layers.spectral import SpectralConv
-from graphop.models.mlp import ACTIVATIONS, mlp, plain_config
+from graphop.models.mlp import ACTIVATIONS, mlp, plain_config, point_features
 
 __all__ = ["FNO", "grid_order"]
 
@@ -174,28 +173,7 @@ class FNO(nn.Module):
         return tuple(min(int(m), f) for m, f in zip(self.active_modes.tolist(), fits))
 
     def _features(self, data) -> torch.Tensor:
-        pos = data.pos
-        if pos is None or pos.dim() != 2 or pos.shape[1] != self.dim:
-            raise InputError(f"FNO(dim={self.dim}) needs data.pos of shape [N, {self.dim}], "
-                             f"got {None if pos is None else tuple(pos.shape)}")
-        box = periodic_box(data, self.dim)
-        if (box is not None) != self.periodic:
-            raise InputError("data is periodic (data.periodic is set) but the model was built with "
-                             "periodic=False" if box is not None else
-                             "the model was built with periodic=True but data has no 'periodic' box")
-        if box is not None:
-            ang = pos * torch.as_tensor(2 * math.pi / box, dtype=pos.dtype, device=pos.device)
-            pfeat = torch.cat([torch.sin(ang), torch.cos(ang)], dim=1)
-        else:
-            pfeat = pos
-        x = getattr(data, "x", None)
-        if x is None:
-            x = pos.new_zeros(pos.shape[0], 0)
-        x = x.reshape(x.shape[0], -1)
-        if x.shape[1] != self.in_channels or x.shape[0] != pos.shape[0]:
-            raise InputError(f"FNO expects data.x of shape [{pos.shape[0]}, {self.in_channels}], "
-                             f"got {tuple(x.shape)}")
-        return torch.cat([x.to(pos.dtype), pfeat], dim=1)
+        return point_features(data, self.dim, self.in_channels, self.periodic, "FNO")
 
     @staticmethod
     def _ptr(data) -> list[int]:

@@ -81,9 +81,9 @@ import torch
 from torch import nn
 
 from graphop.errors import ConfigError, InputError
-from graphop.layers.latent import GridDecoder, GridEncoder, periodic_box
+from graphop.layers.latent import GridDecoder, GridEncoder
 from graphop.layers.spectral import SpectralConv
-from graphop.models.mlp import ACTIVATIONS, mlp, plain_config
+from graphop.models.mlp import ACTIVATIONS, mlp, plain_config, point_features
 from graphop.models.supports import AUTO, unresolved_supports
 
 __all__ = ["LocalGNO", "GlobalBranch", "BRANCHES"]
@@ -228,28 +228,7 @@ class LocalGNO(nn.Module):
                 m.reset_parameters()
 
     def _features(self, data) -> torch.Tensor:
-        pos = data.pos
-        if pos is None or pos.dim() != 2 or pos.shape[1] != self.dim:
-            raise InputError(f"LocalGNO(dim={self.dim}) needs data.pos of shape [N, {self.dim}], "
-                             f"got {None if pos is None else tuple(pos.shape)}")
-        box = periodic_box(data, self.dim)
-        if (box is not None) != self.periodic:
-            raise InputError("data is periodic (data.periodic is set) but the model was built with "
-                             "periodic=False" if box is not None else
-                             "the model was built with periodic=True but data has no 'periodic' box")
-        if box is not None:
-            ang = pos * torch.as_tensor(2 * math.pi / box, dtype=pos.dtype, device=pos.device)
-            pfeat = torch.cat([torch.sin(ang), torch.cos(ang)], dim=1)
-        else:
-            pfeat = pos
-        x = getattr(data, "x", None)
-        if x is None:
-            x = pos.new_zeros(pos.shape[0], 0)
-        x = x.reshape(x.shape[0], -1)
-        if x.shape[1] != self.in_channels or x.shape[0] != pos.shape[0]:
-            raise InputError(f"LocalGNO expects data.x of shape [{pos.shape[0]}, {self.in_channels}], "
-                             f"got {tuple(x.shape)}")
-        return torch.cat([x.to(pos.dtype), pfeat], dim=1)
+        return point_features(data, self.dim, self.in_channels, self.periodic, "LocalGNO")
 
     def forward(self, data) -> torch.Tensor:
         if self.unresolved:

@@ -1,9 +1,16 @@
-"""The pointwise building blocks every model shares: activations, the MLP, plain config values."""
+"""The pointwise building blocks every model shares: activations, the MLP, the input features of
+a point (fields and coordinates), plain config values."""
 from __future__ import annotations
 
+import math
+
+import torch
 from torch import nn
 
-__all__ = ["ACTIVATIONS", "mlp", "plain_config"]
+from graphop.errors import InputError
+from graphop.layers.latent import periodic_box
+
+__all__ = ["ACTIVATIONS", "mlp", "point_features", "plain_config"]
 
 ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU, "silu": nn.SiLU, "tanh": nn.Tanh}
 
@@ -27,3 +34,30 @@ def plain_config(v):
     if isinstance(v, dict):
         return {k: plain_config(e) for k, e in v.items()}
     return v
+
+
+def point_features(data, dim: int, in_channels: int, periodic: bool, model: str) -> torch.Tensor:
+    """``[x, coordinates]`` per point, [N, in_channels + d] (on a torus the coordinates enter as
+    ``sin, cos`` of their angle, [N, in_channels + 2d]); one-line errors name ``model``."""
+    pos = data.pos
+    if pos is None or pos.dim() != 2 or pos.shape[1] != dim:
+        raise InputError(f"{model}(dim={dim}) needs data.pos of shape [N, {dim}], "
+                         f"got {None if pos is None else tuple(pos.shape)}")
+    box = periodic_box(data, dim)
+    if (box is not None) != periodic:
+        raise InputError("data is periodic (data.periodic is set) but the model was built with "
+                         "periodic=False" if box is not None else
+                         "the model was built with periodic=True but data has no 'periodic' box")
+    if box is not None:
+        ang = pos * torch.as_tensor(2 * math.pi / box, dtype=pos.dtype, device=pos.device)
+        pfeat = torch.cat([torch.sin(ang), torch.cos(ang)], dim=1)
+    else:
+        pfeat = pos
+    x = getattr(data, "x", None)
+    if x is None:
+        x = pos.new_zeros(pos.shape[0], 0)
+    x = x.reshape(x.shape[0], -1)
+    if x.shape[1] != in_channels or x.shape[0] != pos.shape[0]:
+        raise InputError(f"{model} expects data.x of shape [{pos.shape[0]}, {in_channels}], "
+                         f"got {tuple(x.shape)}")
+    return torch.cat([x.to(pos.dtype), pfeat], dim=1)

@@ -173,7 +173,19 @@ def check_model_values(model: dict) -> dict:
     out = dict(model)
     for p in sig.parameters.values():
         default = p.default
-        if p.name in out and type(default) in (bool, int, float, str):
+        if p.name not in out:
+            continue
+        if default == "auto":  # a support: "auto" or a length (None is left to the model)
+            v = out[p.name]
+            if v is None or (isinstance(v, str) and v.strip().lower() == "auto"):
+                out[p.name] = None if v is None else "auto"
+            else:
+                try:
+                    out[p.name] = _coerce(f"model.{p.name}", v, float)
+                except ConfigError:
+                    raise ConfigError(f"model.{p.name}: expected 'auto' or a number, "
+                                      f"got {v!r}") from None
+        elif type(default) in (bool, int, float, str):
             out[p.name] = _coerce(f"model.{p.name}", out[p.name], type(default))
     return out
 
@@ -260,22 +272,30 @@ def _coerce(key: str, value, typ):
     raise bad  # pragma: no cover
 
 
+def read_yaml_mapping(path, what: str = "config file") -> dict:
+    """The mapping in the YAML file ``path`` (an empty file is ``{}``); one-line
+    :class:`ConfigError` for a missing file, invalid YAML or a non-mapping (``what`` names it)."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{p}: {what} not found")
+    try:
+        raw = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{p}: invalid YAML ({' '.join(str(exc).split())})") from exc
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{p}: a {what} is a mapping of keys to values")
+    return raw
+
+
 def load_config(path=None, overrides: dict | None = None, sets=()) -> TrainConfig:
     """defaults < YAML file ``path`` < ``overrides`` (flags, None values skipped) < ``sets``
     (``key=value`` strings). Raises :class:`ConfigError` for unknown keys or bad values."""
     cfg = TrainConfig()
     if path is not None:
         p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"{p}: config file not found")
-        try:
-            raw = yaml.safe_load(p.read_text())
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{p}: invalid YAML ({' '.join(str(exc).split())})") from exc
-        if raw is None:
-            raw = {}
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{p}: the config must be a mapping of keys to values")
+        raw = read_yaml_mapping(p, "config file")
         try:
             for k, v in raw.items():
                 cfg.set(k, v)
