@@ -133,3 +133,33 @@ def test_errors_quote_torch_whole_but_never_its_weights_only_advice(tmp_path):
     assert "refusing to load" in msg and "Foreign" in msg
     for advice in ("weights_only", "add_safe_globals", "safe_globals", "\x1b["):
         assert advice not in msg, advice
+
+
+def test_a_version_1_checkpoint_keeps_its_disco_normalisation(tmp_path):
+    """Checkpoints of format version 1 were trained with DISCO normalised by r^d ||psi_l||_1;
+    loading one rebuilds that operator ("l1"), not the newer default ("quadrature"), so the
+    trained model gives the function it was trained to give."""
+    from graphop.models import build_model
+    from graphop.models.local_gno import LocalGNO
+
+    torch.manual_seed(0)
+    tiny = dict(width=4, n_layers=1, latent_shape=(8, 8), modes=(3, 3), disco_radius=0.3,
+                encoder_radius=0.3)
+    old = LocalGNO(1, 1, disco_kwargs={"normalize": "l1"}, **tiny)
+    assert LocalGNO(1, 1, **tiny).config["disco_kwargs"]["normalize"] == "quadrature"
+    state = _state(PointwiseMLP())
+    config = dict(old.config, disco_kwargs={})          # what a version-1 run recorded
+    state.update(model_config=config, model=old.state_dict())
+    path = save_checkpoint(tmp_path / "v1.pt", state)
+    raw = torch.load(path, weights_only=True)
+    raw["version"] = 1
+    torch.save(raw, path)
+    ck = load_checkpoint(path)
+    assert ck["model_config"]["disco_kwargs"] == {"normalize": "l1"}
+    model = build_model(ck["model_config"])
+    load_model_state(model, ck)
+    assert model.blocks[0].disco.normalize == "l1"
+    # a version-2 checkpoint is read as written
+    state.update(model_config=LocalGNO(1, 1, **tiny).config)
+    ck2 = load_checkpoint(save_checkpoint(tmp_path / "v2.pt", state))
+    assert ck2["model_config"]["disco_kwargs"] == {"normalize": "quadrature"}

@@ -136,3 +136,85 @@ def test_3d_grid_interior_moments():
     odd = [i for i in range(9) if i not in iso]
     np.testing.assert_allclose(y[iso], 1.0, rtol=0.1)
     assert np.abs(y[odd]).max() < 1e-12
+
+
+def _basis_outputs(meshes, q, radius, normalize, f):
+    conv = DISCOConv(1, 9, radius, bias=False, normalize=normalize).double()
+    with torch.no_grad():
+        conv.weight.copy_(torch.eye(9, dtype=torch.float64).view(9, 1, 9))
+    out = Data(pos=torch.tensor(q))
+    return [conv(torch.tensor(f(m.points))[:, None], m.to_data(dtype=torch.float64), out=out)
+            .detach().numpy() for m in meshes]
+
+
+def test_quadrature_normalisation_gives_the_same_operator_on_coarse_meshes():
+    """The default ``normalize="quadrature"`` on Delaunay meshes of the unit square with about
+    250, 500, 2000 points against 16000, radius holding ~30 points per ball at 2000 (so 4 and
+    8 at the coarse levels), output at the points of the 500 mesh (boundary and corners
+    included): every basis output within 8% (250), 5% (500) and 1% (2000) of the fine one. The "l1"
+    normalisation, the same factor at every point, is off by O(1) there."""
+    from graphop.geometry.domains import mesh_domain
+
+    meshes = [mesh_domain("square", n, seed=0) for n in (250, 500, 2000, 16000)]
+    q = meshes[1].points
+    r = math.sqrt(30 / (math.pi * 2000))
+    for normalize, bounds in (("quadrature", (0.08, 0.05, 0.01)), ("l1", None)):
+        ys = _basis_outputs(meshes, q, r, normalize, smooth)
+        errs = [np.linalg.norm(y - ys[-1]) / np.linalg.norm(ys[-1]) for y in ys[:-1]]
+        print(normalize, errs)
+        if bounds is None:
+            assert errs[0] > 0.5 and errs[1] > 0.5, errs
+        else:
+            assert all(e < b for e, b in zip(errs, bounds)), errs
+
+
+@pytest.mark.parametrize("points", ["coarse_mesh", "cloud", "graded"])
+def test_quadrature_normalisation_keeps_constants_everywhere(points):
+    """f = 1 gives 1 from every nonnegative basis function at every output point (boundaries,
+    corners, basis functions with no point in their support) and 0-mean odd parts stay bounded."""
+    from graphop.geometry.domains import mesh_domain
+    from graphop.geometry.mesh import Mesh
+    from graphop.testing import graded_points, monte_carlo_points
+
+    if points == "coarse_mesh":
+        m = mesh_domain("lshape", 120, seed=0)
+    elif points == "cloud":
+        m = Mesh.from_points(monte_carlo_points(400, seed=3))
+    else:
+        m = Mesh.from_points(graded_points(100.0))
+    for dim_shape in ((3, 4), (4, 6)):
+        conv = DISCOConv(1, 1, 0.3, kernel_shape=dim_shape, bias=False).double()
+        L = conv.n_basis
+        conv = DISCOConv(1, L, 0.3, kernel_shape=dim_shape, bias=False).double()
+        with torch.no_grad():
+            conv.weight.copy_(torch.eye(L, dtype=torch.float64).view(L, 1, L))
+        y = conv(torch.ones(m.n_points, 1, dtype=torch.float64), m.to_data(dtype=torch.float64))
+        np.testing.assert_allclose(y.detach().numpy(), 1.0, atol=1e-12)
+
+
+def test_quadrature_normalisation_in_3d_keeps_constants_and_bounds_odd_parts():
+    from graphop.testing import tet_mesh_points
+
+    p = tet_mesh_points(800, seed=0)
+    from graphop.geometry.mesh import Mesh
+
+    m = Mesh.from_points(p)
+    conv = DISCOConv(1, 9, 0.35, kernel_shape=(3, 4), bias=False).double()
+    with torch.no_grad():
+        conv.weight.copy_(torch.eye(9, dtype=torch.float64).view(9, 1, 9))
+    y = conv(torch.ones(m.n_points, 1, dtype=torch.float64), m.to_data(dtype=torch.float64))
+    y = y.detach().numpy()
+    iso, odd = [0, 1, 5], [2, 3, 4, 6, 7, 8]
+    np.testing.assert_allclose(y[:, iso], 1.0, atol=1e-12)
+    # an odd direction function of a ring, divided by its mass (floored): |mean| <= 1
+    assert np.abs(y[:, odd]).max() <= 1.0 + 1e-12
+
+
+def test_normalize_values():
+    assert DISCOConv(1, 1, 0.2).normalize == "quadrature"
+    assert DISCOConv(1, 1, 0.2, normalize=True).normalize == "l1"
+    assert DISCOConv(1, 1, 0.2, normalize=False).normalize == "none"
+    from graphop.errors import InputError
+
+    with pytest.raises(InputError, match="normalize must be one of"):
+        DISCOConv(1, 1, 0.2, normalize="mean")

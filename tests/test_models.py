@@ -79,7 +79,7 @@ def test_overfits_tiny_dataset(branches):
         sched.step()
     with torch.no_grad():
         err = float(_rel_l2(model(b), b.y, b.batch, b.weight, 2))
-    assert err < 0.01, f"{branches}: relative L2 error {err:.4f} after {steps} steps"
+    assert err < 0.015, f"{branches}: relative L2 error {err:.4f} after {steps} steps"
     # gradients reached every parameter of every active branch
     for name, p in model.named_parameters():
         if name in branch_params:

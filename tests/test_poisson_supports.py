@@ -1,7 +1,8 @@
 """The 3D Poisson training error of ~10^3 after one epoch (issue #16): the metric was right, the
-fixed DISCO radius 0.06 held about one point per ball of 1000-node meshes and the normalised
-kernel amplified every block. With the supports chosen from the training meshes the error of one
-epoch is O(1)."""
+fixed DISCO radius 0.06 held about one point per ball of 1000-node meshes and the kernel,
+normalised by its continuum mass, amplified every block. With the supports chosen from the
+training meshes the error of one epoch is O(1); so it is with the per-point "quadrature"
+normalisation of DISCO at any radius."""
 import numpy as np
 import pytest
 import torch
@@ -41,8 +42,12 @@ def test_auto_supports_keep_the_untrained_model_o1_where_the_old_radius_exploded
     mc = resolve_supports(base, NormalizedDataset(ds, norm))
     assert mc["disco_radius"] > 0.06
     assert _init_rel_l2(mc, ds, norm) < 3.0
-    old = {**mc, "disco_radius": 0.06, "diff_kwargs": {"smoothing_radius": 0.06}}
+    # the old fixed radius with the old normalisation (r^d ||psi_l||_1, "l1") exploded; the
+    # default "quadrature" normalisation keeps even that unresolved radius O(1)
+    old = {**mc, "disco_radius": 0.06, "diff_kwargs": {"smoothing_radius": 0.06},
+           "disco_kwargs": {"normalize": "l1"}}
     assert _init_rel_l2(old, ds, norm) > 100.0
+    assert _init_rel_l2({**old, "disco_kwargs": {}}, ds, norm) < 3.0
 
 
 def test_one_epoch_on_coarse_3d_poisson_reports_an_o1_error(poisson, tmp_path):

@@ -174,6 +174,16 @@ class KernelBasis:
         np.add.at(out, (e, l), v)
         return out
 
+    def nonnegative(self) -> np.ndarray:
+        """[L] bool: ``psi_l >= 0`` on the whole ball. True for the centre, the radial-only
+        (n_a = 1) and the 2D sector functions; in 1D and 3D only the constant direction function
+        of each ring (the others, ``u``, ``u_x``, ``u_y``, ... change sign)."""
+        out = np.ones(self.n_basis, dtype=bool)
+        if self.n_a > 1 and self.dim != 2:
+            for k in range(1, self.n_r):
+                out[2 + (k - 1) * self.n_a: 1 + k * self.n_a] = False
+        return out
+
     # ------------------------------------------------------------------ integrals
     def l1_norms(self) -> np.ndarray:
         """``int_{|z| <= 1} |psi_l(z)| dz`` for every l, [L] (used for normalisation)."""

@@ -5,9 +5,33 @@
 
 with quadrature weights w_j (``data.weight``), a fixed physical radius r that does not shrink
 under refinement, and the kernel basis psi_l of :mod:`graphop.layers.basis` (L = 1 + (n_r - 1) n_a
-functions for ``kernel_shape = (n_r, n_a)``). With ``normalize=True`` (default) each psi_l is
-divided by ``r^d ||psi_l||_1`` so that outputs stay O(|f|) for any radius; the operator is
-still the discretisation of a fixed integral operator, so it converges under refinement.
+functions for ``kernel_shape = (n_r, n_a)``).
+
+Normalisation (``normalize``), so that outputs stay O(|f|) for any radius:
+
+* ``"quadrature"`` (default): each basis function at each output point is divided by its own
+  discrete mass, ``m_il = sum_j |psi_l((y_j - x_i) / r)| w_j``, floored at
+  ``c_l = MIN_MASS_FRACTION r^d ||psi_l||_1`` (half its mass on the whole ball):
+
+      psi_l(.) w_j / max(m_il, c_l)   +   max(0, 1 - m_il / c_l) * b_ij,
+      b_ij = sum_l |psi_l| w_j / sum_k sum_l |psi_l| w_k      (the ball mean; the second term
+                                                                only for nonnegative psi_l)
+
+  A well-resolved nonnegative psi_l gives its weighted mean of f; one with little or no mass at
+  x_i (a mesh coarser than the kernel's rings, or a corner) blends towards the mean of f over
+  the ball, continuously in the geometry; constants are kept exactly. In the interior of a
+  fine mesh ``m_il -> r^d ||psi_l||_1`` (the ``"l1"`` operator); near a boundary it is the mass
+  of psi_l inside the domain. The continuum operator is the same for every mesh, so the layer
+  converges under refinement, but its error on a given mesh is much smaller: a hat psi_l covers
+  a few points only (30 points per ball and L = 9 give ~3 per basis function), and its
+  quadrature error, the same factor for every input, cancels in the ratio. Measured with
+  r = sqrt(30 / (pi 2000)) on Delaunay meshes of the unit square, against 32k points (smooth
+  f): 9% error at 2k points and 113% at 500 with ``"l1"``; 0.34% and 1.7% with
+  ``"quadrature"``. A sign-changing psi_l (the 1D and 3D direction functions ``u``, ``u_x``,
+  ...) is divided by ``max(m_il, c_l)`` and blends towards 0.
+* ``"l1"`` (``True``): each psi_l is divided by ``r^d ||psi_l||_1``, the same factor at every
+  point (the default of graphop 0.1, kept for its checkpoints: format version 1).
+* ``"none"`` (``False``): the plain quadrature of the formula above.
 
 The paper: Liu-Schiaffini et al., "Neural Operators with Localized Integral and Differential
 Kernels", ICML 2024 (arXiv 2402.16845), section on DISCO convolutions.
@@ -34,7 +58,7 @@ from graphop.layers.sparse import (apply_operator, cached_operator, check_featur
                                    graph_set, n_points, stack_rows)
 from graphop.errors import InputError
 
-__all__ = ["DISCOConv", "disco_matrix"]
+__all__ = ["DISCOConv", "disco_matrix", "NORMALIZE", "normalize_mode"]
 
 #: most neighbour pairs one chunk of a DISCO build holds. The build's scratch arrays take about
 #: 100 bytes a pair, so this bounds them near 0.5 GB however large the mesh; the finished CSR
@@ -52,25 +76,71 @@ def _mean_neighbours(pos_out, pos_in, radius, periodic, sample: int = 256) -> fl
     return float(cKDTree(src, boxsize=box).query_ball_point(q, radius, return_length=True).mean())
 
 
-def _disco_rows(nb, w, radius: float, basis: KernelBasis, normalize: bool) -> sp.csr_matrix:
+#: the values of DISCOConv's ``normalize`` (module docstring); True and False are "l1", "none"
+NORMALIZE = ("quadrature", "l1", "none")
+#: ``"quadrature"``: a basis function is under-resolved at a point when its discrete mass there is
+#: below this fraction of its mass ``r^d ||psi_l||_1`` on the whole ball
+MIN_MASS_FRACTION = 0.5
+
+
+def normalize_mode(normalize) -> str:
+    """``normalize`` as one of :data:`NORMALIZE` (True -> "l1", False -> "none")."""
+    if normalize is True or normalize is False:
+        return "l1" if normalize else "none"
+    if isinstance(normalize, str) and normalize in NORMALIZE:
+        return normalize
+    raise InputError(f"DISCO normalize must be one of {NORMALIZE} (or True / False), "
+                     f"got {normalize!r}")
+
+
+def _disco_rows(nb, w, radius: float, basis: KernelBasis, mode: str) -> sp.csr_matrix:
     e, l, v = basis.evaluate(nb.offsets / radius)
-    rows = np.repeat(np.arange(nb.n_query, dtype=np.int64), nb.counts())[e]
+    nq, L = nb.n_query, basis.n_basis
+    rows = np.repeat(np.arange(nq, dtype=np.int64), nb.counts())[e]
     cols = nb.indices[e]
     vals = v * w[cols]
-    if normalize:
+    if mode == "l1":
         vals = vals / (radius ** basis.dim * basis.l1_norms())[l]
-    L = basis.n_basis
-    return csr_from_coo(rows * L + l, cols, vals, (nb.n_query * L, len(w)))
+    if mode != "quadrature":
+        return csr_from_coo(rows * L + l, cols, vals, (nq * L, len(w)))
+    keep = vals != 0                                   # zero-weight points carry nothing
+    e, l, rows, cols, vals = e[keep], l[keep], rows[keep], cols[keep], vals[keep]
+    key = rows * L + l
+    mass = np.bincount(key, weights=np.abs(vals), minlength=nq * L)
+    floor = np.tile(MIN_MASS_FRACTION * radius ** basis.dim * basis.l1_norms(), nq)
+    vals = vals / np.maximum(mass, floor)[key]
+    blend = np.maximum(0.0, 1.0 - mass / floor) * np.tile(basis.nonnegative(), nq)
+    under = np.flatnonzero(blend > 0)
+    if len(under) == 0:
+        return csr_from_coo(key, cols, vals, (nq * L, len(w)))
+    # an under-resolved nonnegative psi_l takes (1 - m/floor) of the ball mean, with pair
+    # weights sum_l |psi_l| w_j (the ball never lacks the query point itself when out is in)
+    pair_w = np.bincount(e, weights=np.abs(vals) * np.maximum(mass, floor)[key], minlength=nb.nnz)
+    pair_rows = nb.rows()
+    ball = np.bincount(pair_rows, weights=pair_w, minlength=nq)
+    under = under[ball[under // L] > 0]
+    start = nb.indptr
+    q = under // L
+    n_each = start[q + 1] - start[q]
+    pairs = np.repeat(start[q] - np.cumsum(n_each) + n_each, n_each) + np.arange(n_each.sum())
+    key = np.concatenate([key, np.repeat(under, n_each)])
+    cols = np.concatenate([cols, nb.indices[pairs]])
+    vals = np.concatenate([vals, np.repeat(blend[under], n_each) * pair_w[pairs]
+                           / ball[pair_rows[pairs]]])
+    m = sp.coo_matrix((vals, (key, cols)), shape=(nq * L, len(w))).tocsr()   # sums duplicates
+    m.eliminate_zeros()
+    return m
 
 
 def disco_matrix(pos_out, pos_in, weight_in, radius: float, basis: KernelBasis, *,
-                 periodic=None, normalize: bool = True, same: bool = False) -> sp.csr_matrix:
+                 periodic=None, normalize="quadrature", same: bool = False) -> sp.csr_matrix:
     """The DISCO operator Psi (see the module docstring) as scipy CSR [N_out * L, N_in].
 
     ``same=True`` means pos_out is pos_in (uses the faster symmetric pair search). Large
     operators are built in chunks of output rows holding about :data:`BUILD_CHUNK_PAIRS`
     neighbour pairs each, so the scratch memory stays bounded (the result is identical).
     """
+    normalize = normalize_mode(normalize)
     pos_in = np.asarray(pos_in, dtype=np.float64)
     pos_out = pos_in if same else np.asarray(pos_out, dtype=np.float64)
     # refuse an operator that cannot fit before building it; warn on a nearly dense one.
@@ -104,7 +174,9 @@ class DISCOConv(nn.Module):
         kernel_shape: ``(n_r, n_a)`` radial rings x direction functions (default (3, 4), L = 9).
         basis: "piecewise_linear" (default) or "isotropic", or a :class:`KernelBasis`.
         bias: add a learned bias per output channel (default True).
-        normalize: divide each basis function by ``r^d ||psi_l||_1`` (default True).
+        normalize: ``"quadrature"`` (default: each basis function divided by its discrete mass
+            at each output point), ``"l1"`` / True (by ``r^d ||psi_l||_1``) or ``"none"`` /
+            False; see the module docstring.
 
     Call: ``conv(x, data, out=None)``; ``data`` is a ``Data``/``Batch`` with ``pos`` [N, d] and
     ``weight`` [N] (and ``periodic`` [1, d] for tori); ``out`` (optional) another Data/Batch
@@ -116,7 +188,7 @@ class DISCOConv(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int, radius: float,
                  kernel_shape=(3, 4), basis="piecewise_linear", bias: bool = True,
-                 normalize: bool = True):
+                 normalize="quadrature"):
         super().__init__()
         try:
             r = float(radius)
@@ -133,7 +205,7 @@ class DISCOConv(nn.Module):
             basis_name = basis
         probe = KernelBasis(kernel_shape, 2, basis_name)     # validates the shape and name
         self.in_channels, self.out_channels = in_channels, out_channels
-        self.radius, self.normalize = r, bool(normalize)
+        self.radius, self.normalize = r, normalize_mode(normalize)
         self.kernel_shape, self.basis_name = probe.kernel_shape, basis_name
         self.n_basis = probe.n_basis
         self.weight = nn.Parameter(torch.empty(self.n_basis, in_channels, out_channels))
@@ -179,4 +251,4 @@ class DISCOConv(nn.Module):
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, radius={self.radius:g}, "
                 f"kernel_shape={self.kernel_shape}, basis={self.basis_name!r}, "
-                f"n_basis={self.n_basis}, normalize={self.normalize}, bias={self.bias is not None}")
+                f"n_basis={self.n_basis}, normalize={self.normalize!r}, bias={self.bias is not None}")

@@ -81,6 +81,7 @@ import torch
 from torch import nn
 
 from graphop.errors import ConfigError, InputError
+from graphop.layers.disco import NORMALIZE, normalize_mode
 from graphop.layers.latent import GridDecoder, GridEncoder
 from graphop.layers.spectral import SpectralConv
 from graphop.models.mlp import ACTIVATIONS, mlp, plain_config, point_features
@@ -188,6 +189,9 @@ class LocalGNO(nn.Module):
         lifting_channels = lifting_channels or 2 * width
         projection_channels = projection_channels or 4 * width
         disco_kwargs, diff_kwargs = dict(disco_kwargs or {}), dict(diff_kwargs or {})
+        if "disco" in branches:
+            # recorded in the config, so a checkpoint pins the DISCO normalisation it was trained with
+            disco_kwargs["normalize"] = normalize_mode(disco_kwargs.get("normalize", NORMALIZE[0]))
         for key, v, none_ok in (("disco_radius", disco_radius, False),
                                 ("encoder_radius", encoder_radius, True)):
             if not (v == AUTO or (v is None and none_ok) or _positive(v)):

@@ -4,7 +4,7 @@ A checkpoint is a plain dict saved with ``torch.save`` and loaded with
 ``torch.load(weights_only=True)``: it holds only tensors, numbers, strings, None, lists and
 dicts, so loading one can never execute code. Contents (see :func:`make_checkpoint`)::
 
-    format, version          "graphop-checkpoint", 1
+    format, version          "graphop-checkpoint", 2 (version 1 loads: see _upgrade)
     model_config             dict that graphop.models.build_model rebuilds the model from
     model                    the model's state_dict
     optimizer, scheduler     their state_dicts (scheduler may be None)
@@ -45,7 +45,7 @@ __all__ = ["FORMAT", "VERSION", "save_checkpoint", "load_checkpoint", "resolve_c
            "remove_stale_temporaries"]
 
 FORMAT = "graphop-checkpoint"
-VERSION = 1
+VERSION = 2
 _PLAIN = (bool, int, float, str, type(None))
 
 
@@ -208,8 +208,19 @@ def load_checkpoint(path, map_location="cpu") -> dict:
     for key in ("model_config", "model", "normalizer", "train_config"):
         if key not in state:
             raise GraphopError(f"{p}: incomplete checkpoint (missing {key!r})")
+    _upgrade(state)
     state["path"] = str(p)
     return state
+
+
+def _upgrade(state: dict) -> None:
+    """Pin what a newer default would change in an older checkpoint's model. Version 1: the
+    DISCO branches were normalised by ``r^d ||psi_l||_1`` (``normalize="l1"``); version 2 records
+    the normalisation in ``disco_kwargs`` (default ``"quadrature"``)."""
+    mc = state["model_config"]
+    if int(state.get("version", 0)) < 2 and isinstance(mc, dict) and mc.get("name") == "local_gno" \
+            and "disco" in (mc.get("branches") or ()):
+        mc["disco_kwargs"] = {"normalize": "l1", **(mc.get("disco_kwargs") or {})}
 
 
 def _model_name(cfg) -> str:
