@@ -151,12 +151,16 @@ def test_warnings_name_the_under_resolved_supports():
                             "branches": ["global", "disco", "diff"]}, [d16])
     assert support_warnings(cfg, d16.pos, d16.boundary) == []
     assert support_warnings(cfg, _sample(40).pos, _sample(40).boundary) == []  # finer: fine
-    d6 = _sample(6)
-    issues = support_warnings(cfg, d6.pos, d6.boundary)
+    # 2.6x coarser: 5 points per ball, which the quadrature-normalised DISCO still handles
+    # (only the grid encoder, 0.67 mesh spacings there, is named)
+    (msg,) = support_warnings(cfg, _sample(6).pos, _sample(6).boundary)
+    assert msg.startswith("encoder_radius")
+    d5 = _sample(5)
+    issues = support_warnings(cfg, d5.pos, d5.boundary)
     assert len(issues) == 3
     assert "points per DISCO ball" in issues[0] and f"disco_radius {cfg['disco_radius']:.3g}" in issues[0]
     assert "points per smoothing ball" in issues[1]
-    assert "mesh spacings (spacing 0.2" in issues[2]
+    assert "mesh spacings (spacing 0.25" in issues[2]
     old = {**cfg, "disco_radius": 0.06, "encoder_radius": None}
     (msg,) = support_warnings({**old, "branches": ["disco"]}, d16.pos, d16.boundary)
     assert msg.startswith("median 1 points per DISCO ball (disco_radius 0.06, mesh spacing 0.0667")
@@ -167,9 +171,9 @@ def test_warnings_name_the_under_resolved_supports():
     gino = build_model({"name": "gino", "in_channels": 1, "out_channels": 1, "encoder_radius": None})
     assert "branches" not in gino.config
     assert support_warnings(gino.config, d16.pos, d16.boundary) == [msg]
-    d6.source = "coarse.vtu"
-    lines = dataset_support_warnings(cfg, [d16, d6, d6, _sample(5)], max_lines=1)
-    assert len(lines) == 2 and lines[0].startswith("coarse.vtu (36 points) under-resolves")
+    d5.source = "coarse.vtu"
+    lines = dataset_support_warnings(cfg, [d16, d5, d5, _sample(4)], max_lines=1)
+    assert len(lines) == 2 and lines[0].startswith("coarse.vtu (25 points) under-resolves")
     assert lines[1] == "... and 1 more mesh(es) that under-resolve the model's supports"
 
 
