@@ -38,6 +38,7 @@ def _write(tmp_path, cfg, name="exp"):
 @pytest.mark.parametrize("path, bad, msg", [
     ((), {"epochs": 3}, "unknown key(s) epochs"),
     (("variants", "m"), {"widht": 3}, "variants.m: unknown key(s) widht"),
+    (("variants", "m"), {"training": {"epoks": 3}}, "variants.m.training: unknown key(s) epoks"),
     (("tests", "t"), {"pointz": 3}, "tests.t: unknown key(s) pointz"),
     (("tests", "t"), {"mesh": {"structure": "tri"}}, "tests.t.mesh: unknown key(s) structure"),
     (("train",), {"mesh": {"bogus": 1}}, "train.mesh: unknown key(s) bogus"),
@@ -191,7 +192,7 @@ def _tiny_config():
             "gnn": {"model": {"name": "gnn", "n_layers": 1}, "tune": "hidden"},
             "lgno_uw": {"model": {"name": "local_gno", "width": 6, "n_layers": 1,
                                   "latent_shape": [8, 8], "modes": [3, 3]},
-                        "uniform_weights": True}},
+                        "uniform_weights": True, "training": {"epochs": 2}}},
         "compare": "lgno",
         "figures": {"resolution": ["mesh", "quad"], "sample": "mesh"},
         "quick": {"training": {"epochs": 1}},
@@ -214,6 +215,9 @@ def test_tiny_experiment_end_to_end(tmp_path):
     assert js["quick"] is True and js["config"]["seeds"] == [0, 1]
     assert set(js) >= {"commit", "config", "runs", "summary", "variants", "test_sets", "wall_s"}
     assert len(js["runs"]) == 6  # 3 variants x 2 seeds
+    # a variant's own training keys override the experiment's
+    assert {(r["variant"], r["epochs"]) for r in js["runs"]} == {("lgno", 1), ("gnn", 1),
+                                                                ("lgno_uw", 2)}
     counts = {v: js["variants"][v]["n_parameters"] for v in js["variants"]}
     assert abs(counts["gnn"] - counts["lgno"]) <= 0.1 * counts["lgno"]
     for v in js["variants"]:

@@ -18,6 +18,7 @@ An experiment is a folder ``experiments/<name>/`` holding ``config.yaml``::
       full: {model: {name: local_gno, width: 32}}
       global: {model: {name: local_gno, branches: [global]}, tune: width}
       gnn: {model: {name: gnn}, tune: hidden, uniform_weights: false}
+      full_aug: {model: {name: local_gno, width: 32}, training: {augment: subsample}}
     compare: global                     # report the change of every variant against this one
     figures: {resolution: [test names in order], sample: in_distribution}
     quick: {...}                        # deep-merged over the above for --quick
@@ -50,7 +51,7 @@ __all__ = ["load_experiment", "validate_experiment", "match_parameters", "count_
 
 EXPERIMENT_KEYS = {"description", "problem", "inputs", "targets", "params", "seeds", "train",
                    "tests", "training", "budget", "variants", "compare", "figures", "quick"}
-VARIANT_KEYS = {"model", "tune", "uniform_weights"}
+VARIANT_KEYS = {"model", "tune", "uniform_weights", "training"}
 BUDGET_KEYS = {"reference", "target", "tolerance"}
 FIGURE_KEYS = {"resolution", "sample"}
 TRAINING_RESERVED = {"data", "inputs", "targets", "model", "seed", "out"}
@@ -126,6 +127,9 @@ def validate_experiment(cfg: dict, where: str = "experiment") -> dict:
         _keys(f"{where}: variants.{name}", v, VARIANT_KEYS)
         if not isinstance(v.get("model"), dict) or "name" not in v["model"]:
             raise ConfigError(f"{where}: variants.{name}.model must be a dict with a 'name'")
+        # a variant's own training keys (e.g. augment) override the experiment's
+        _keys(f"{where}: variants.{name}.training", v.get("training") or {},
+              set(TrainConfig.keys()) - TRAINING_RESERVED)
     budget = cfg.get("budget")
     if budget is not None:
         _keys(f"{where}: budget", budget, BUDGET_KEYS)
@@ -385,7 +389,7 @@ def _train_run(job: dict):
     variant, mc, n_par = cfg["variants"][vname], job["model"], job["n_parameters"]
     uniform = bool(variant.get("uniform_weights", False))
     wrap = _weights_wrapper(variant)
-    training = dict(cfg.get("training") or {})
+    training = {**(cfg.get("training") or {}), **(variant.get("training") or {})}
     val_fraction = float(training.pop("val_fraction", 0.1))
     tr_idx, va_idx = _split(len(train_all), val_fraction, seed)
     train = wrap(torch.utils.data.Subset(train_all, tr_idx))
