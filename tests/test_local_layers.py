@@ -32,14 +32,32 @@ def test_batch_of_three_different_meshes_equals_single_calls(meshes):
         assert err < 1e-12
 
 
-def test_batch_sharing_one_mesh_is_folded_and_exact(meshes):
+def test_batch_sharing_one_mesh_is_one_operator_and_exact(meshes, monkeypatch):
+    from graphop.layers import sparse
+
     data = meshes[0].to_data(dtype=torch.float64)
     xs = [torch.randn(data.num_nodes, 3, dtype=torch.float64) for _ in range(4)]
     batch = Batch.from_data_list([data] * 4)
     for conv in layers():
-        op, fold = conv.operator(batch)
-        assert fold == 4 and op.n_out == data.num_nodes      # one block, batch in the columns
+        op, fold = conv.operator(batch)     # small: 4 copies of the block, merged and cached
+        assert fold == 1 and op.n_out == 4 * data.num_nodes and op is conv.operator(batch)[0]
         check_batch_consistency(conv, [data] * 4, xs, atol=1e-12)
+    monkeypatch.setattr(sparse, "MERGE_NNZ", 0)   # large: the one block, graph by graph
+    for conv in layers():
+        op, fold = conv.operator(batch)
+        assert fold == 4 and op.n_out == data.num_nodes
+        check_batch_consistency(conv, [data] * 4, xs, atol=1e-12)
+
+
+def test_batch_of_different_meshes_is_applied_block_by_block(meshes):
+    from graphop.layers.sparse import BlockList
+
+    datas = [m.to_data(dtype=torch.float64) for m in meshes[:3]]
+    xs = [torch.randn(d.num_nodes, 3, dtype=torch.float64) for d in datas]
+    for conv in layers():
+        op, fold = conv.operator(Batch.from_data_list(datas))
+        assert isinstance(op, BlockList) and fold == 1 and len(op.blocks) == 3
+        check_batch_consistency(conv, datas, xs, atol=1e-12)
 
 
 def test_permutation_equivariance(meshes):
@@ -128,3 +146,22 @@ def test_repr_and_reset():
     conv.reset_parameters()
     assert not torch.equal(w, conv.weight)
     assert "kernel_size=3" in repr(DifferentialConv(1, 1))
+
+
+def test_scipy_and_torch_cpu_kernels_agree(meshes, monkeypatch):
+    from graphop.layers import sparse
+
+    data = Batch.from_data_list([m.to_data(dtype=torch.float64) for m in meshes[:2]])
+    x = torch.randn(data.num_nodes, 3, dtype=torch.float64, requires_grad=True)
+    outs = []
+    for backend in ("torch", "scipy"):
+        monkeypatch.setattr(sparse, "CPU_BACKEND", backend)
+        operator_cache.clear()
+        for conv in layers():
+            y = conv(x, data)
+            (g,) = torch.autograd.grad(y.square().sum(), x)
+            outs.append((y.detach(), g))
+    operator_cache.clear()
+    for (y1, g1), (y2, g2) in zip(outs[:2], outs[2:]):
+        assert (y1 - y2).abs().max() < 1e-10 * y1.abs().max()
+        assert (g1 - g2).abs().max() < 1e-10 * g1.abs().max()

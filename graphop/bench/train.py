@@ -1,0 +1,314 @@
+"""``graphop bench train``: samples/s of a training step (forward, relative-L2-free MSE loss,
+backward, Adam step) of LocalGNO and of the global-only model, in three settings, with peers
+where they are installed and every ratio measured in the same run.
+
+(a) ``grid``: 64 samples on one 16 x 16 (and one 32 x 32) grid of the unit square, shared by
+    every sample, batch 8, width 32, 4 layers, Fourier modes (6, 7) on a latent grid of the
+    data's size (neuraloperator's ``n_modes=(12, 12)`` keeps |k| < 6 on the first axis and 7 on
+    the last, the same modes), supports ``auto`` (chosen from the mesh, as ``graphop train``
+    does). Peers: neuraloperator ``FNO`` and ``LocalNO`` at the same width, modes, layers, batch
+    and samples, on the same grids. They run in-process when ``import neuralop`` works, or in the
+    interpreter named by ``$GRAPHOP_NEURALOP_PYTHON`` (this file is its worker: neuraloperator's
+    pins may clash with graphop's, so a separate venv is the usual setup). Ratios:
+    ``local_gno / LocalNO`` and ``global / FNO`` (samples/s; > 1 means graphop is faster).
+(b) ``meshes``: 64 samples, each on its own irregular ~1000-point mesh of the unit square
+    (``mesh_domain("square", 1000, seed=i, perturb=0.3)``), batch 8, shuffled: the first epoch
+    after clearing the operator cache (``cold``: every operator built) and the median of the
+    next epochs (``warm``); against the same 64 samples spread over 8 meshes (``shared``, a
+    dataset small enough to stay cached). Ratio ``warm / shared``.
+(c) ``large``: one sample of N uniform random points in the unit square (2D) or cube (3D),
+    k-NN quadrature weights, batch 1, LocalGNO width 32 with its defaults; each size in a fresh
+    process so that its peak memory (``VmHWM``) is its own: operator build time, step time,
+    peak resident memory and bytes per point. Sizes: 10k and 100k by default, or ``--points``.
+
+Numbers are medians of ``repeats`` epochs (steps in (c)) after a warm-up. Not a test: nothing
+fails when a target is missed. The machine's other load changes absolute numbers; the ratios
+are measured back to back.
+"""
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+import torch
+
+__all__ = ["bench_train"]
+
+WIDTH, LAYERS, BATCH, SAMPLES = 32, 4, 8, 64
+NEURALOP_MODES = (12, 12)
+GRAPHOP_MODES = (6, 7)
+
+
+def _epochs(step_epoch, repeats: int) -> tuple[float, float]:
+    """(first epoch time, median of ``repeats`` further epochs) in seconds."""
+    t = time.perf_counter()
+    step_epoch()
+    first = time.perf_counter() - t
+    ts = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        step_epoch()
+        ts.append(time.perf_counter() - t)
+    return first, statistics.median(ts)
+
+
+# ---------------------------------------------------------------------------- neuraloperator
+def _peer_grid(n: int, repeats: int) -> dict:
+    """samples/s of neuraloperator FNO and LocalNO on an n x n grid (needs ``import neuralop``)."""
+    import warnings
+
+    from neuralop.models import FNO
+    from neuralop.models.local_no import LocalNO
+
+    warnings.simplefilter("ignore")
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(SAMPLES, 1, n, n, generator=g), torch.randn(SAMPLES, 1, n, n, generator=g)
+    out = {}
+    makers = {
+        "neuralop_fno": lambda: FNO(n_modes=NEURALOP_MODES, in_channels=1, out_channels=1,
+                                    hidden_channels=WIDTH, n_layers=LAYERS),
+        "neuralop_local_no": lambda: LocalNO(n_modes=NEURALOP_MODES, in_channels=1,
+                                             out_channels=1, hidden_channels=WIDTH,
+                                             default_in_shape=(n, n), n_layers=LAYERS),
+    }
+    for name, make in makers.items():
+        torch.manual_seed(0)
+        model = make()
+        opt = torch.optim.Adam(model.parameters(), 1e-3)
+
+        def epoch():
+            perm = torch.randperm(SAMPLES)
+            for i in range(0, SAMPLES, BATCH):
+                idx = perm[i:i + BATCH]
+                loss = torch.nn.functional.mse_loss(model(x[idx]), y[idx])
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+
+        _, t = _epochs(epoch, repeats)
+        out[f"{name}_samples_s"] = SAMPLES / t
+        out[f"{name}_params"] = sum(p.numel() for p in model.parameters())
+    return out
+
+
+def _peer(n: int, repeats: int) -> dict:
+    try:
+        import neuralop  # noqa: F401
+        from neuralop.models.local_no import LocalNO  # noqa: F401
+    except Exception:   # noqa: BLE001 - any import failure means: not usable here
+        python = os.environ.get("GRAPHOP_NEURALOP_PYTHON")
+        if not python:
+            return {"neuralop": "not importable (set GRAPHOP_NEURALOP_PYTHON to a python that "
+                                "has neuraloperator and torch-harmonics)"}
+        with tempfile.TemporaryDirectory() as tmp:
+            dst = os.path.join(tmp, "out.json")
+            proc = subprocess.run([python, os.path.abspath(__file__), "--peer-worker", str(n),
+                                   str(repeats), dst, str(torch.get_num_threads())],
+                                  capture_output=True, text=True)
+            if proc.returncode != 0:
+                tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+                return {"neuralop": f"worker failed: {' | '.join(tail)}"}
+            with open(dst) as fh:
+                return json.load(fh)
+    return _peer_grid(n, repeats)
+
+
+# ---------------------------------------------------------------------------- graphop
+def _samples(meshes, rng):
+    from graphop.data.sample import mesh_to_sample
+
+    out = []
+    for i in range(SAMPLES):
+        m = meshes[i % len(meshes)]
+        a = np.sin(3 * m.points[:, 0] + rng.uniform(0, 6)) * np.cos(2 * m.points[:, 1])
+        out.append(mesh_to_sample(m.with_point_data(a=a, u=np.cos(a)), ["a"], ["u"]))
+    return out
+
+
+def _model(samples, branches, n_grid=None):
+    from graphop.models.registry import build_model
+    from graphop.models.supports import resolve_supports
+
+    cfg = {"name": "local_gno", "in_channels": 1, "out_channels": 1, "width": WIDTH,
+           "n_layers": LAYERS, "branches": list(branches)}
+    if n_grid is not None:
+        cfg.update(latent_shape=[n_grid, n_grid], modes=list(GRAPHOP_MODES))
+    torch.manual_seed(0)
+    return build_model(resolve_supports(cfg, samples))
+
+
+def _graphop_epochs(model, samples, repeats, clear_first: bool = False):
+    from torch_geometric.loader import DataLoader
+
+    from graphop.layers.sparse import operator_cache
+
+    opt = torch.optim.Adam(model.parameters(), 1e-3)
+    loader = DataLoader(samples, batch_size=BATCH, shuffle=True,
+                        generator=torch.Generator().manual_seed(0))
+
+    def epoch():
+        for b in loader:
+            loss = torch.nn.functional.mse_loss(model(b), b.y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+
+    if clear_first:
+        operator_cache.clear()
+    return _epochs(epoch, repeats)
+
+
+def _grid_case(n: int, repeats: int, log) -> dict:
+    from graphop.geometry.domains import structured_square
+
+    samples = _samples([structured_square(n)], np.random.default_rng(0))
+    res = {}
+    for name, br in (("local_gno", ("global", "disco", "diff")), ("global", ("global",))):
+        log(f"  grid {n}x{n}: graphop {name}")
+        model = _model(samples, br, n_grid=n)
+        _, t = _graphop_epochs(model, samples, repeats)
+        res[f"{name}_samples_s"] = SAMPLES / t
+        res[f"{name}_params"] = sum(p.numel() for p in model.parameters())
+    log(f"  grid {n}x{n}: neuraloperator FNO and LocalNO")
+    res.update(_peer(n, repeats))
+    if "neuralop_local_no_samples_s" in res:
+        res["local_gno_vs_local_no"] = res["local_gno_samples_s"] / res["neuralop_local_no_samples_s"]
+        res["global_vs_fno"] = res["global_samples_s"] / res["neuralop_fno_samples_s"]
+    return res
+
+
+def _meshes_case(repeats: int, log, n_points: int = 1000) -> dict:
+    from graphop.geometry.domains import mesh_domain
+
+    meshes = [mesh_domain("square", n_points, seed=i, perturb=0.3) for i in range(SAMPLES)]
+    res = {"mesh_points": int(np.mean([m.n_points for m in meshes]))}
+    for name, br in (("local_gno", ("global", "disco", "diff")), ("global", ("global",))):
+        for case, ms in (("per_sample", meshes), ("shared", meshes[:8])):
+            log(f"  {SAMPLES} samples on {len(ms)} meshes: graphop {name}")
+            samples = _samples(ms, np.random.default_rng(1))
+            model = _model(samples, br)
+            cold, warm = _graphop_epochs(model, samples, repeats, clear_first=True)
+            res[f"{name}_{case}_cold_samples_s"] = SAMPLES / cold
+            res[f"{name}_{case}_warm_samples_s"] = SAMPLES / warm
+        res[f"{name}_warm_vs_shared"] = (res[f"{name}_per_sample_warm_samples_s"]
+                                         / res[f"{name}_shared_warm_samples_s"])
+    return res
+
+
+def _peak_rss() -> float:
+    """Peak resident memory of this process in bytes (Linux ``VmHWM``; NaN elsewhere)."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return float(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return float("nan")
+
+
+def _large_worker(n: int, dim: int, repeats: int) -> dict:
+    from graphop.geometry.mesh import Mesh
+    from graphop.layers.sparse import operator_cache
+
+    rss0 = _peak_rss()
+    pts = np.random.default_rng(0).random((n, dim))
+    mesh = Mesh.from_points(pts, measure=1.0).with_point_data(a=np.sin(4 * pts[:, 0]),
+                                                              u=np.cos(3 * pts[:, 1]))
+    from graphop.data.sample import mesh_to_sample
+
+    data = mesh_to_sample(mesh, ["a"], ["u"])
+    model = _model([data], ("global", "disco", "diff"))
+    model.config.pop("latent_shape", None)
+    opt = torch.optim.Adam(model.parameters(), 1e-3)
+
+    def step():
+        loss = torch.nn.functional.mse_loss(model(data), data.y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    operator_cache.clear()
+    t = time.perf_counter()
+    with torch.no_grad():
+        model(data)                 # builds every operator
+    first = time.perf_counter() - t
+    t = time.perf_counter()
+    with torch.no_grad():
+        model(data)
+    fwd = time.perf_counter() - t
+    ts = []
+    for _ in range(1 + repeats):
+        t = time.perf_counter()
+        step()
+        ts.append(time.perf_counter() - t)
+    peak = _peak_rss()
+    return {"points": n, "dim": dim, "build_s": max(first - fwd, 0.0),
+            "step_s": statistics.median(ts[1:]), "peak_rss_gib": peak / 2**30,
+            "bytes_per_point": (peak - rss0) / n, "operator_cache_gib": operator_cache.nbytes / 2**30,
+            "supports": {k: model.config.get(k) for k in ("disco_radius", "encoder_radius")}}
+
+
+def _large_case(sizes, dims, repeats: int, log) -> dict:
+    res = {}
+    for dim in dims:
+        for n in sizes:
+            log(f"  {n} random points in {dim}D, batch 1 (own process)")
+            with tempfile.TemporaryDirectory() as tmp:
+                dst = os.path.join(tmp, "out.json")
+                proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--large-worker",
+                                       str(n), str(dim), str(repeats), dst,
+                                       str(torch.get_num_threads())],
+                                      capture_output=True, text=True)
+                if proc.returncode != 0:
+                    tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+                    res[f"{dim}d_{n}"] = f"failed: {' | '.join(tail)}"
+                    continue
+                with open(dst) as fh:
+                    res[f"{dim}d_{n}"] = json.load(fh)
+    return res
+
+
+def bench_train(n_points: int | None = None, repeats: int | None = None, device=None,
+                progress: bool = True, cases=("grid", "meshes", "large")) -> dict:
+    """Run the settings of the module docstring; a nested dict of numbers and ratios.
+
+    ``n_points``: the size of the ``large`` setting (default: 10k and 100k, 2D and 3D).
+    ``device``: only the CPU is measured here (a CUDA run is the device script's job)."""
+    repeats = 3 if repeats is None else int(repeats)
+
+    def log(msg):
+        if progress:
+            print(msg, file=sys.stderr, flush=True)
+
+    res = {"threads": torch.get_num_threads(), "batch": BATCH, "samples": SAMPLES,
+           "width": WIDTH, "layers": LAYERS}
+    if "grid" in cases:
+        for n in (16, 32):
+            res[f"grid_{n}"] = _grid_case(n, repeats, log)
+    if "meshes" in cases:
+        res["meshes"] = _meshes_case(repeats, log)
+    if "large" in cases:
+        sizes = [n_points] if n_points else [10_000, 100_000]
+        res["large"] = _large_case(sizes, (2, 3), max(1, repeats - 1), log)
+    return res
+
+
+if __name__ == "__main__":
+    if len(sys.argv) >= 2 and sys.argv[1] == "--peer-worker":
+        n, reps, dst, threads = int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], int(sys.argv[5])
+        torch.set_num_threads(threads)
+        with open(dst, "w") as fh:
+            json.dump(_peer_grid(n, reps), fh)
+    elif len(sys.argv) >= 2 and sys.argv[1] == "--large-worker":
+        n, dim, reps, dst, threads = (int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]),
+                                      sys.argv[5], int(sys.argv[6]))
+        torch.set_num_threads(threads)
+        with open(dst, "w") as fh:
+            json.dump(_large_worker(n, dim, reps), fh)
