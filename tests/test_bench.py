@@ -22,3 +22,17 @@ def test_bench_layers_json_small(capsys):
 def test_bench_rejects_bad_points(capsys):
     assert main(["bench", "layers", "--points", "10"]) == 2
     assert "--points must be at least 100" in capsys.readouterr().err
+
+
+def test_bench_train_large_case_reports_build_step_and_memory():
+    from graphop.bench.layers import format_result
+    from graphop.bench.train import bench_train
+
+    res = bench_train(cases=("large",), n_points=1500, repeats=1, progress=False)
+    for dim in (2, 3):
+        r = res["large"][f"{dim}d_1500"]
+        assert isinstance(r, dict), r            # a failed worker reports its error as text
+        assert r["points"] == 1500 and r["step_s"] > 0 and r["build_s"] >= 0
+        assert r["peak_rss_gib"] > 0.05 and r["supports"]["disco_radius"] > 0
+    text = format_result("train", res)
+    assert "large" in text and "2d_1500" in text and "step_s" in text

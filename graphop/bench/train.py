@@ -136,7 +136,7 @@ def _model(samples, branches, n_grid=None):
     from graphop.models.supports import resolve_supports
 
     cfg = {"name": "local_gno", "in_channels": 1, "out_channels": 1, "width": WIDTH,
-           "n_layers": LAYERS, "branches": list(branches)}
+           "n_layers": LAYERS, "branches": list(branches), "dim": int(samples[0].pos.shape[1])}
     if n_grid is not None:
         cfg.update(latent_shape=[n_grid, n_grid], modes=list(GRAPHOP_MODES))
     torch.manual_seed(0)
@@ -225,7 +225,6 @@ def _large_worker(n: int, dim: int, repeats: int) -> dict:
 
     data = mesh_to_sample(mesh, ["a"], ["u"])
     model = _model([data], ("global", "disco", "diff"))
-    model.config.pop("latent_shape", None)
     opt = torch.optim.Adam(model.parameters(), 1e-3)
 
     def step():

@@ -1,11 +1,11 @@
-"""``graphop generate darcy|ns|poisson3d --n N --points P --domains ... --seed S --out DIR``,
+"""``graphop generate darcy|ns|poisson3d|swe --n N --points P --domains ... --seed S --out DIR``,
 or ``graphop generate RECIPE.yaml [flags]`` with a dataset recipe (``datasets/*.yaml``)."""
 from __future__ import annotations
 
 from pathlib import Path
 
 NAME = "generate"
-HELP = "generate a PDE dataset (Darcy, Navier-Stokes, 3D Poisson) as mesh files"
+HELP = "generate a PDE dataset (Darcy, Navier-Stokes, 3D Poisson, shallow water) as mesh files"
 DESCRIPTION = (
     "Solve N instances of a PDE with graphop's verified solvers and write each sample as a .vtu "
     "file with point_data (inputs and targets) under OUT/train and OUT/test, plus "
@@ -13,7 +13,9 @@ DESCRIPTION = (
     "whatever the number of workers) and resumable (valid files already written are kept). "
     "Problems and fields: darcy a -> u (domains square, disk, lshape, holes, star, airfoil); "
     "ns w0 -> w1 on the periodic unit torus (scattered points); poisson3d f -> u "
-    "(shapes cube, ball, blob). "
+    "(shapes cube, ball, blob); swe (h0, zeta0, delta0) -> (h1, zeta1, delta1), shallow water "
+    "on the rotating sphere (point sets icosphere, gauss, equiangular, fibonacci, healpix, "
+    "random; --set n_frames=K adds rollout frames h2.., zeta2.., ...). "
     "PROBLEM may also be a YAML recipe (datasets/darcy.yaml, datasets/ns.yaml, "
     "datasets/poisson3d.yaml): its keys are the flags (problem, n, points, domains, seed, out, "
     "workers, test_fraction, remesh, and set: {KEY: VALUE}); flags given on the command line "
@@ -24,12 +26,12 @@ DESCRIPTION = (
 DEFAULTS = {"n": 100, "points": "2000", "domains": None, "seed": 0, "out": None, "workers": 2,
             "test_fraction": 0.0, "remesh": False}
 RECIPE_KEYS = ("problem", *DEFAULTS, "set")
-PROBLEM_NAMES = ("darcy", "ns", "poisson3d")
+PROBLEM_NAMES = ("darcy", "ns", "poisson3d", "swe")
 
 
 def add_arguments(parser) -> None:
     parser.add_argument("problem", metavar="PROBLEM|RECIPE.yaml",
-                        help="the PDE (darcy, ns, poisson3d) or a YAML recipe such as "
+                        help="the PDE (darcy, ns, poisson3d, swe) or a YAML recipe such as "
                              "datasets/darcy.yaml")
     parser.add_argument("--n", type=int, default=None, help="number of samples (default 100)")
     parser.add_argument("--points", default=None, metavar="P[,P...]",
@@ -47,7 +49,8 @@ def add_arguments(parser) -> None:
                         help="a new mesh for every sample of fixed-geometry families too")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="solver parameter, e.g. --set nu=1e-5 --set grid=128 (ns: grid, "
-                             "nu, t0, horizon, dt_max; darcy: high, low, f)")
+                             "nu, t0, horizon, dt_max; darcy: high, low, f; swe: lmax, horizon and "
+                             "spinup in hours, n_frames)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 

@@ -61,6 +61,12 @@ PROBLEMS = {
                   defaults={"grid": 64, "nu": 1e-4, "t0": 2.0, "horizon": 2.0, "dt_max": 1e-2}),
     "poisson3d": Problem("poisson3d", ("f",), ("u",), ("cube", "ball", "blob"),
                          ("ball", "blob"), 3, defaults={}),
+    # shallow water on the rotating sphere (graphop.data.swe); the "domains" are the point sets
+    # of graphop.geometry.sphere; horizon and spinup in hours; rollout frames h2, zeta2, ...
+    "swe": Problem("swe", ("h0", "zeta0", "delta0"), ("h1", "zeta1", "delta1"),
+                   ("icosphere", "gauss", "equiangular", "fibonacci", "healpix", "random"),
+                   ("icosphere",), 3,
+                   defaults={"lmax": 63, "horizon": 6.0, "spinup": 6.0, "n_frames": 1}),
 }
 
 
@@ -95,6 +101,22 @@ def _solve(task: dict):
         # a point cloud: the writer stores the Monte Carlo weights 1/P as the field "weight"
         return Mesh.from_points(s["points"], weights=s["weight"],
                                 point_data={"w0": s["w0"], "w1": s["w1"]})
+    if problem == "swe":
+        from graphop.data.swe import swe_sample
+        from graphop.geometry.sphere import sphere_points
+
+        # a fixed point set per (family, size) unless remesh: then sample i draws its own
+        # random points (the other families are deterministic point sets)
+        mesh = sphere_points(family, n_points, seed=int(rng.integers(2**31)) if task["remesh"]
+                             else seed)
+        p = dict(params)
+        hours = {"horizon": 3600.0 * float(p.pop("horizon")),
+                 "spinup": 3600.0 * float(p.pop("spinup"))}
+        s = swe_sample(rng, mesh.points, n_frames=int(p.pop("n_frames")),
+                       lmax=int(p.pop("lmax")), **hours, **p)
+        fields = {k: v for k, v in s.items() if k not in ("points", "times")}
+        return Mesh(mesh.points, mesh.cells, fields, field_data=mesh.field_data,
+                    weights=mesh.weights, source=mesh.source, validate=False)
     fixed = family in ("square", "disk", "lshape", "cube", "ball")
     if fixed and not task["remesh"]:
         pts, cells = _fixed_mesh(problem, family, n_points, seed)
@@ -145,7 +167,7 @@ def _work(task: dict) -> dict:
 # workers=1): darcy 1.5 kB per point (4e4 points), poisson3d 7 kB per point (2e4 points; the
 # SuperLU factor of a 3D stiffness matrix grows faster than N), ns 0.2 kB per point plus the
 # s x s spectral fields. The coefficients below are twice the measured ones.
-_BYTES_PER_POINT = {"darcy": 3000.0, "poisson3d": 15000.0, "ns": 1000.0}
+_BYTES_PER_POINT = {"darcy": 3000.0, "poisson3d": 15000.0, "ns": 1000.0, "swe": 1000.0}
 _WORKER_BASE = 150e6  # a spawned worker interpreter with numpy, scipy, meshio
 
 
@@ -162,6 +184,10 @@ def sample_bytes(problem: str, n_points: int, params: dict | None = None) -> flo
         return float(c * n * max(1.0, np.log(max(n, 2.0)) / np.log(4e4)))
     if problem == "poisson3d":
         return float(c * n * max(1.0, (n / 2e4) ** (1.0 / 3.0)))
+    if problem == "swe":   # the Gauss grid of the spectral solver: ~40 fields of nlat x 2 nlat
+        lmax = int((params or {}).get("lmax", PROBLEMS["swe"].defaults["lmax"]))
+        nlat = (3 * lmax + 3) // 2
+        return c * n + 40 * 16.0 * 2 * nlat * nlat
     grid = int((params or {}).get("grid", PROBLEMS["ns"].defaults["grid"]))
     return c * n + 640.0 * grid * grid
 
@@ -211,7 +237,7 @@ def generate(problem: str, out, n: int, points=2000, domains=None, seed: int = 0
     """Generate (or resume) a dataset; returns the manifest (also written to OUT/manifest.json).
 
     Args:
-        problem: one of ``darcy``, ``ns``, ``poisson3d``.
+        problem: one of ``darcy``, ``ns``, ``poisson3d``, ``swe``.
         out: output folder.
         n: number of samples.
         points: nodes per sample, an int or a list (sizes are cycled, see the module docstring).

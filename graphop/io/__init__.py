@@ -122,6 +122,10 @@ def read_mesh(path, format: str | None = None, **kwargs) -> Mesh:
         **kwargs: passed to the reader (point clouds accept ``measure=`` and ``k=`` for the
             k-nearest-neighbour quadrature weights).
 
+    A surface mesh whose points lie on a sphere (within 1e-6 of its radius) is recognised: its
+    weights become the spherical lumped mass (they sum to 4 pi R^2) and
+    ``field_data["sphere"] = [cx, cy, cz, R]`` records the sphere.
+
     Raises:
         FileNotFoundError: the file does not exist.
         MeshReadError: unknown extension, empty, unreadable or truncated file.
@@ -149,6 +153,11 @@ def read_mesh(path, format: str | None = None, **kwargs) -> Mesh:
             f"{fmt.name} file") from exc
     if mesh.n_points == 0:
         raise MeshError(f"{path}: the mesh has no points")
+    if mesh.dim == 3 and mesh.is_surface and "sphere" not in mesh.field_data:
+        from graphop.geometry.sphere import as_sphere_mesh, detect_sphere
+
+        if detect_sphere(mesh.points) is not None:   # a sphere: spherical quadrature, R recorded
+            mesh = as_sphere_mesh(mesh)
     return mesh
 
 

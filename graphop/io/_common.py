@@ -61,6 +61,19 @@ def merge_blocks(blocks, cell_data: dict, source: str):
     return merged, out
 
 
+def physical_names(field_data) -> list[tuple[str, int, int]]:
+    """The gmsh physical names among ``field_data``: ``(name, tag, dim)`` for every entry that
+    is exactly two integers ``[tag, dim]`` with 0 <= dim <= 3 (other entries, such as
+    ``"periodic"`` box lengths or a ``"sphere"`` centre and radius, are not names)."""
+    out = []
+    for name, value in (field_data or {}).items():
+        v = np.asarray(value).ravel()
+        if len(v) == 2 and np.all(np.isfinite(v)) and np.all(v == np.round(v)) \
+                and 0 <= v[1] <= 3:
+            out.append((str(name), int(v[0]), int(v[1])))
+    return out
+
+
 def boundary_sets_from_cells(cells: dict, cell_data: dict, field_data: dict) -> dict:
     """Named point sets from the cells of dimension below the top dimension.
 
@@ -71,11 +84,7 @@ def boundary_sets_from_cells(cells: dict, cell_data: dict, field_data: dict) -> 
     if not cells:
         return {}
     top = max(CELL_DIM[t] for t in cells)
-    names = {}
-    for name, value in (field_data or {}).items():
-        v = np.asarray(value).ravel()
-        if len(v) >= 2:
-            names[(int(v[1]), int(v[0]))] = str(name)
+    names = {(dim, tag): name for name, tag, dim in physical_names(field_data)}
     tags = cell_data.get(PHYSICAL_KEY)
     sets: dict[str, list] = {}
     for i, (ctype, conn) in enumerate(cells.items()):

@@ -21,7 +21,7 @@ import tempfile
 import numpy as np
 
 from graphop.geometry.cells import CELL_DIM
-from graphop.io._common import PHYSICAL_KEY, split_components
+from graphop.io._common import PHYSICAL_KEY, physical_names, split_components
 from graphop.errors import InputError
 
 __all__ = ["read_msh", "write_msh", "GMSH_TYPE"]
@@ -129,8 +129,7 @@ def write_msh(path: str, mesh, version: str = "4.1", binary: bool = False) -> No
             out.arr([1], "<i4")
             out.line("")
         out.line("$EndMeshFormat")
-        phys_names = [(int(np.ravel(v)[1]), int(np.ravel(v)[0]), str(k))
-                      for k, v in (mesh.field_data or {}).items() if np.size(v) >= 2]
+        phys_names = [(dim, tag, name) for name, tag, dim in physical_names(mesh.field_data)]
         if phys_names:
             out.line("$PhysicalNames")
             out.line(str(len(phys_names)))

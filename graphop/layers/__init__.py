@@ -2,7 +2,10 @@
 from graphop.layers.differential import DifferentialConv
 from graphop.layers.disco import DISCOConv
 from graphop.layers.latent import GridDecoder, GridEncoder, LatentGrid
+from graphop.layers.sht import InverseRealSHT, RealSHT
 from graphop.layers.spectral import SpectralConv
+from graphop.layers.spherical import (SphereDecoder, SphereEncoder, SphereGrid,
+                                      SphericalGlobalBranch, SphericalSpectralConv)
 
 __all__ = [
     "DISCOConv",
@@ -11,4 +14,11 @@ __all__ = [
     "GridDecoder",
     "LatentGrid",
     "SpectralConv",
+    "RealSHT",
+    "InverseRealSHT",
+    "SphereGrid",
+    "SphereEncoder",
+    "SphereDecoder",
+    "SphericalSpectralConv",
+    "SphericalGlobalBranch",
 ]

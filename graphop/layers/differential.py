@@ -79,8 +79,8 @@ import torch
 from torch import nn
 
 from graphop.errors import ConfigError, GraphopWarning, InputError
-from graphop.layers.sparse import (apply_operator, cached_operator, check_features, graph_set,
-                                   n_points)
+from graphop.layers.sparse import (apply_operator, cached_operator, check_features, fold_matmul,
+                                   graph_set, n_points)
 from graphop.layers.stencil import MAX_GROWTH, mollifier_matrix, stencil_info, stencil_offsets
 
 __all__ = ["DifferentialConv"]
@@ -102,6 +102,12 @@ class DifferentialConv(nn.Module):
             configs that set it). Either way the neighbourhood then grows until well-posed.
         smoothing_radius: rho, a physical length: differentiate ``M_rho f`` (module docstring),
             bounded and convergent on inputs with jumps. None (default): no mollification.
+            On the sphere a geodesic angle in radians (geodesic balls).
+        manifold: ``"plane"`` (default) or ``"sphere"``: 3D points on a sphere about the origin
+            (radius = their median norm, within 1e-6 relative), the 2D stencil in each point's
+            east/north tangent plane (:mod:`graphop.layers.stencil_sphere`); ``dim`` must then
+            be 2 (the sphere's dimension) and D f converges to ``sum_l theta_l s_l . (grad_S f .
+            east, grad_S f . north)``.
 
     Call: ``conv(x, data)`` with ``data`` a ``Data``/``Batch`` holding ``pos`` [N, d]
     (``periodic`` [1, d] for tori), and ``weight`` [N] when ``smoothing_radius`` is set.
@@ -112,8 +118,15 @@ class DifferentialConv(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, dim: int = 2,
                  scale: float = 1.0, bias: bool = True, spacing_neighbours: int | None = None,
-                 smoothing_radius: float | None = None):
+                 smoothing_radius: float | None = None, manifold: str = "plane"):
         super().__init__()
+        if manifold not in ("plane", "sphere"):
+            raise InputError(f"DifferentialConv: manifold must be 'plane' or 'sphere', got "
+                             f"{manifold!r}")
+        if manifold == "sphere" and dim != 2:
+            raise InputError(f"DifferentialConv(manifold='sphere'): dim is the stencil's "
+                             f"dimension, 2 on the sphere (its tangent planes), got {dim}")
+        self.manifold = manifold
         if in_channels < 1 or out_channels < 1:
             raise InputError(f"DifferentialConv: channel counts must be >= 1, got "
                              f"{in_channels} -> {out_channels}")
@@ -164,6 +177,8 @@ class DifferentialConv(nn.Module):
     def operator(self, data):
         """``(SparseOperator, fold)`` for this geometry, from the process-wide cache."""
         g = graph_set(data, need_weight=False, what="data")
+        if self.manifold == "sphere":
+            return self._sphere_operator(g)
         if g.pos.shape[1] != self.dim:
             raise InputError(f"DifferentialConv: data.pos is {g.pos.shape[1]}D but the layer was "
                              f"built with dim={self.dim} (dimension mismatch)")
@@ -181,7 +196,22 @@ class DifferentialConv(nn.Module):
                     f"directions", GraphopWarning, stacklevel=6)
             return m, len(self.offsets)
 
-        return cached_operator("stencil", (k, s, nb), g, None, build)
+        return cached_operator("stencil", (k, s, nb, "plane"), g, None, build)
+
+    def _sphere_operator(self, g):
+        from graphop.layers.stencil_sphere import sphere_stencil_info
+        if g.pos.shape[1] != 3:
+            raise InputError(f"DifferentialConv(manifold='sphere'): data.pos must be 3D points "
+                             f"on a sphere, got {g.pos.shape[1]}D")
+        k, s, nb = self.kernel_size, self.scale, self.spacing_neighbours
+
+        def build(p_out, p_in, w_in, periodic, same):
+            if periodic is not None:
+                raise InputError("DifferentialConv(manifold='sphere'): data.periodic makes no "
+                                 "sense on a sphere")
+            return sphere_stencil_info(p_in, k, s, nb)[0], len(self.offsets)
+
+        return cached_operator("stencil", (k, s, nb, "sphere"), g, None, build)
 
     def mollifier(self, data):
         """``(SparseOperator, fold)`` of M_rho [N, N] for this geometry (cached), or None."""
@@ -191,20 +221,22 @@ class DifferentialConv(nn.Module):
         g = graph_set(data, need_weight=True, what="data")
 
         def build(p_out, p_in, w_in, periodic, same):
+            if self.manifold == "sphere":
+                from graphop.layers.stencil_sphere import sphere_mollifier_matrix
+                if p_in.shape[1] != 3 or periodic is not None:
+                    raise InputError("DifferentialConv(manifold='sphere'): data.pos must be 3D "
+                                     "points on a sphere (and not periodic)")
+                return sphere_mollifier_matrix(p_in, w_in, rho), 1
             return mollifier_matrix(p_in, w_in, rho, periodic), 1
 
-        return cached_operator("mollifier", (rho,), g, None, build)
+        return cached_operator("mollifier", (rho, self.manifold), g, None, build)
 
     def smooth(self, x: torch.Tensor, data) -> torch.Tensor:
         """``M_rho x`` [N, C] (x itself when ``smoothing_radius`` is None)."""
         mol = self.mollifier(data)
         if mol is None:
             return x
-        op, B = mol
-        n, C = op.n_in, x.shape[1]
-        X = x if B == 1 else x.reshape(B, n, C).transpose(0, 1).reshape(n, B * C)
-        Y = op.matmul(X)
-        return Y if B == 1 else Y.reshape(n, B, C).transpose(0, 1).reshape(B * n, C)
+        return fold_matmul(*mol, x)
 
     def forward(self, x: torch.Tensor, data) -> torch.Tensor:
         check_features(x, n_points(data), self.in_channels, "DifferentialConv")
@@ -227,5 +259,5 @@ class DifferentialConv(nn.Module):
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
                 f"dim={self.dim}, scale={self.scale:g}, spacing_neighbours="
                 f"{self.spacing_neighbours or 'mean'}, smoothing_radius={self.smoothing_radius}, "
-                f"n_basis={self.n_basis}, "
+                f"n_basis={self.n_basis}, manifold={self.manifold!r}, "
                 f"bias={self.bias is not None}")

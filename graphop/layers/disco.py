@@ -85,6 +85,8 @@ def _mean_neighbours(pos_out, pos_in, radius, periodic, sample: int = 256) -> fl
 
 #: the values of DISCOConv's ``normalize`` (module docstring); True and False are "l1", "none"
 NORMALIZE = ("quadrature", "mean", "l1", "none")
+#: the values of DISCOConv's ``manifold``
+MANIFOLDS = ("plane", "sphere")
 #: ``"quadrature"``: a basis function is under-resolved at a point when its discrete mass there is
 #: below this fraction of its mass ``r^d ||psi_l||_1`` on the whole ball
 MIN_MASS_FRACTION = 0.5
@@ -211,6 +213,10 @@ class DISCOConv(nn.Module):
             output point, times the fraction of the ball inside the domain), ``"mean"`` (the
             weighted means alone), ``"l1"`` / True (divided by ``r^d ||psi_l||_1``) or
             ``"none"`` / False; see the module docstring.
+        manifold: ``"plane"`` (default: Euclidean balls in the points' own dimension) or
+            ``"sphere"``: 3D points on a sphere about the origin (radius = their median norm,
+            within 1e-6 relative), ``radius`` a geodesic angle in radians, the 2D basis in each
+            point's east/north tangent frame (:mod:`graphop.layers.disco_sphere`).
 
     Call: ``conv(x, data, out=None)``; ``data`` is a ``Data``/``Batch`` with ``pos`` [N, d] and
     ``weight`` [N] (and ``periodic`` [1, d] for tori); ``out`` (optional) another Data/Batch
@@ -222,14 +228,19 @@ class DISCOConv(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int, radius: float,
                  kernel_shape=(3, 4), basis="piecewise_linear", bias: bool = True,
-                 normalize="quadrature"):
+                 normalize="quadrature", manifold: str = "plane"):
         super().__init__()
+        if manifold not in MANIFOLDS:
+            raise InputError(f"DISCOConv: manifold must be one of {MANIFOLDS}, got {manifold!r}")
         try:
             r = float(radius)
         except (TypeError, ValueError):
             r = math.nan
         if not (math.isfinite(r) and r > 0):
             raise InputError(f"DISCOConv: radius must be a positive number, got {radius}")
+        if manifold == "sphere" and r > math.pi:
+            raise InputError(f"DISCOConv: on the sphere radius is a geodesic angle in radians "
+                             f"(0, pi], got {radius}")
         if in_channels < 1 or out_channels < 1:
             raise InputError(f"DISCOConv: channel counts must be >= 1, got "
                              f"{in_channels} -> {out_channels}")
@@ -241,7 +252,7 @@ class DISCOConv(nn.Module):
         self.in_channels, self.out_channels = in_channels, out_channels
         self.radius, self.normalize = r, normalize_mode(normalize)
         self.kernel_shape, self.basis_name = probe.kernel_shape, basis_name
-        self.n_basis = probe.n_basis
+        self.n_basis, self.manifold = probe.n_basis, manifold
         self.weight = nn.Parameter(torch.empty(self.n_basis, in_channels, out_channels))
         self.bias = nn.Parameter(torch.empty(out_channels)) if bias else None
         self.reset_parameters()
@@ -264,6 +275,8 @@ class DISCOConv(nn.Module):
         if g_out is not None and g_out.pos.shape[1] != d:
             raise InputError(f"DISCOConv: out.pos is {g_out.pos.shape[1]}D but data.pos is {d}D "
                              "(dimension mismatch)")
+        if self.manifold == "sphere":
+            return self._sphere_operator(g_in, g_out, d)
         basis = self.basis(d)
         r, norm = self.radius, self.normalize
 
@@ -271,7 +284,24 @@ class DISCOConv(nn.Module):
             return disco_matrix(p_out, p_in, w_in, r, basis, periodic=periodic,
                                 normalize=norm, same=same), basis.n_basis
 
-        return cached_operator("disco", (r, basis.key, norm), g_in, g_out, build)
+        return cached_operator("disco", (r, basis.key, norm, "plane"), g_in, g_out, build)
+
+    def _sphere_operator(self, g_in, g_out, d):
+        from graphop.layers.disco_sphere import sphere_disco_matrix   # imports this module
+        if d != 3:
+            raise InputError(f"DISCOConv(manifold='sphere'): data.pos must be 3D points on a "
+                             f"sphere, got {d}D")
+        basis = self.basis(2)
+        r, norm = self.radius, self.normalize
+
+        def build(p_out, p_in, w_in, periodic, same):
+            if periodic is not None:
+                raise InputError("DISCOConv(manifold='sphere'): data.periodic makes no sense "
+                                 "on a sphere")
+            return sphere_disco_matrix(p_out, p_in, w_in, r, basis, normalize=norm,
+                                       same=same), basis.n_basis
+
+        return cached_operator("disco", (r, basis.key, norm, "sphere"), g_in, g_out, build)
 
     def forward(self, x: torch.Tensor, data, out=None) -> torch.Tensor:
         check_features(x, n_points(data), self.in_channels, "DISCOConv")
@@ -285,4 +315,5 @@ class DISCOConv(nn.Module):
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, radius={self.radius:g}, "
                 f"kernel_shape={self.kernel_shape}, basis={self.basis_name!r}, "
-                f"n_basis={self.n_basis}, normalize={self.normalize!r}, bias={self.bias is not None}")
+                f"n_basis={self.n_basis}, normalize={self.normalize!r}, "
+                f"manifold={self.manifold!r}, bias={self.bias is not None}")

@@ -69,6 +69,13 @@ Args:
         (default 2 * width and 4 * width).
     activation: "gelu" (default), "relu", "silu" or "tanh".
     periodic: the data lives on a torus (``data.periodic``), default False.
+    manifold: ``"plane"`` (default) or ``"sphere"``: 3D points on a sphere about the origin
+        (the trainer picks it for such data). Then the global branch is the spherical one
+        (:class:`graphop.layers.spherical.SphericalGlobalBranch`: a Gauss latent grid
+        ``latent_shape`` = (nlat, nlon), default (32, 64), degrees up to ``modes`` = (lmax,),
+        default nlat // 2), DISCO is geodesic and the stencil lives in each point's tangent
+        plane; ``disco_radius``, ``encoder_radius`` and the smoothing radius are geodesic
+        angles in radians.
 
 Shapes:
     data.x [N, in_channels], data.pos [N, d], data.weight [N] (Data or Batch) -> [N, out_channels]
@@ -77,6 +84,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -112,10 +120,22 @@ class GlobalBranch(nn.Module):
 
 class _Block(nn.Module):
     def __init__(self, width, branches, dim, modes, fft_padding, disco_radius, kernel_shape,
-                 disco_kwargs, diff_kwargs, diff_scale):
+                 disco_kwargs, diff_kwargs, diff_scale, sphere=None):
         super().__init__()
         self.linear = nn.Linear(width, width)
-        self.glob = GlobalBranch(width, modes, fft_padding) if "global" in branches else None
+        self.glob = None
+        if "global" in branches and sphere is None:
+            self.glob = GlobalBranch(width, modes, fft_padding)
+        elif "global" in branches:
+            from graphop.layers.spherical import SphericalGlobalBranch
+
+            latent_shape, lmax, r_enc = sphere
+            self.glob = SphericalGlobalBranch(width, width, latent_shape, lmax=lmax,
+                                              radius=r_enc)
+        if sphere is not None:   # geodesic DISCO and the tangent-plane stencil
+            disco_kwargs = {**disco_kwargs, "manifold": "sphere"}
+            diff_kwargs = {**diff_kwargs, "manifold": "sphere"}
+            dim = 2
         self.disco = self.diff = None
         self.diff_scale = float(diff_scale)
         if "disco" in branches:
@@ -136,8 +156,10 @@ class _Block(nn.Module):
 
     def forward(self, h, data, latent):
         z = self.linear(h)
-        if self.glob is not None:
+        if self.glob is not None and isinstance(self.glob, GlobalBranch):
             z = z + self.glob(h, data, latent)
+        elif self.glob is not None:
+            z = z + self.glob(h, data, ops=latent)
         if self.disco is not None:
             z = z + self.disco(h, data)
         if self.diff is not None:
@@ -163,9 +185,15 @@ class LocalGNO(nn.Module):
                  diff_kwargs: dict | None = None, diff_scale: float = 0.02,
                  lifting_channels: int | None = None,
                  projection_channels: int | None = None, activation: str = "gelu",
-                 periodic: bool = False):
+                 periodic: bool = False, manifold: str = "plane"):
         super().__init__()
         branches = tuple(branches)
+        if manifold not in ("plane", "sphere"):
+            raise InputError(f"manifold must be 'plane' or 'sphere', got {manifold!r}")
+        sphere = manifold == "sphere"
+        if sphere and (periodic or (dim is not None and dim != 3)):
+            raise InputError("manifold='sphere' takes 3D points on a sphere about the origin "
+                             f"(dim 3, not periodic), got dim={dim}, periodic={periodic}")
         bad = [b for b in branches if b not in BRANCHES]
         if bad or len(set(branches)) != len(branches):
             raise InputError(f"branches must be distinct names from {BRANCHES}, got {branches}")
@@ -174,7 +202,17 @@ class LocalGNO(nn.Module):
         if in_channels < 0 or out_channels < 1 or width < 1 or n_layers < 1:
             raise InputError(f"need in_channels >= 0, out_channels >= 1, width >= 1, n_layers >= 1; "
                              f"got {in_channels}, {out_channels}, {width}, {n_layers}")
-        if latent_shape is not None:
+        if sphere:
+            # latent (nlat, nlon) Gauss grid; modes = (lmax,), the largest degree mixed
+            dim = 3
+            latent_shape = tuple(int(n) for n in (latent_shape or (32, 64)))
+            if len(latent_shape) != 2:
+                raise InputError(f"on the sphere latent_shape is (nlat, nlon), got {latent_shape}")
+            modes = tuple(int(m) for m in np.atleast_1d(modes if modes is not None
+                                                        else latent_shape[0] // 2))
+            if len(modes) != 1:
+                raise InputError(f"on the sphere modes is (lmax,), got {modes}")
+        elif latent_shape is not None:
             latent_shape = tuple(int(n) for n in latent_shape)
             if dim is not None and dim != len(latent_shape):
                 raise InputError(f"dim={dim} but latent_shape {latent_shape} has {len(latent_shape)} axes")
@@ -184,7 +222,7 @@ class LocalGNO(nn.Module):
             raise InputError(f"dim must be 2 or 3, got {dim}")
         latent_shape = latent_shape or ((32, 32) if dim == 2 else (16, 16, 16))
         modes = tuple(int(m) for m in (modes or ((12, 12) if dim == 2 else (6, 6, 6))))
-        if len(modes) != dim:
+        if len(modes) != dim and not sphere:
             raise InputError(f"modes {modes} must have one entry per axis of latent_shape {latent_shape}")
         lifting_channels = lifting_channels or 2 * width
         projection_channels = projection_channels or 4 * width
@@ -207,17 +245,22 @@ class LocalGNO(nn.Module):
             encoder_radius=encoder_radius, disco_radius=disco_radius, kernel_shape=kernel_shape,
             disco_kwargs=disco_kwargs, diff_kwargs=diff_kwargs, diff_scale=diff_scale,
             lifting_channels=lifting_channels,
-            projection_channels=projection_channels, activation=activation, periodic=periodic))
+            projection_channels=projection_channels, activation=activation, periodic=periodic,
+            manifold=manifold))
         self.in_channels, self.out_channels, self.width = in_channels, out_channels, width
         self.branches, self.dim, self.periodic = branches, dim, bool(periodic)
         self.act = ACTIVATIONS[activation]()
         n_pos = 2 * dim if periodic else dim
         self.lift = mlp([in_channels + n_pos, lifting_channels, width], activation)
+        self.sphere = sphere
+        # an unresolved "auto" encoder radius builds with the default and is refused in forward
+        r_enc = encoder_radius if _positive(encoder_radius) else None
+        sph = (latent_shape, modes[0], r_enc) if sphere else None
         self.blocks = nn.ModuleList(
             _Block(width, branches, dim, modes, fft_padding, disco_radius, kernel_shape, disco_kwargs,
-                   diff_kwargs, diff_scale) for _ in range(n_layers))
+                   diff_kwargs, diff_scale, sph) for _ in range(n_layers))
         self.project = mlp([width, projection_channels, out_channels], activation)
-        if "global" in branches:
+        if "global" in branches and not sphere:
             auto = encoder_radius == AUTO
             self.encoder = GridEncoder(latent_shape, latent_box, box_padding,
                                        radius=None if auto else encoder_radius)
@@ -243,7 +286,10 @@ class LocalGNO(nn.Module):
                 "build_model (the trainer does), or give numbers")
         h = self.lift(self._features(data))
         latent = None
-        if "global" in self.branches:
+        if "global" in self.branches and self.sphere:
+            glob = self.blocks[0].glob     # operators built once, shared by every block
+            latent = (glob.encoder.operator(data), glob.decoder.operator(data))
+        elif "global" in self.branches:
             enc_op = self.encoder.operator(data)
             dec_op = self.decoder.operator(data)
             latent = (self.encoder, self.decoder, enc_op, dec_op, self.periodic)

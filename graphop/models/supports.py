@@ -256,6 +256,8 @@ def resolve_supports(model_config: dict, samples, log=None) -> dict:
         return cfg
     if len(samples) == 0:
         raise DataError("cannot choose the 'auto' supports: no training samples")
+    if cfg.get("manifold") == "sphere":
+        return _resolve_on_sphere(cfg, samples, auto_disco, auto_enc, auto_smooth, diff_kw, log)
     coarsest = None
     for pos, boundary, periodic, i in _sample_meshes(samples):
         h = mesh_spacing(pos, periodic)
@@ -288,6 +290,46 @@ def resolve_supports(model_config: dict, samples, log=None) -> dict:
     return cfg
 
 
+def _chord_to_angle(c):
+    return 2.0 * np.arcsin(np.minimum(1.0, np.asarray(c) / 2.0))
+
+
+def _resolve_on_sphere(cfg, samples, auto_disco, auto_enc, auto_smooth, diff_kw, log) -> dict:
+    """The ``auto`` supports of a sphere model, as geodesic angles (radians): the same rules as
+    in the plane (module docstring) with distances measured on the unit sphere. A closed sphere
+    has no boundary, so every point counts; the latent spacing is pi / nlat."""
+    coarsest = None
+    for pos, _, _, i in _sample_meshes(samples):
+        u = pos / np.linalg.norm(pos, axis=1, keepdims=True)
+        tree = cKDTree(u)
+        h = float(np.median(_chord_to_angle(tree.query(u, k=2)[0][:, 1])))
+        if coarsest is None or h > coarsest[0]:
+            coarsest = (h, u, tree, i)
+    h, u, tree, index = coarsest
+    parts, r_disco = [], None
+    if auto_disco or auto_smooth:
+        k = min(MIN_POINTS_PER_BALL, len(u))
+        r_disco = _round_up(float(np.median(_chord_to_angle(tree.query(u, k=k)[0][:, -1]))))
+        r_disco = min(r_disco, math.pi)
+    if auto_disco:
+        cfg["disco_radius"] = r_disco
+        parts.append(f"disco_radius {r_disco:.3g} rad ({MIN_POINTS_PER_BALL} points/ball)")
+    if auto_enc:
+        nlat = int((cfg.get("latent_shape") or (32, 64))[0])
+        r_enc = _round_up(max(2.0 * math.pi / nlat, ENCODER_SPACINGS * h))
+        cfg["encoder_radius"] = r_enc
+        parts.append(f"encoder_radius {r_enc:.3g} rad")
+    if auto_smooth:
+        given = cfg.get("disco_radius")
+        diff_kw["smoothing_radius"] = float(given) if isinstance(given, (int, float)) else r_disco
+        cfg["diff_kwargs"] = diff_kw
+        parts.append(f"smoothing_radius {diff_kw['smoothing_radius']:.3g} rad (the DISCO radius)")
+    if log is not None:
+        log(f"supports (auto, on the sphere, from the coarsest training mesh, sample {index}: "
+            f"{len(u)} points, spacing {h:.3g} rad): " + ", ".join(parts))
+    return cfg
+
+
 # ---------------------------------------------------------------------------- warnings
 def support_warnings(model_config: dict, pos, boundary=None, periodic=None) -> list[str]:
     """What this mesh under-resolves among the stored supports of ``model_config``, each with
@@ -296,6 +338,8 @@ def support_warnings(model_config: dict, pos, boundary=None, periodic=None) -> l
     if not br or len(_np(pos)) < 2:
         return []
     pos = _np(pos)
+    if model_config.get("manifold") == "sphere":
+        return _sphere_warnings(model_config, br, pos)
     out = []
     h = mesh_spacing(pos, periodic)
     r = model_config.get("disco_radius")
@@ -317,6 +361,29 @@ def support_warnings(model_config: dict, pos, boundary=None, periodic=None) -> l
         if isinstance(e, (int, float)) and e < WARN_ENCODER_SPACINGS * h:
             out.append(f"encoder_radius {e:.3g} is {e / h:.2g} mesh spacings (spacing {h:.3g}; "
                        f"fewer than {WARN_ENCODER_SPACINGS:g}: latent nodes fall between points)")
+    return out
+
+
+def _sphere_warnings(model_config: dict, br, pos) -> list[str]:
+    """:func:`support_warnings` on the sphere: geodesic radii, every point interior."""
+    u = pos / np.linalg.norm(pos, axis=1, keepdims=True)
+    tree = cKDTree(u)
+    h = float(np.median(_chord_to_angle(tree.query(u, k=2)[0][:, 1])))
+    out = []
+    checks = [("DISCO", "disco_radius", model_config.get("disco_radius"), "disco"),
+              ("smoothing", "smoothing_radius",
+               (model_config.get("diff_kwargs") or {}).get("smoothing_radius"), "diff")]
+    for what, key, r, branch in checks:
+        if branch in br and isinstance(r, (int, float)) and r > 0:
+            c = float(np.median(tree.query_ball_point(u, 2 * math.sin(min(r, math.pi) / 2),
+                                                      return_length=True)))
+            if c < WARN_POINTS_PER_BALL:
+                out.append(f"median {c:.0f} points per {what} ball ({key} {r:.3g} rad, mesh "
+                           f"spacing {h:.3g} rad; fewer than {WARN_POINTS_PER_BALL})")
+    e = model_config.get("encoder_radius")
+    if "global" in br and isinstance(e, (int, float)) and e < WARN_ENCODER_SPACINGS * h:
+        out.append(f"encoder_radius {e:.3g} rad is {e / h:.2g} mesh spacings (spacing {h:.3g} "
+                   f"rad; fewer than {WARN_ENCODER_SPACINGS:g}: latent nodes fall between points)")
     return out
 
 

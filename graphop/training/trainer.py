@@ -104,6 +104,16 @@ def load_datasets(cfg: TrainConfig):
     return train, val
 
 
+def on_sphere(data, rtol: float = 1e-6) -> bool:
+    """True when ``data.pos`` is 3D and every point lies within ``rtol`` of one sphere about
+    the origin (a sample of graphop's sphere data, or any mesh file of a sphere)."""
+    pos = getattr(data, "pos", None)
+    if pos is None or pos.dim() != 2 or pos.shape[1] != 3 or len(pos) < 4:
+        return False
+    r = pos.double().norm(dim=1)
+    return bool(r.min() > 0 and (r.max() - r.min()) <= rtol * r.median())
+
+
 def _seed_all(seed: int) -> None:
     torch.manual_seed(seed)
     np.random.seed(seed % 2**32)
@@ -176,8 +186,10 @@ class Trainer:
         every sample is checked for NaN/inf either way."""
         cfg = self.cfg
         if ckpt is None:
+            # a sphere about the origin keeps its coordinates: the spherical layers need the
+            # centre at 0, and a sphere has no bounding box to map into the unit box
             normalizer = Normalizer.fit(train, fields=cfg.normalize_fields,
-                                        coords=cfg.normalize_coords,
+                                        coords=cfg.normalize_coords and not on_sphere(train[0]),
                                         progress=cfg.progress and self.info.is_main)
         else:
             normalizer = Normalizer.from_state_dict(ckpt["normalizer"])
@@ -200,6 +212,9 @@ class Trainer:
             mc["dim"] = int(first.pos.shape[1])
         if "periodic" in accepted and "periodic" not in mc:
             mc["periodic"] = getattr(first, "periodic", None) is not None
+        if "manifold" in accepted and "manifold" not in mc and on_sphere(first):
+            mc["manifold"] = "sphere"
+            mc.pop("dim", None)
         return mc
 
     def _build_model(self, model, train):
