@@ -119,3 +119,55 @@ def test_sphere_mesh_round_trips_through_gmsh_without_bogus_physical_names(tmp_p
     assert "sphere" not in text                         # [0, 0, 0, R] is not a [tag, dim] name
     got = read_mesh(tmp_path / "s.msh")
     assert abs(got.weights.sum() - 4 * math.pi) < 1e-9 and got.boundary_sets == {}
+
+
+def test_rollout_curve_from_the_command_line(tmp_path, capsys):
+    import json
+
+    from graphop.cli import main
+    from graphop.data.generate import generate
+    from graphop.inference.rollout import frame_stems, rollout_mesh
+    from graphop.io import read_mesh
+    from graphop.errors import DataError
+    from graphop.inference.predict import predict_mesh
+    from graphop.training.checkpoint import load_trained_model
+
+    kw = dict(workers=1, progress=False, lmax=15, spinup=1.0)
+    generate("swe", tmp_path / "d", 6, points=162, seed=1, horizon=2.0, **kw)
+    generate("swe", tmp_path / "r", 2, points=162, seed=5, horizon=6.0, n_frames=3, **kw)
+    assert main(["train", "--data", str(tmp_path / "d"), "--inputs", "h0,zeta0,delta0",
+                 "--targets", "h1,zeta1,delta1", "--epochs", "1", "--out", str(tmp_path / "run"),
+                 "--set", "model.width=8", "--set", "model.latent_shape=[8,16]",
+                 "--no-progress"]) == 0
+    assert main(["evaluate", str(tmp_path / "run"), "--data", str(tmp_path / "r"),
+                 "--no-plots", "--rollout", "3", "--json", "--no-progress"]) == 0
+    res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["rollout"]
+    assert res["steps"] == [1, 2, 3] and all(math.isfinite(v) for v in res["rel_l2"])
+    saved = json.loads((tmp_path / "run" / "eval" / "rollout.json").read_text())
+    assert len(saved["per_file"]) == 2
+    # step 1 of the rollout is the one-step prediction, scored as predict scores it
+    model, norm, _ = load_trained_model(tmp_path / "run")
+    mesh = read_mesh(sorted((tmp_path / "r" / "train").iterdir())[0])
+    one = predict_mesh(model, norm, mesh, ["h0", "zeta0", "delta0"], ["h1", "zeta1", "delta1"])[1]
+    errs = rollout_mesh(model, norm, mesh, ["h0", "zeta0", "delta0"], ["h1", "zeta1", "delta1"])
+    assert len(errs) == 3 and abs(errs[0] - one) < 1e-6 * max(one, 1e-12)
+    assert frame_stems(["a3", "b3"], ["a4", "b4"]) == (["a", "b"], 3)
+    with pytest.raises(DataError):
+        frame_stems(["a0"], ["u"])
+    with pytest.raises(DataError):
+        rollout_mesh(model, norm, mesh, ["h0", "zeta0", "delta0"], ["h1", "zeta1", "delta1"], 4)
+
+
+def test_sphere_fields_are_drawn_as_a_longitude_latitude_map(tmp_path):
+    pytest.importorskip("matplotlib")
+    from graphop.geometry.domains import mesh_ball
+    from graphop.inference.plot import _lonlat, save_field_plot
+
+    m = sphere_points("fibonacci", 500, radius=3.0)
+    lon, lat = _lonlat(m)
+    assert lon.min() >= -180 and lon.max() <= 180 and abs(lat).max() <= 90
+    i = int(np.argmax(m.points[:, 2]))
+    assert lat[i] > 80                                   # the top point is near the north pole
+    assert _lonlat(mesh_ball(200)) is None               # a ball is not a sphere
+    out = save_field_plot(m.with_point_data(f=m.points[:, 0]), tmp_path / "s.png")
+    assert (tmp_path / "s.png").stat().st_size > 1000 and str(out).endswith("s.png")

@@ -30,6 +30,10 @@ def add_arguments(p) -> None:
     p.add_argument("--batch-size", dest="batch_size", type=int, default=4)
     p.add_argument("--no-plots", dest="no_plots", action="store_true", help="skip the PNGs")
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    p.add_argument("--rollout", type=int, default=None, metavar="K",
+                   help="also roll the one-step model out K steps on the files of --data that "
+                        "hold K frames after the input (h0 -> h1 -> ... -> hK; graphop generate "
+                        "swe --set n_frames=K): writes rollout.json and rollout.png")
 
 
 def run(args) -> int:
@@ -39,6 +43,8 @@ def run(args) -> int:
     rep = evaluate_checkpoint(args.checkpoint, args.data, splits, args.out, args.device,
                               args.batch_size, plots=not args.no_plots,
                               progress=not args.json)
+    if args.rollout is not None:
+        rep["rollout"] = _rollout(args, rep)
     if args.json:
         slim = {k: v for k, v in rep.items() if k != "samples"}
         print(json.dumps(slim))
@@ -47,3 +53,29 @@ def run(args) -> int:
         print(f"written: {rep['out']}/results.md, results.json"
               + (", " + ", ".join(f"sample_{k}.png" for k in rep["plots"]) if rep["plots"] else ""))
     return 0
+
+
+def _rollout(args, rep) -> dict:
+    from pathlib import Path
+
+    from graphop.data.dataset import list_mesh_files
+    from graphop.errors import GraphopError
+    from graphop.inference.rollout import plot_rollout, rollout_files
+    from graphop.training.checkpoint import load_checkpoint
+
+    if args.rollout < 1:
+        raise GraphopError(f"--rollout must be at least 1, got {args.rollout}")
+    root = Path(args.data or load_checkpoint(args.checkpoint)["train_config"]["data"])
+    files = list_mesh_files(root)   # the test/ split when there is one, else every file
+    files = [f for f in files if "test" in Path(f).relative_to(root).parts] or files
+    from graphop.training.distributed import resolve_device
+
+    res = rollout_files(args.checkpoint, files, args.rollout, resolve_device(args.device))
+    out = Path(rep["out"])
+    (out / "rollout.json").write_text(json.dumps(res, indent=1))
+    png = plot_rollout(res, out / "rollout.png")
+    if not args.json:
+        print(f"rollout over {len(files)} file(s): rel_l2 per step "
+              + ", ".join(f"{k}: {v:.4g}" for k, v in zip(res["steps"], res["rel_l2"]))
+              + f"; written: {out}/rollout.json" + (f", {png.name}" if png else ""))
+    return {k: res[k] for k in ("steps", "rel_l2")}

@@ -4,7 +4,10 @@
 * 2D point clouds: coloured scatter;
 * 3D volume meshes: the lower half (cells below the middle z plane), its boundary faces
   coloured by the face mean of the field, so the cut shows interior values;
-* 3D surfaces: the surface triangles coloured likewise; 3D point clouds: a 3D scatter.
+* 3D surfaces: the surface triangles coloured likewise; 3D point clouds: a 3D scatter;
+* points on a sphere about the origin (meshes or clouds): a longitude-latitude map, the field
+  interpolated linearly on a Delaunay triangulation of (lon, lat) (the whole sphere at a
+  glance, which a 3D view shows only half of).
 
 Vector fields are drawn as their Euclidean norm. One panel per field, each with its colour bar;
 a mesh without fields is drawn as its edges.
@@ -89,6 +92,31 @@ def _draw_3d(ax, mesh, vals, label):
     return sm
 
 
+def _lonlat(mesh):
+    """(lon, lat) in degrees when every point of ``mesh`` is on one sphere about the origin."""
+    if mesh.dim != 3 or mesh.n_points < 4:
+        return None
+    r = np.linalg.norm(mesh.points, axis=1)
+    if not (r.min() > 0 and r.max() - r.min() <= 1e-6 * np.median(r)):
+        return None
+    u = mesh.points / r[:, None]
+    return np.degrees(np.arctan2(u[:, 1], u[:, 0])), np.degrees(np.arcsin(np.clip(u[:, 2], -1, 1)))
+
+
+def _draw_map(ax, lonlat, vals):
+    lon, lat = lonlat
+    if vals is None:
+        ax.plot(lon, lat, ".", ms=1, color="0.3")
+        art = None
+    else:
+        art = ax.tripcolor(lon, lat, vals, shading="gouraud", cmap="viridis")
+    ax.set_xlim(-180, 180)
+    ax.set_ylim(-90, 90)
+    ax.set_xlabel("longitude")
+    ax.set_ylabel("latitude")
+    return art
+
+
 def plot_fields(mesh, fields=None, title: str | None = None, panel_size: float = 4.0):
     """A matplotlib Figure with one panel per field of ``mesh`` (a :class:`graphop.Mesh`).
 
@@ -109,12 +137,17 @@ def plot_fields(mesh, fields=None, title: str | None = None, panel_size: float =
     panels = names or [None]
     ncol = min(len(panels), 3)
     nrow = math.ceil(len(panels) / ncol)
-    three_d = mesh.dim == 3
-    fig = plt.figure(figsize=(panel_size * ncol * 1.15, panel_size * nrow))
+    lonlat = _lonlat(mesh)
+    three_d = mesh.dim == 3 and lonlat is None
+    wide = 1.6 if lonlat is not None else 1.15
+    fig = plt.figure(figsize=(panel_size * ncol * wide, panel_size * nrow))
     for k, name in enumerate(panels):
         ax = fig.add_subplot(nrow, ncol, k + 1, projection="3d" if three_d else None)
         vals, label = _values(mesh, name) if name is not None else (None, "mesh")
-        art = (_draw_3d if three_d else _draw_2d)(ax, mesh, vals, label)
+        if lonlat is not None:
+            art = _draw_map(ax, lonlat, vals)
+        else:
+            art = (_draw_3d if three_d else _draw_2d)(ax, mesh, vals, label)
         if not three_d:
             ax.set_aspect("equal")
         ax.set_title(label)
