@@ -192,3 +192,23 @@ def test_registry_and_model_errors():
         model(d)
     with pytest.raises(ValueError, match=r"dim=3 but latent_shape \(8, 8\)"):
         LocalGNO(1, 1, dim=3, latent_shape=(8, 8))
+
+
+def test_checkpointed_blocks_give_the_same_gradients():
+    import torch
+
+    from graphop.geometry.domains import mesh_domain
+    from graphop.models import LocalGNO
+
+    mesh = mesh_domain("square", 300, seed=0)
+    data = mesh.with_point_data(a=mesh.points[:, 0] ** 2).to_data(fields=["a"], dtype=torch.float64)
+    data.x = data.a.reshape(-1, 1)
+    grads = []
+    for ck in (False, True):
+        torch.manual_seed(0)
+        m = LocalGNO(1, 1, width=8, n_layers=2, disco_radius=0.2, encoder_radius=0.1,
+                     checkpoint_blocks=ck).double()
+        m(data).square().sum().backward()
+        grads.append(torch.cat([p.grad.reshape(-1) for p in m.parameters()]))
+    assert (grads[0] - grads[1]).abs().max() < 1e-10 * grads[0].abs().max()
+    assert m.config["checkpoint_blocks"] is True

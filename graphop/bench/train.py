@@ -17,7 +17,9 @@ where they are installed and every ratio measured in the same run.
     next epochs (``warm``); against the same 64 samples spread over 8 meshes (``shared``, a
     dataset small enough to stay cached). Ratio ``warm / shared``.
 (c) ``large``: one sample of N uniform random points in the unit square (2D) or cube (3D),
-    k-NN quadrature weights, batch 1, LocalGNO width 32 with its defaults; each size in a fresh
+    k-NN quadrature weights, batch 1, LocalGNO width 32 with its defaults and
+    ``checkpoint_blocks=True`` (each block's activations recomputed in the backward pass
+    instead of stored: measured necessary at 1M points in 24 GiB); each size in a fresh
     process so that its peak memory (``VmHWM``) is its own: operator build time, step time,
     peak resident memory and bytes per point. Sizes: 10k and 100k by default, or ``--points``.
 
@@ -131,12 +133,13 @@ def _samples(meshes, rng):
     return out
 
 
-def _model(samples, branches, n_grid=None):
+def _model(samples, branches, n_grid=None, checkpoint_blocks: bool = False):
     from graphop.models.registry import build_model
     from graphop.models.supports import resolve_supports
 
     cfg = {"name": "local_gno", "in_channels": 1, "out_channels": 1, "width": WIDTH,
-           "n_layers": LAYERS, "branches": list(branches), "dim": int(samples[0].pos.shape[1])}
+           "n_layers": LAYERS, "branches": list(branches), "dim": int(samples[0].pos.shape[1]),
+           "checkpoint_blocks": checkpoint_blocks}
     if n_grid is not None:
         cfg.update(latent_shape=[n_grid, n_grid], modes=list(GRAPHOP_MODES))
     torch.manual_seed(0)
@@ -213,7 +216,7 @@ def _peak_rss() -> float:
     return float("nan")
 
 
-def _large_worker(n: int, dim: int, repeats: int) -> dict:
+def _large_worker(n: int, dim: int, repeats: int, checkpoint: bool = True) -> dict:
     from graphop.geometry.mesh import Mesh
     from graphop.layers.sparse import operator_cache
 
@@ -224,7 +227,7 @@ def _large_worker(n: int, dim: int, repeats: int) -> dict:
     from graphop.data.sample import mesh_to_sample
 
     data = mesh_to_sample(mesh, ["a"], ["u"])
-    model = _model([data], ("global", "disco", "diff"))
+    model = _model([data], ("global", "disco", "diff"), checkpoint_blocks=checkpoint)
     opt = torch.optim.Adam(model.parameters(), 1e-3)
 
     def step():
@@ -251,6 +254,7 @@ def _large_worker(n: int, dim: int, repeats: int) -> dict:
     return {"points": n, "dim": dim, "build_s": max(first - fwd, 0.0),
             "step_s": statistics.median(ts[1:]), "peak_rss_gib": peak / 2**30,
             "bytes_per_point": (peak - rss0) / n, "operator_cache_gib": operator_cache.nbytes / 2**30,
+            "checkpoint_blocks": checkpoint,
             "supports": {k: model.config.get(k) for k in ("disco_radius", "encoder_radius")}}
 
 
@@ -267,7 +271,9 @@ def _large_case(sizes, dims, repeats: int, log) -> dict:
                                       capture_output=True, text=True)
                 if proc.returncode != 0:
                     tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
-                    res[f"{dim}d_{n}"] = f"failed: {' | '.join(tail)}"
+                    why = ("killed (out of memory?)" if proc.returncode in (-9, 137)
+                           else f"exit {proc.returncode}")
+                    res[f"{dim}d_{n}"] = f"failed, {why}: {' | '.join(tail)}"
                     continue
                 with open(dst) as fh:
                     res[f"{dim}d_{n}"] = json.load(fh)

@@ -185,10 +185,11 @@ class KernelBasis:
         return out
 
     # ------------------------------------------------------------------ integrals
-    def l1_norms(self) -> np.ndarray:
-        """``int_{|z| <= 1} |psi_l(z)| dz`` for every l, [L] (used for normalisation)."""
-        d, n_r, n_a = self.dim, self.n_r, self.n_a
-        # radial integrals int hat_k(t) t^(d-1) dt, exact by Gauss-Legendre on each linear piece
+    def radial_integrals(self, g) -> np.ndarray:
+        """``int_0^1 hat_k(t) g(t) dt`` for every radial hat k, [n_r]: Gauss-Legendre (8 nodes)
+        on each linear piece of the hat, exact for polynomial g of degree <= 14. ``g(t) =
+        t^(d-1)`` gives the planar measure, ``sin(r t) / r`` the geodesic one on a sphere."""
+        n_r = self.n_r
         xg, wg = np.polynomial.legendre.leggauss(8)
         radial = np.zeros(n_r)
         for k in range(n_r):
@@ -198,7 +199,13 @@ class KernelBasis:
                     continue
                 tt = 0.5 * (hi - lo) * xg + 0.5 * (hi + lo)
                 hat = np.maximum(0.0, 1.0 - n_r * np.abs(tt - k / n_r))
-                radial[k] += 0.5 * (hi - lo) * np.sum(wg * hat * tt ** (d - 1))
+                radial[k] += 0.5 * (hi - lo) * np.sum(wg * hat * g(tt))
+        return radial
+
+    def l1_norms(self) -> np.ndarray:
+        """``int_{|z| <= 1} |psi_l(z)| dz`` for every l, [L] (used for normalisation)."""
+        d, n_r, n_a = self.dim, self.n_r, self.n_a
+        radial = self.radial_integrals(lambda t: t ** (d - 1))
         sphere = {1: 2.0, 2: 2 * math.pi, 3: 4 * math.pi}[d]
         if n_a == 1:
             angular = np.array([sphere])

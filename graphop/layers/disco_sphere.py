@@ -155,16 +155,7 @@ def sphere_l1_norms(basis: KernelBasis, radius: float, R: float = 1.0) -> np.nda
         raise InputError(f"the sphere's tangent planes are 2D; got a {basis.dim}D basis")
     n_r, n_a = basis.n_r, basis.n_a
     r = float(radius)
-    xg, wg = np.polynomial.legendre.leggauss(8)
-    radial = np.zeros(n_r)
-    for k in range(n_r):
-        for lo, hi in ((k - 1, k), (k, k + 1)):
-            lo, hi = max(lo, 0) / n_r, min(hi, n_r) / n_r
-            if hi <= lo:
-                continue
-            tt = 0.5 * (hi - lo) * xg + 0.5 * (hi + lo)
-            hat = np.maximum(0.0, 1.0 - n_r * np.abs(tt - k / n_r))
-            radial[k] += 0.5 * (hi - lo) * np.sum(wg * hat * np.sin(r * tt) / r)
+    radial = basis.radial_integrals(lambda t: np.sin(r * t) / r)
     angular = np.full(n_a, 2 * math.pi / n_a)
     norms = np.empty(basis.n_basis)
     norms[0] = radial[0] * 2 * math.pi

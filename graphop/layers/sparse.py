@@ -142,6 +142,8 @@ class SparseOperator:
                 self._copies[key] = m if m.dtype == np_dtype else m.astype(np_dtype)
             else:
                 self._copies[key] = _to_torch(m, device, dtype)
+                if transpose:   # the torch copy replaces it (rebuilt if a scipy path asks)
+                    self._transpose = None
         return self._copies[key]
 
     def torch_pair(self, device, dtype):

@@ -72,7 +72,7 @@ from scipy.spatial import cKDTree
 from graphop.errors import InputError, MeshError
 from graphop.geometry.neighbors import knn_distances, radius_neighbors
 
-__all__ = ["stencil_offsets", "local_scale", "stencil_matrix", "stencil_info",
+__all__ = ["stencil_offsets", "local_scale", "stencil_matrix", "stencil_info", "grow_until_well_posed",
            "coefficient_bound", "mollifier_matrix", "StencilInfo", "MU", "GROWTH", "MAX_GROWTH"]
 
 #: smallest eigenvalue of the normalised moment matrix a neighbourhood must reach
@@ -187,16 +187,29 @@ def _build(pos, kernel_size, scale, periodic, neighbours):
     tree = cKDTree(x, boxsize=None if box is None else np.array(box))
     if box is not None:   # the grown box must stay below half the period (one image only)
         h_cap = 0.5 * float(np.min(box)) / reach * (1 - 1e-9)
+    if box is None:
+        h_cap = np.inf
+    return offs, *grow_until_well_posed(
+        h, reach, h_cap, lambda todo: _box_neighbors(tree, x, box, h, reach, todo))
+
+
+def grow_until_well_posed(h: np.ndarray, reach: int, h_cap: float, neighbours):
+    """The growth loop of the module docstring, shared by the plane and the sphere.
+
+    ``neighbours(todo) -> (rows, cols, z)`` gives the scaled offsets of the points ``todo`` at
+    their current scales ``h`` (grown in place). A point stops growing when its moment matrix
+    reaches ``MU``, at ``MAX_GROWTH``, or when one more step would pass ``h_cap``.
+
+    Returns ``(parts, StencilInfo)``: per round the kept ``(rows, cols, z, w^, M^-1)``."""
+    n = len(h)
     growth = np.ones(n)
     parts, todo = [], np.arange(n)
     lam_min = np.empty(n)
     while len(todo):
-        rows, cols, z = _box_neighbors(tree, x, box, h, reach, todo)
+        rows, cols, z = neighbours(todo)
         what, lam, vec = _moments(rows, z, reach, n)
         lam_min[todo] = lam[todo, 0]
-        capped = growth[todo] * GROWTH > MAX_GROWTH * (1 + 1e-9)
-        if box is not None:
-            capped |= h[todo] * GROWTH > h_cap
+        capped = (growth[todo] * GROWTH > MAX_GROWTH * (1 + 1e-9)) | (h[todo] * GROWTH > h_cap)
         done = (lam[todo, 0] >= MU) | capped
         keep = np.isin(rows, todo[done])
         inv = np.where(lam >= MU, 1.0 / np.maximum(lam, MU), 0.0)
@@ -205,8 +218,7 @@ def _build(pos, kernel_size, scale, periodic, neighbours):
         todo = todo[~done]
         growth[todo] *= GROWTH
         h[todo] *= GROWTH
-    info = StencilInfo(h, growth, lam_min, np.flatnonzero(lam_min < MU))
-    return offs, parts, info
+    return parts, StencilInfo(h, growth, lam_min, np.flatnonzero(lam_min < MU))
 
 
 def stencil_matrix(pos, kernel_size: int = 3, scale: float = 1.0, periodic=None,

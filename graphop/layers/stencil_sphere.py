@@ -54,8 +54,7 @@ from scipy.spatial import cKDTree
 from graphop.errors import InputError, MeshError
 from graphop.geometry.neighbors import knn_distances
 from graphop.layers.disco_sphere import sphere_neighbors, sphere_radius_of, tangent_log
-from graphop.layers.stencil import (GROWTH, MAX_GROWTH, MU, StencilInfo, _assemble, _moments,
-                                    stencil_offsets)
+from graphop.layers.stencil import _assemble, grow_until_well_posed, stencil_offsets
 
 __all__ = ["sphere_local_scale", "sphere_stencil_matrix", "sphere_stencil_info",
            "sphere_mollifier_matrix"]
@@ -118,30 +117,13 @@ def _build(pos, kernel_size, scale, neighbours, sphere_radius):
     pos = np.asarray(pos, dtype=np.float64)
     R = sphere_radius_of(pos, sphere_radius)
     u = _unit(pos)
-    n = len(u)
     offs = stencil_offsets(kernel_size, 2)
     reach = (kernel_size - 1) // 2 + 1
     h = sphere_local_scale(pos, scale, neighbours, R)
     h_cap = 0.5 * math.pi * R / (math.sqrt(2.0) * reach)
     tree = cKDTree(u)
-    growth = np.ones(n)
-    parts, todo = [], np.arange(n)
-    lam_min = np.empty(n)
-    while len(todo):
-        rows, cols, z = _tangent_box(tree, u, R, h, reach, todo)
-        what, lam, vec = _moments(rows, z, reach, n)
-        lam_min[todo] = lam[todo, 0]
-        capped = (growth[todo] * GROWTH > MAX_GROWTH * (1 + 1e-9)) | (h[todo] * GROWTH > h_cap)
-        done = (lam[todo, 0] >= MU) | capped
-        keep = np.isin(rows, todo[done])
-        inv = np.where(lam >= MU, 1.0 / np.maximum(lam, MU), 0.0)
-        Minv = np.einsum("nak,nk,nbk->nab", vec, inv, vec)
-        parts.append((rows[keep], cols[keep], z[keep], what[keep], Minv))
-        todo = todo[~done]
-        growth[todo] *= GROWTH
-        h[todo] *= GROWTH
-    info = StencilInfo(h, growth, lam_min, np.flatnonzero(lam_min < MU))
-    return offs, parts, info
+    return offs, *grow_until_well_posed(
+        h, reach, h_cap, lambda todo: _tangent_box(tree, u, R, h, reach, todo))
 
 
 def sphere_stencil_matrix(pos, kernel_size: int = 3, scale: float = 1.0,

@@ -76,6 +76,10 @@ Args:
         default nlat // 2), DISCO is geodesic and the stencil lives in each point's tangent
         plane; ``disco_radius``, ``encoder_radius`` and the smoothing radius are geodesic
         angles in radians.
+    checkpoint_blocks: recompute each block's intermediate activations in the backward pass
+        instead of keeping them (``torch.utils.checkpoint``): about one [N, width] tensor per
+        block is kept instead of the DISCO and stencil products ([N L, width] each, L = 9 and
+        8 by default), for one extra forward pass. For very large meshes (default False).
 
 Shapes:
     data.x [N, in_channels], data.pos [N, d], data.weight [N] (Data or Batch) -> [N, out_channels]
@@ -86,6 +90,7 @@ import math
 
 import numpy as np
 import torch
+import torch.utils.checkpoint
 from torch import nn
 
 from graphop.errors import ConfigError, InputError
@@ -185,7 +190,8 @@ class LocalGNO(nn.Module):
                  diff_kwargs: dict | None = None, diff_scale: float = 0.02,
                  lifting_channels: int | None = None,
                  projection_channels: int | None = None, activation: str = "gelu",
-                 periodic: bool = False, manifold: str = "plane"):
+                 periodic: bool = False, manifold: str = "plane",
+                 checkpoint_blocks: bool = False):
         super().__init__()
         branches = tuple(branches)
         if manifold not in ("plane", "sphere"):
@@ -246,7 +252,8 @@ class LocalGNO(nn.Module):
             disco_kwargs=disco_kwargs, diff_kwargs=diff_kwargs, diff_scale=diff_scale,
             lifting_channels=lifting_channels,
             projection_channels=projection_channels, activation=activation, periodic=periodic,
-            manifold=manifold))
+            manifold=manifold, checkpoint_blocks=bool(checkpoint_blocks)))
+        self.checkpoint_blocks = bool(checkpoint_blocks)
         self.in_channels, self.out_channels, self.width = in_channels, out_channels, width
         self.branches, self.dim, self.periodic = branches, dim, bool(periodic)
         self.act = ACTIVATIONS[activation]()
@@ -294,7 +301,11 @@ class LocalGNO(nn.Module):
             dec_op = self.decoder.operator(data)
             latent = (self.encoder, self.decoder, enc_op, dec_op, self.periodic)
         for i, block in enumerate(self.blocks):
-            h = block(h, data, latent)
+            if self.checkpoint_blocks and torch.is_grad_enabled() and h.requires_grad:
+                # recompute the block in the backward pass: keeps only its input [N, width]
+                h = torch.utils.checkpoint.checkpoint(block, h, data, latent, use_reentrant=False)
+            else:
+                h = block(h, data, latent)
             if i < len(self.blocks) - 1:
                 h = self.act(h)
         return self.project(h)
