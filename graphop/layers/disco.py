@@ -102,12 +102,18 @@ def normalize_mode(normalize) -> str:
                      f"got {normalize!r}")
 
 
-def _disco_rows(nb, w, radius: float, basis: KernelBasis, mode: str) -> sp.csr_matrix:
+def basis_entries(nb, w, radius: float, basis: KernelBasis):
+    """The unnormalised entries psi_l(z_ij / r) w_j of every neighbour pair: ``(e, l, rows,
+    cols, vals)`` (pair index, basis function, output row, input column, value)."""
     e, l, v = basis.evaluate(nb.offsets / radius)
-    nq, L = nb.n_query, basis.n_basis
-    rows = np.repeat(np.arange(nq, dtype=np.int64), nb.counts())[e]
+    rows = np.repeat(np.arange(nb.n_query, dtype=np.int64), nb.counts())[e]
     cols = nb.indices[e]
-    vals = v * w[cols]
+    return e, l, rows, cols, v * w[cols]
+
+
+def _disco_rows(nb, w, radius: float, basis: KernelBasis, mode: str) -> sp.csr_matrix:
+    e, l, rows, cols, vals = basis_entries(nb, w, radius, basis)
+    nq, L = nb.n_query, basis.n_basis
     if mode == "l1":
         vals = vals / (radius ** basis.dim * basis.l1_norms())[l]
     if mode not in ("quadrature", "mean"):

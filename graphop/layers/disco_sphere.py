@@ -70,7 +70,7 @@ from graphop.errors import InputError
 from graphop.geometry.neighbors import Neighborhood, check_radius_operator, radius_neighbors
 from graphop.geometry.sphere import tangent_frame
 from graphop.layers.basis import KernelBasis
-from graphop.layers.disco import BUILD_CHUNK_PAIRS, _weighted_means, normalize_mode
+from graphop.layers.disco import BUILD_CHUNK_PAIRS, _weighted_means, basis_entries, normalize_mode
 from graphop.layers.sparse import csr_from_coo, stack_rows
 
 __all__ = ["sphere_disco_matrix", "sphere_radius_of", "sphere_l1_norms", "sphere_neighbors",
@@ -219,11 +219,8 @@ def tangent_log(u_out: np.ndarray, u_in: np.ndarray, rows: np.ndarray,
 
 
 def _sphere_rows(nb, w, radius, R, basis, norms, mode, closed) -> sp.csr_matrix:
-    e, l, v = basis.evaluate(nb.offsets / radius)
+    e, l, rows, cols, vals = basis_entries(nb, w, radius, basis)
     nq, L = nb.n_query, basis.n_basis
-    rows = np.repeat(np.arange(nq, dtype=np.int64), nb.counts())[e]
-    cols = nb.indices[e]
-    vals = v * w[cols]
     if mode == "l1":
         vals = vals / norms[l]
     if mode not in ("quadrature", "mean"):

@@ -120,11 +120,16 @@ def local_scale(pos: np.ndarray, scale: float = 1.0, periodic=None,
         if n <= k:
             raise InputError(f"the differential stencil needs more than {k} points, got {n}")
         s = knn_distances(pos, k, periodic=periodic)[:, -1]
-    h = scale * s
+    return checked_scale(scale * s, pos, k)
+
+
+def checked_scale(h: np.ndarray, pos: np.ndarray, k: int) -> np.ndarray:
+    """``h``, or MeshError naming the first point whose k nearest neighbours all coincide
+    with it (a zero local spacing)."""
     if not (h > 0).all():
         i = int(np.flatnonzero(~(h > 0))[0])
         raise MeshError(f"point {i} coincides with all of its {k} nearest neighbours "
-                         f"(zero local spacing at {pos[i].tolist()})")
+                        f"(zero local spacing at {pos[i].tolist()})")
     return h
 
 

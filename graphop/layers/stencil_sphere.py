@@ -54,7 +54,8 @@ from scipy.spatial import cKDTree
 from graphop.errors import InputError, MeshError
 from graphop.geometry.neighbors import knn_distances
 from graphop.layers.disco_sphere import sphere_neighbors, sphere_radius_of, tangent_log
-from graphop.layers.stencil import _assemble, grow_until_well_posed, stencil_offsets
+from graphop.layers.stencil import (_assemble, checked_scale, grow_until_well_posed,
+                                    stencil_offsets)
 
 __all__ = ["sphere_local_scale", "sphere_stencil_matrix", "sphere_stencil_info",
            "sphere_mollifier_matrix"]
@@ -90,12 +91,7 @@ def sphere_local_scale(pos, scale: float = 1.0, neighbours: int | None = None,
         s = arc.mean(axis=1) / np.linalg.norm(stencil_offsets(3, 2), axis=1).mean()
     else:
         s = arc[:, -1]
-    h = scale * s
-    if not (h > 0).all():
-        i = int(np.flatnonzero(~(h > 0))[0])
-        raise MeshError(f"point {i} coincides with all of its {k} nearest neighbours "
-                        f"(zero local spacing at {pos[i].tolist()})")
-    return h
+    return checked_scale(scale * s, pos, k)
 
 
 def _tangent_box(tree, u, R, h, reach, todo):
