@@ -15,7 +15,8 @@ lists (:mod:`graphop.models.gnn`). This module holds what they share:
 * :func:`graph_set`: the graphs of a ``Data``/``Batch`` with a content key per graph (a sha256
   digest of positions, weights and periodic box).
 * :class:`OperatorCache` and its one instance :data:`operator_cache`: an LRU bounded in bytes
-  (``GRAPHOP_CACHE_BYTES``, default 4 GiB), keyed by content and the operator's parameters, with
+  (``GRAPHOP_CACHE_BYTES``, default the larger of 4 GiB and 40% of the memory available when
+  graphop is imported), keyed by content and the operator's parameters, with
   hit/miss counters and ``clear()``; it also keeps the block-diagonal operators of batches of
   different meshes (in a small LRU of their own, so that shuffled batches never evict the
   per-mesh operators) and the memo of content keys. Operators are never module buffers, so
@@ -43,7 +44,8 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from graphop.errors import InputError
+from graphop.errors import GraphopWarning, InputError
+from graphop.memory import available_memory, format_bytes
 
 __all__ = ["SparseOperator", "BlockList", "OperatorCache", "operator_cache", "GraphSet", "graph_set",
            "batch_operator", "cached_operator", "fold_matmul", "apply_operator", "csr_from_coo",
@@ -337,19 +339,22 @@ class OperatorCache:
       that reuses the same ``Data`` objects does not rehash them every step.
 
     Args:
-        max_bytes: most bytes kept (default ``$GRAPHOP_CACHE_BYTES`` or 4 GiB), counting scipy
+        max_bytes: most bytes kept (default ``$GRAPHOP_CACHE_BYTES``, else the larger of 4 GiB
+            and 40% of the available memory), counting scipy
             arrays and torch copies. Settable at any time (``operator_cache.max_bytes = ...``).
         max_batches: most assembled batch operators kept (default 16).
     """
 
     def __init__(self, max_bytes: int | None = None, max_batches: int = 16):
         if max_bytes is None:
-            max_bytes = int(float(os.environ.get("GRAPHOP_CACHE_BYTES", 4 << 30)))
+            max_bytes = _default_cache_bytes()
         self.max_bytes, self.max_batches = int(max_bytes), int(max_batches)
         self._items: OrderedDict = OrderedDict()
         self._batches: OrderedDict = OrderedDict()
         self._keys: dict = {}
-        self.hits = self.misses = 0
+        self._evicted: OrderedDict = OrderedDict()    # recently evicted per-geometry keys
+        self._warned = False
+        self.hits = self.misses = self.rebuilds = 0
 
     @staticmethod
     def _size(value) -> int:
@@ -378,6 +383,9 @@ class OperatorCache:
             store.move_to_end(key)
             return store[key]
         self.misses += 1
+        if store is self._items and self._evicted.pop(key, None) is not None:
+            self.rebuilds += 1
+            self._warn_thrash()
         value = build()
         store[key] = value
         while max_count is not None and len(store) > max_count:
@@ -385,12 +393,28 @@ class OperatorCache:
         self._evict()
         return value
 
+    def _warn_thrash(self) -> None:
+        """One warning per process when an operator is rebuilt after its own eviction: the
+        budget is smaller than what one pass over the data uses, so every pass rebuilds."""
+        if self._warned:
+            return
+        self._warned = True
+        warnings.warn(f"operator cache: an evicted operator was needed again and rebuilt; the "
+                      f"budget {format_bytes(self.max_bytes)} holds less than one pass over the "
+                      f"data ({format_bytes(self.nbytes)} cached now), so operators are rebuilt "
+                      f"on every pass. Raise GRAPHOP_CACHE_BYTES (or operator_cache.max_bytes) "
+                      f"if memory allows.", GraphopWarning, stacklevel=4)
+
     def _evict(self) -> None:
         total = self.nbytes
         for store in (self._batches, self._items):   # drop assembled batches first
             while len(store) > (1 if store is self._items else 0) and total > self.max_bytes:
-                _, old = store.popitem(last=False)
+                key, old = store.popitem(last=False)
                 total -= self._size(old)
+                if store is self._items:
+                    self._evicted[key] = True
+                    while len(self._evicted) > 4096:
+                        self._evicted.popitem(last=False)
 
     def memo_keys(self, memo_key, tensors, compute):
         """Content keys memoised by the identity and version of ``tensors``."""
@@ -407,7 +431,8 @@ class OperatorCache:
         self._items.clear()
         self._batches.clear()
         self._keys.clear()
-        self.hits = self.misses = 0
+        self._evicted.clear()
+        self.hits = self.misses = self.rebuilds = 0
 
     def __len__(self) -> int:
         return len(self._items)
@@ -418,7 +443,19 @@ class OperatorCache:
     def __repr__(self) -> str:
         return (f"OperatorCache({len(self._items)} operators, {len(self._batches)} batches, "
                 f"{self.nbytes / 2**20:.1f} MiB of {self.max_bytes / 2**20:.0f} MiB, "
-                f"hits={self.hits}, misses={self.misses})")
+                f"hits={self.hits}, misses={self.misses}, rebuilds={self.rebuilds})")
+
+
+def _default_cache_bytes() -> int:
+    """``$GRAPHOP_CACHE_BYTES``, else the larger of 4 GiB and 40% of the available memory."""
+    env = os.environ.get("GRAPHOP_CACHE_BYTES")
+    if env:
+        try:
+            return int(float(env))
+        except ValueError:
+            raise InputError(f"GRAPHOP_CACHE_BYTES must be a number of bytes, got {env!r}") from None
+    avail, _ = available_memory()
+    return max(4 << 30, int(0.4 * avail)) if avail else 4 << 30
 
 
 #: the one cache of every operator graphop builds
