@@ -118,10 +118,8 @@ def _disco_rows(nb, w, radius: float, basis: KernelBasis, mode: str) -> sp.csr_m
         vals = vals / (radius ** basis.dim * basis.l1_norms())[l]
     if mode not in ("quadrature", "mean"):
         return csr_from_coo(rows * L + l, cols, vals, (nq * L, len(w)))
-    m = _weighted_means(nb, e, l, rows, cols, vals, len(w), radius, basis)
-    if mode == "quadrature":
-        m = (sp.diags(np.repeat(ball_fraction(nb, w, radius, basis.dim), L)) @ m).tocsr()
-    return m
+    frac = ball_fraction(nb, w, radius, basis.dim) if mode == "quadrature" else None
+    return _weighted_means(nb, e, l, rows, cols, vals, len(w), radius, basis, frac)
 
 
 def ball_fraction(nb, w, radius: float, d: int) -> np.ndarray:
@@ -139,37 +137,48 @@ def ball_fraction(nb, w, radius: float, d: int) -> np.ndarray:
 _BETA_INTEGRAL = {1: 4 / 3, 2: math.pi / 2, 3: 8 * math.pi / 15}
 
 
-def _weighted_means(nb, e, l, rows, cols, vals, n_in, radius, basis) -> sp.csr_matrix:
+def _weighted_means(nb, e, l, rows, cols, vals, n_in, radius, basis, frac=None
+                    ) -> sp.csr_matrix:
     """``normalize="mean"``: rows ``psi_l w_j / max(m_il, c_l)`` plus the blend towards the
-    ball mean (module docstring); ``e, l, rows, cols, vals`` are the entries ``psi_l w_j``."""
+    ball mean (module docstring); ``e, l, rows, cols, vals`` are the entries ``psi_l w_j``.
+    ``frac`` [N_out] (``"quadrature"``): every row of point i times ``frac[i]``.
+
+    One pass over the entries: the per-(point, basis) scale is formed on the N L rows and
+    gathered once; the few under-resolved rows get their blend as a second, small CSR."""
     nq, L = nb.n_query, basis.n_basis
-    keep = vals != 0                                   # zero-weight points carry nothing
-    e, l, rows, cols, vals = e[keep], l[keep], rows[keep], cols[keep], vals[keep]
+    if not vals.all():                                 # zero-weight points carry nothing
+        keep = vals != 0
+        e, l, rows, cols, vals = e[keep], l[keep], rows[keep], cols[keep], vals[keep]
     key = rows * L + l
     raw_abs = np.abs(vals)
     mass = np.bincount(key, weights=raw_abs, minlength=nq * L)
     floor = np.tile(MIN_MASS_FRACTION * radius ** basis.dim * basis.l1_norms(), nq)
-    vals = vals / np.maximum(mass, floor)[key]
+    scale = 1.0 / np.maximum(mass, floor)
+    row_frac = None if frac is None else np.repeat(frac, L)
+    if row_frac is not None:
+        scale *= row_frac
+    m = csr_from_coo(key, cols, vals * scale[key], (nq * L, n_in))
     blend = np.maximum(0.0, 1.0 - mass / floor) * np.tile(basis.nonnegative(), nq)
     under = np.flatnonzero(blend > 0)
     if len(under) == 0:
-        return csr_from_coo(key, cols, vals, (nq * L, n_in))
+        return m
     # an under-resolved nonnegative psi_l takes (1 - m/floor) of the ball mean, with pair
     # weights sum_l |psi_l| w_j (the ball never lacks the query point itself when out is in)
     pair_w = np.bincount(e, weights=raw_abs, minlength=nb.nnz)
-    pair_rows = nb.rows()
-    ball = np.bincount(pair_rows, weights=pair_w, minlength=nq)
+    ball = np.bincount(nb.rows(), weights=pair_w, minlength=nq)
     under = under[ball[under // L] > 0]
+    if row_frac is not None:
+        blend = blend * row_frac
     start = nb.indptr
     q = under // L
     n_each = start[q + 1] - start[q]
     pairs = np.repeat(start[q] - np.cumsum(n_each) + n_each, n_each) + np.arange(n_each.sum())
-    key = np.concatenate([key, np.repeat(under, n_each)])
-    cols = np.concatenate([cols, nb.indices[pairs]])
-    vals = np.concatenate([vals, np.repeat(blend[under], n_each) * pair_w[pairs]
-                           / ball[pair_rows[pairs]]])
-    m = sp.coo_matrix((vals, (key, cols)), shape=(nq * L, n_in)).tocsr()   # sums duplicates
+    extra = csr_from_coo(np.repeat(under, n_each), nb.indices[pairs],
+                         np.repeat(blend[under] / ball[q], n_each) * pair_w[pairs],
+                         (nq * L, n_in))
+    m = (m + extra).tocsr()                            # sums the entries both hold
     m.eliminate_zeros()
+    m.sort_indices()
     return m
 
 

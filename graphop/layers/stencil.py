@@ -71,6 +71,7 @@ from scipy.spatial import cKDTree
 
 from graphop.errors import InputError, MeshError
 from graphop.geometry.neighbors import knn_distances, radius_neighbors
+from graphop.layers.sparse import csr_from_coo
 
 __all__ = ["stencil_offsets", "local_scale", "stencil_matrix", "stencil_info", "grow_until_well_posed",
            "coefficient_bound", "mollifier_matrix", "StencilInfo", "MU", "GROWTH", "MAX_GROWTH"]
@@ -210,16 +211,23 @@ def grow_until_well_posed(h: np.ndarray, reach: int, h_cap: float, neighbours):
     growth = np.ones(n)
     parts, todo = [], np.arange(n)
     lam_min = np.empty(n)
+    slot = np.full(n, -1, dtype=np.int64)
     while len(todo):
         rows, cols, z = neighbours(todo)
-        what, lam, vec = _moments(rows, z, reach, n)
-        lam_min[todo] = lam[todo, 0]
+        # moments on the points still growing only (indexed 0..len(todo)-1), so a late round
+        # with a few hundred points costs a few hundred eigen-decompositions, not n
+        slot[todo] = np.arange(len(todo))
+        loc = slot[rows]
+        what, lam, vec = _moments(loc, z, reach, len(todo))
+        lam_min[todo] = lam[:, 0]
         capped = (growth[todo] * GROWTH > MAX_GROWTH * (1 + 1e-9)) | (h[todo] * GROWTH > h_cap)
-        done = (lam[todo, 0] >= MU) | capped
-        keep = np.isin(rows, todo[done])
-        inv = np.where(lam >= MU, 1.0 / np.maximum(lam, MU), 0.0)
-        Minv = np.einsum("nak,nk,nbk->nab", vec, inv, vec)
+        done = (lam[:, 0] >= MU) | capped
+        keep = done[loc]
+        inv = np.where(lam[done] >= MU, 1.0 / np.maximum(lam[done], MU), 0.0)
+        Minv = np.zeros((n,) + vec.shape[1:])
+        Minv[todo[done]] = np.einsum("nak,nk,nbk->nab", vec[done], inv, vec[done])
         parts.append((rows[keep], cols[keep], z[keep], what[keep], Minv))
+        slot[todo] = -1
         todo = todo[~done]
         growth[todo] *= GROWTH
         h[todo] *= GROWTH
@@ -243,34 +251,51 @@ def stencil_info(pos, kernel_size: int = 3, scale: float = 1.0, periodic=None,
     did, and ``coef[i, l] = sum_j |a_l(i, j)|`` (the quantity the bound C holds for)."""
     r, c, v, L, info, coef = _assemble(*_build(pos, kernel_size, scale, periodic, neighbours))
     n = len(info.h)
-    m = sp.coo_matrix((v, (r, c)), shape=(n * L, n)).tocsr()
+    m = csr_from_coo(r, c, v, (n * L, n))       # no duplicates: one entry per (i, l, j)
+    m.sort_indices()
     return m, info, coef
 
 
 def _assemble(offs, parts, info):
+    """COO triples of the stencil from the growth loop's rounds (formula: module docstring).
+
+    Per round, everything per point runs on that round's points only (compact indices), the
+    tensor-product hats are products of 1D hats tabulated once per round, and the pruning
+    gathers each kept entry once."""
     h = info.h
     n, L = len(h), len(offs)
+    d = offs.shape[1]
     out_r, out_c, out_v = [], [], []
     coef = np.zeros((n, L))
+    inv_h = 1.0 / h
+    shifts = np.unique(offs)
     for rows, cols, z, what, Minv in parts:
-        pts = np.unique(rows)
+        if len(rows) == 0:
+            continue
+        pts, loc = np.unique(rows, return_inverse=True)
+        npt = len(pts)
+        Mp = Minv[pts]
+        hat1 = {(k, t): np.maximum(0.0, 1.0 - np.abs(z[:, k] - t)) for k in range(d) for t in shifts}
         for l, s in enumerate(offs):
-            hat = np.prod(np.maximum(0.0, 1.0 - np.abs(z - s)), axis=1)
-            mass = np.bincount(rows, hat, minlength=n)
-            a0 = hat / np.maximum(1.0, mass)[rows]
-            m0 = np.stack([np.bincount(rows, a0 * z[:, k], minlength=n)
-                           for k in range(z.shape[1])], axis=1)
-            lam = np.einsum("nab,nb->na", Minv, s - m0)
-            a = a0 + what * np.einsum("ea,ea->e", z, lam[rows])
-            coef[:, l] += np.bincount(rows, np.abs(a), minlength=n)
+            hat = hat1[0, s[0]].copy()
+            for k in range(1, d):
+                hat *= hat1[k, s[k]]
+            mass = np.bincount(loc, hat, minlength=npt)
+            a0 = hat / np.maximum(1.0, mass)[loc]
+            m0 = np.stack([np.bincount(loc, a0 * z[:, k], minlength=npt) for k in range(d)],
+                          axis=1)
+            lam = np.einsum("nab,nb->na", Mp, s - m0)
+            a = a0 + what * np.einsum("ea,ea->e", z, lam[loc])
+            coef[pts, l] += np.bincount(loc, np.abs(a), minlength=npt)
             # coefficients at rounding level are zeros of the exact stencil (on a grid every
             # neighbour but the one at s_l: 70% of the entries of a 16 x 16 grid); dropping
             # them keeps constants exact (the centre is minus the kept sum)
-            keep = np.abs(a) > PRUNE
-            r_k, c_k, a_k = rows[keep], cols[keep], a[keep] / h[rows[keep]]
+            kept = np.flatnonzero(np.abs(a) > PRUNE)
+            r_k = rows[kept]
+            a_k = a[kept] * inv_h[r_k]
             out_r += [r_k * L + l, pts * L + l]
-            out_c += [c_k, pts]
-            out_v += [a_k, -np.bincount(r_k, a_k, minlength=n)[pts]]
+            out_c += [cols[kept], pts]
+            out_v += [a_k, -np.bincount(loc[kept], a_k, minlength=npt)]
     return (np.concatenate(out_r), np.concatenate(out_c), np.concatenate(out_v), L, info, coef)
 
 
