@@ -15,11 +15,14 @@ import pytest
 @pytest.fixture(autouse=True, scope="session")
 def _private_graphop_cache(tmp_path_factory):
     """Point graphop's user cache (``$GRAPHOP_CACHE``) at a temporary folder for the whole
-    session, subprocesses included, so the suite never writes into the real home directory."""
+    session, subprocesses included, so the suite never writes into the real home directory.
+    The operator store is off (``$GRAPHOP_OPERATOR_STORE``): tests that count or intercept
+    operator builds must see them built; tests/test_store.py turns it on where it tests it."""
     import os
 
     old = os.environ.get("GRAPHOP_CACHE")
     os.environ["GRAPHOP_CACHE"] = str(tmp_path_factory.mktemp("graphop_cache"))
+    os.environ["GRAPHOP_OPERATOR_STORE"] = "off"
     yield
     if old is None:
         os.environ.pop("GRAPHOP_CACHE", None)

@@ -15,7 +15,9 @@ where they are installed and every ratio measured in the same run.
     (``mesh_domain("square", 1000, seed=i, perturb=0.3)``), batch 8, shuffled: the first epoch
     after clearing the operator cache (``cold``: every operator built) and the median of the
     next epochs (``warm``); against the same 64 samples spread over 8 meshes (``shared``, a
-    dataset small enough to stay cached). Ratio ``warm / shared``.
+    dataset small enough to stay cached). Ratio ``warm / shared``. ``cold_store``: a cold
+    epoch whose operators are loaded from an operator store (:mod:`graphop.layers.store`)
+    written by an earlier epoch, what a second ``graphop train`` on the same data sees.
 (c) ``large``: one sample of N uniform random points in the unit square (2D) or cube (3D),
     k-NN quadrature weights, batch 1, LocalGNO width 32 with its defaults and
     ``checkpoint_blocks=True`` (each block's activations recomputed in the backward pass
@@ -199,9 +201,29 @@ def _meshes_case(repeats: int, log, n_points: int = 1000) -> dict:
             cold, warm = _graphop_epochs(model, samples, repeats, clear_first=True)
             res[f"{name}_{case}_cold_samples_s"] = SAMPLES / cold
             res[f"{name}_{case}_warm_samples_s"] = SAMPLES / warm
+            if case == "per_sample":
+                res[f"{name}_per_sample_cold_store_samples_s"] = SAMPLES / _from_store(model,
+                                                                                     samples)
         res[f"{name}_warm_vs_shared"] = (res[f"{name}_per_sample_warm_samples_s"]
                                          / res[f"{name}_shared_warm_samples_s"])
     return res
+
+
+def _from_store(model, samples) -> float:
+    """Seconds of a cold epoch (empty memory cache) whose operators come from an
+    :class:`~graphop.layers.store.OperatorStore` filled by an earlier epoch: a second run."""
+    from graphop.layers.sparse import operator_cache
+    from graphop.layers.store import OperatorStore
+
+    old = operator_cache.store
+    with tempfile.TemporaryDirectory() as tmp:
+        operator_cache.store = OperatorStore(tmp)
+        try:
+            _graphop_epochs(model, samples, 1, clear_first=True)        # builds and writes
+            cold, _ = _graphop_epochs(model, samples, 1, clear_first=True)   # loads
+        finally:
+            operator_cache.store = old
+    return cold
 
 
 def _peak_rss() -> float:

@@ -336,7 +336,10 @@ class OperatorCache:
     * assembled block-diagonal operators of batches of different meshes: at most
       ``max_batches``, counted in the same byte budget;
     * the memo of content keys (by tensor identity and in-place version), so a training loop
-      that reuses the same ``Data`` objects does not rehash them every step.
+      that reuses the same ``Data`` objects does not rehash them every step;
+    * optionally ``store``, a disk tier (:class:`graphop.layers.store.OperatorStore`, attached
+      by ``graphop train``) asked before building a per-geometry operator and given what is
+      built; :meth:`clear` leaves the files alone.
 
     Args:
         max_bytes: most bytes kept (default ``$GRAPHOP_CACHE_BYTES``, else the larger of 4 GiB
@@ -355,6 +358,9 @@ class OperatorCache:
         self._evicted: OrderedDict = OrderedDict()    # recently evicted per-geometry keys
         self._warned = False
         self.hits = self.misses = self.rebuilds = 0
+        #: optional disk tier (:class:`graphop.layers.store.OperatorStore`): asked on a miss of
+        #: the per-geometry store, given what is built
+        self.store = None
 
     @staticmethod
     def _size(value) -> int:
@@ -386,7 +392,12 @@ class OperatorCache:
         if store is self._items and self._evicted.pop(key, None) is not None:
             self.rebuilds += 1
             self._warn_thrash()
-        value = build()
+        disk = self.store if store is self._items else None
+        value = disk.load(key) if disk is not None else None
+        if value is None:
+            value = build()
+            if disk is not None:
+                disk.save(key, value)
         store[key] = value
         while max_count is not None and len(store) > max_count:
             store.popitem(last=False)

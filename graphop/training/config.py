@@ -66,6 +66,9 @@ class TrainConfig:
             exact field values, weights gathered onto the kept points; validation never is);
             see :mod:`graphop.data.augment` (default none).
         augment_fraction: share of interior points a subsample keeps, in (0, 1] (default 0.75).
+        operator_store: keep every mesh's operators on disk in the user's cache directory and
+            load them in later runs on the same data (default True; ``$GRAPHOP_OPERATOR_STORE``
+            = ``off`` or a folder overrides; :mod:`graphop.layers.store`).
     """
 
     data: str = ""
@@ -89,6 +92,7 @@ class TrainConfig:
     progress: bool = True
     augment: str = "none"
     augment_fraction: float = 0.75
+    operator_store: bool = True
 
     # ------------------------------------------------------------------ API
     @classmethod

@@ -54,7 +54,7 @@ from graphop.data.progress import progress, write
 from graphop.training.runlog import RunLogger
 from graphop.training.runlock import claim_run_dir
 
-__all__ = ["Trainer", "TrainingDiverged", "TrainingInterrupted", "load_datasets"]
+__all__ = ["Trainer", "TrainingDiverged", "TrainingInterrupted", "load_datasets", "attach_operator_store"]
 
 
 class TrainingDiverged(GraphopError):
@@ -104,6 +104,26 @@ def load_datasets(cfg: TrainConfig):
     return train, val
 
 
+def attach_operator_store(cfg: TrainConfig):
+    """Give the process-wide operator cache its disk tier (:mod:`graphop.layers.store`):
+    ``$GRAPHOP_OPERATOR_STORE`` (a folder, or ``off``), else ``<graphop cache>`` unless the
+    config says ``operator_store: false``. Returns the store (or None)."""
+    import os
+
+    from graphop.data.cache import cache_root
+    from graphop.layers.sparse import operator_cache
+    from graphop.layers.store import OperatorStore
+
+    env = os.environ.get("GRAPHOP_OPERATOR_STORE", "").strip()
+    if not cfg.operator_store or env.lower() in ("off", "0", "false", "no", "none"):
+        operator_cache.store = None
+        return None
+    root = Path(env) if env else cache_root()
+    if operator_cache.store is None or operator_cache.store.root.parent != root.expanduser():
+        operator_cache.store = OperatorStore(root)
+    return operator_cache.store
+
+
 def on_sphere(data, rtol: float = 1e-6) -> bool:
     """True when ``data.pos`` is 3D and every point lies within ``rtol`` of one sphere about
     the origin (a sample of graphop's sphere data, or any mesh file of a sphere)."""
@@ -141,6 +161,7 @@ class Trainer:
             claim_run_dir(self.run_dir)
         ckpt = self._open_checkpoint(resume, overwrite)
         self.local_bs = self._local_batch_size()
+        attach_operator_store(config)
         train, val = self._load_data(datasets)
         self.normalizer = self._fit_normalizer(train, val, ckpt)
         _seed_all(config.seed)
