@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import os
 
-from graphop.errors import MemoryLimitError
+from graphop.errors import InputError, MemoryLimitError
 
-__all__ = ["available_memory", "format_bytes", "check_memory"]
+__all__ = ["available_memory", "format_bytes", "check_memory", "env_bytes"]
 
 
 def _read_int(path: str) -> int | None:
@@ -39,6 +39,25 @@ def _proc_kib(path: str, key: str) -> int | None:
     except (OSError, ValueError, IndexError):
         return None
     return None
+
+
+def env_bytes(name: str) -> int | None:
+    """The byte count in environment variable ``name`` (``"8e9"``, ``"4294967296"``), or None
+    when it is unset or empty.
+
+    Raises:
+        InputError: a value that is not a non-negative number.
+    """
+    text = os.environ.get(name, "").strip()
+    if not text:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value >= 0:
+        raise InputError(f"{name} must be a number of bytes, got {text!r}")
+    return int(value)
 
 
 def available_memory() -> tuple[int | None, str]:

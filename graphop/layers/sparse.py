@@ -45,7 +45,7 @@ import scipy.sparse as sp
 import torch
 
 from graphop.errors import GraphopWarning, InputError
-from graphop.memory import available_memory, format_bytes
+from graphop.memory import available_memory, env_bytes, format_bytes
 
 __all__ = ["SparseOperator", "BlockList", "OperatorCache", "operator_cache", "GraphSet", "graph_set",
            "batch_operator", "cached_operator", "fold_matmul", "apply_operator", "csr_from_coo",
@@ -459,12 +459,9 @@ class OperatorCache:
 
 def _default_cache_bytes() -> int:
     """``$GRAPHOP_CACHE_BYTES``, else the larger of 4 GiB and 40% of the available memory."""
-    env = os.environ.get("GRAPHOP_CACHE_BYTES")
-    if env:
-        try:
-            return int(float(env))
-        except ValueError:
-            raise InputError(f"GRAPHOP_CACHE_BYTES must be a number of bytes, got {env!r}") from None
+    env = env_bytes("GRAPHOP_CACHE_BYTES")
+    if env is not None:
+        return env
     avail, _ = available_memory()
     return max(4 << 30, int(0.4 * avail)) if avail else 4 << 30
 

@@ -43,6 +43,7 @@ import scipy.sparse as sp
 
 from graphop.errors import GraphopWarning
 from graphop.layers.sparse import SparseOperator
+from graphop.memory import env_bytes
 
 __all__ = ["OperatorStore", "SOURCES", "code_digest"]
 
@@ -69,14 +70,8 @@ def code_digest() -> str:
 
 
 def _default_bytes() -> int:
-    env = os.environ.get("GRAPHOP_OPERATOR_STORE_BYTES")
-    if env:
-        try:
-            return int(float(env))
-        except ValueError:
-            warnings.warn(f"GRAPHOP_OPERATOR_STORE_BYTES={env!r} is not a number of bytes; "
-                          f"using 8 GiB", GraphopWarning, stacklevel=3)
-    return 8 << 30
+    env = env_bytes("GRAPHOP_OPERATOR_STORE_BYTES")
+    return 8 << 30 if env is None else env
 
 
 class OperatorStore:
