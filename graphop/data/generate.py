@@ -342,7 +342,7 @@ def generate(problem: str, out, n: int, points=2000, domains=None, seed: int = 0
                 "periodic": spec.periodic, "command": command,
                 "counts": {"train": n - n_test, "test": n_test},
                 "graphop_version": __version__, "samples": records}
-    tmp = mpath.with_name(f".{MANIFEST}.tmp")
+    tmp = mpath.with_name(f".{MANIFEST}.tmp{os.getpid()}")   # per process: two writers never share it
     tmp.write_text(json.dumps(manifest, indent=1))
     os.replace(tmp, mpath)
     manifest["_stats"] = {"elapsed_s": elapsed, "skipped": skipped, "made": n - skipped}
