@@ -89,6 +89,7 @@ class OperatorStore:
         self.max_bytes = _default_bytes() if max_bytes is None else int(max_bytes)
         self.loads = self.saves = self.failures = 0
         self._disabled = False
+        self._total: int | None = None   # bytes in the folder, scanned once, then kept up
 
     def path(self, key) -> Path:
         return self.root / (hashlib.sha256(repr(key).encode()).hexdigest()[:32] + ".npz")
@@ -150,7 +151,12 @@ class OperatorStore:
                           GraphopWarning, stacklevel=3)
             return
         self.saves += 1
-        self._prune()
+        if self._total is None:
+            self._total = self.nbytes        # includes the file just written
+        else:
+            self._total += self.path(key).stat().st_size
+        if self._total > self.max_bytes:     # only then list the folder (not on every write)
+            self._prune()
 
     def _prune(self) -> None:
         files = []
@@ -170,6 +176,7 @@ class OperatorStore:
                 total -= size
             except OSError:
                 pass
+        self._total = total
 
     @property
     def nbytes(self) -> int:
