@@ -87,6 +87,24 @@ def test_quick_section_is_deep_merged_and_required(tmp_path):
         load_experiment(_write(tmp_path, cfg, "other"), quick=True)
 
 
+def test_variant_selection(tmp_path):
+    cfg = json.loads(json.dumps(BASE))
+    cfg["variants"] = {"a": {"model": {"name": "gnn", "hidden": 4}},
+                       "b": {"model": {"name": "gnn", "hidden": 5}, "tune": "hidden"},
+                       "c": {"model": {"name": "gnn", "hidden": 6}, "tune": "hidden"}}
+    cfg["budget"] = {"reference": "a"}
+    cfg["compare"] = "b"
+    d = _write(tmp_path, cfg)
+    sel = load_experiment(d, variants=["c", "a"])
+    assert list(sel["variants"]) == ["a", "c"]             # the config's order
+    assert sel["variants_in_config"] == ["a", "b", "c"] and "compare" not in sel
+    assert load_experiment(d, variants=["a", "b"])["compare"] == "b"
+    with pytest.raises(ConfigError, match="no variant 'd'"):
+        load_experiment(d, variants=["a", "d"])
+    with pytest.raises(ConfigError, match="must include 'a'"):
+        load_experiment(d, variants=["b"])
+
+
 def test_committed_configs_are_valid():
     names = sorted(p.parent.name for p in (REPO / "experiments").glob("*/config.yaml"))
     assert {"ablation_darcy", "ablation_ns", "ablation_poisson3d", "generalization_resolution",
@@ -206,7 +224,7 @@ def test_tiny_experiment_end_to_end(tmp_path):
     folder = _write(tmp_path, cfg, "tiny")
     res = run_experiment(folder, quick=True, datasets_dir=tmp_path / "data",
                          runs_dir=tmp_path / "runs", workers=1, device="cpu", progress=False,
-                         log=lambda *a: None)
+                         log=lambda *a: None, variants=["lgno_uw", "gnn", "lgno"])
     for f in ("results-quick.md", "results-quick.json", "errors-quick.png",
               "error_vs_resolution-quick.png", "sample_prediction-quick.png"):
         assert (folder / f).is_file(), f
@@ -229,6 +247,7 @@ def test_tiny_experiment_end_to_end(tmp_path):
     assert js["test_sets"]["quad"]["mean_points"] == 100
     md = (folder / "results-quick.md").read_text()
     assert "QUICK" in md and "| lgno |" in md and "Change against `lgno`" in md
+    assert "variants run: gnn, lgno, lgno_uw (selected with --variants; not run: none)" in md
     assert res["summary"] == js["summary"]
 
 

@@ -30,6 +30,8 @@ def add_arguments(p) -> None:
     p.add_argument("--jobs", type=int, default=None,
                    help="training runs at once, each in its own process (default: the CPU cores, "
                         "at most 4; 1 trains in this process and streams its log)")
+    p.add_argument("--variants", help="comma-separated variants to run (default: all of the "
+                                        "config's); the report names the ones left out")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -59,7 +61,8 @@ def run(args) -> int:
     if jobs < 1:
         raise GraphopError(f"--jobs must be >= 1, got {jobs}")
     res = run_experiment(folder, quick=args.quick, workers=args.workers, device=args.device,
-                         progress=not args.quiet, jobs=jobs)
+                         progress=not args.quiet, jobs=jobs,
+                         variants=[v for v in (args.variants or "").split(",") if v.strip()] or None)
     sfx = "-quick" if args.quick else ""
     print(f"written: {folder}/results{sfx}.md, results{sfx}.json, "
           + ", ".join(Path(p).name for p in res["figures"].values()))

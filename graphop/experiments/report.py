@@ -46,7 +46,12 @@ def format_results(res: dict) -> str:
              f"- training: {json.dumps({k: v for k, v in tr.items() if k != 'val_fraction'})}; "
              f"seeds {cfg['seeds']}; the final-epoch model is evaluated",
              "- metric: relative L2 error with the meshes' quadrature weights, mean over test "
-             "samples, then mean ± std (ddof=1) over seeds", "", "## Test sets", "",
+             "samples, then mean ± std (ddof=1) over seeds"]
+    if cfg.get("variants_in_config"):
+        dropped = [v for v in cfg["variants_in_config"] if v not in res["variants"]]
+        lines.append(f"- variants run: {', '.join(variants)} (selected with --variants; not run: "
+                     f"{', '.join(dropped) or 'none'})")
+    lines += ["", "## Test sets", "",
              "| test set | samples | points (mean, min-max) | spec |", "|---|---|---|---|"]
     for t, i in res["test_sets"].items():
         lines.append(f"| {t} | {i['n_samples']} | {i['mean_points']:.0f} ({i['min_points']}-"

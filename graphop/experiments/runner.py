@@ -148,8 +148,12 @@ def validate_experiment(cfg: dict, where: str = "experiment") -> dict:
     return cfg
 
 
-def load_experiment(path, quick: bool = False) -> dict:
-    """Read ``config.yaml`` (a file or an experiment folder), apply ``quick`` and validate."""
+def load_experiment(path, quick: bool = False, variants=None) -> dict:
+    """Read ``config.yaml`` (a file or an experiment folder), apply ``quick`` and validate.
+
+    ``variants`` (names) keeps only those variants, in the config's order; the parameter budget's
+    reference must stay among them, and a dropped ``compare`` variant drops the comparison. The
+    config's full list is kept under ``"variants_in_config"`` so the report can say what ran."""
     path = Path(path)
     if path.is_dir():
         path = path / "config.yaml"
@@ -167,6 +171,20 @@ def load_experiment(path, quick: bool = False) -> dict:
         validate_experiment(cfg, f"{path} (quick)")
     else:
         cfg = {k: v for k, v in raw.items() if k != "quick"}
+    if variants:
+        names = [str(v) for v in variants]
+        unknown = [v for v in names if v not in cfg["variants"]]
+        if unknown:
+            raise ConfigError(f"{path}: no variant {', '.join(map(repr, unknown))} (variants: "
+                              f"{', '.join(cfg['variants'])})")
+        ref = (cfg.get("budget") or {}).get("reference")
+        if ref is not None and "target" not in cfg["budget"] and ref not in names:
+            raise ConfigError(f"{path}: the selected variants must include {ref!r}, the reference "
+                              f"of the parameter budget")
+        cfg["variants_in_config"] = list(cfg["variants"])
+        cfg["variants"] = {k: v for k, v in cfg["variants"].items() if k in names}
+        if cfg.get("compare") not in cfg["variants"]:
+            cfg.pop("compare", None)
     return cfg
 
 
@@ -445,13 +463,14 @@ def default_jobs() -> int:
 
 def run_experiment(folder, quick: bool = False, datasets_dir=None, runs_dir=None,
                    workers: int = 2, device: str = "cpu", progress: bool = True,
-                   log=print, jobs: int = 1) -> dict:
+                   log=print, jobs: int = 1, variants=None) -> dict:
     """Run the experiment in ``folder`` (see the module docstring); returns the results dict
     (also written to ``folder/results[-quick].json`` with the markdown and figures).
 
     ``jobs`` > 1 trains that many (variant, seed) runs at once in spawned processes, each with
     this process's torch thread count; every run is seeded the same way as with ``jobs=1``, and
-    each worker's training log goes to ``RUNS_DIR/<variant>-s<seed>.log``."""
+    each worker's training log goes to ``RUNS_DIR/<variant>-s<seed>.log``. ``variants`` runs only
+    those variants (see :func:`load_experiment`)."""
     import concurrent.futures
     import multiprocessing
 
@@ -461,7 +480,7 @@ def run_experiment(folder, quick: bool = False, datasets_dir=None, runs_dir=None
     if int(jobs) < 1:
         raise ConfigError(f"jobs must be >= 1, got {jobs}")
     folder = Path(folder)
-    cfg = load_experiment(folder, quick=quick)
+    cfg = load_experiment(folder, quick=quick, variants=variants)
     name = folder.name + ("-quick" if quick else "")
     repo = folder.resolve().parent.parent
     datasets_dir = Path(datasets_dir) if datasets_dir else repo / "datasets" / "experiments"
