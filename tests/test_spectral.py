@@ -97,3 +97,50 @@ def test_gradients_reach_weights_and_input():
     assert torch.autograd.gradcheck(lambda x: conv(x), (x,))
     conv(x).pow(2).sum().backward()
     assert conv.weight.grad is not None and conv.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("shape,modes,periodic,sub", [
+    ((16,), (5,), False, None),
+    ((8, 6), (3, 3), True, None),
+    ((12, 10), (4, 5), False, None),          # padded: 15 x 13, odd last axis
+    ((16, 16), (6, 7), False, (3, 4)),        # fewer modes than the weights hold
+    ((8, 8), (4, 5), True, None),             # last axis up to its Nyquist mode k = 4
+    ((6, 4, 6), (2, 2, 3), False, None),
+    ((6, 6, 8), (3, 2, 4), True, (2, 1, 2)),
+])
+def test_dft_and_fft_paths_agree(shape, modes, periodic, sub):
+    """The dense truncated DFT and the rfftn reference compute the same layer, values and
+    gradients (input and weights), with padding, sub-modes and Nyquist modes."""
+    torch.manual_seed(3)
+    conv = SpectralConv(3, 2, modes).double()
+    x = torch.randn(2, 3, *shape, dtype=torch.float64, requires_grad=True)
+    outs, grads = [], []
+    for method in ("dft", "fft"):
+        conv.method = method
+        conv.zero_grad()
+        x.grad = None
+        y = conv(x, periodic=periodic, modes=sub)
+        (y * torch.linspace(-1, 1, y.numel(), dtype=y.dtype).reshape(y.shape)).sum().backward()
+        outs.append(y.detach())
+        grads.append((x.grad.clone(), conv.weight.grad.clone()))
+    scale = outs[1].abs().max()
+    assert outs[0].shape == outs[1].shape == x.shape[:1] + (2,) + tuple(shape)
+    assert (outs[0] - outs[1]).abs().max() < 1e-12 * scale
+    for g_dft, g_fft in zip(grads[0], grads[1]):
+        assert (g_dft - g_fft).abs().max() < 1e-12 * max(1.0, g_fft.abs().max())
+
+
+def test_dft_path_in_float32_matches_float64():
+    torch.manual_seed(4)
+    conv = SpectralConv(4, 4, (6, 7), method="dft")
+    x = torch.randn(2, 4, 16, 16)
+    y32 = conv(x)
+    y64 = conv.double()(x.double())
+    assert y32.dtype == torch.float32
+    assert (y32.double() - y64).abs().max() < 1e-5 * y64.abs().max()
+
+
+def test_method_is_checked():
+    with pytest.raises(ValueError, match="method must be one of"):
+        SpectralConv(1, 1, (3, 3), method="fastest")
+    assert "method='fft'" in repr(SpectralConv(1, 1, (3, 3), method="fft"))
