@@ -140,6 +140,14 @@ def test_dft_path_in_float32_matches_float64():
     assert (y32.double() - y64).abs().max() < 1e-5 * y64.abs().max()
 
 
+def test_auto_method_takes_the_dft_unless_its_tables_are_large():
+    from graphop.layers.spectral import _choose_method
+
+    assert _choose_method((20, 20), (6, 7)) == "dft"
+    assert _choose_method((640, 640), (16, 16)) == "dft"
+    assert _choose_method((10**6, 8), (64, 4)) == "fft"   # 2 GB of tables
+
+
 def test_method_is_checked():
     with pytest.raises(ValueError, match="method must be one of"):
         SpectralConv(1, 1, (3, 3), method="fastest")
