@@ -11,6 +11,11 @@ where they are installed and every ratio measured in the same run.
     interpreter named by ``$GRAPHOP_NEURALOP_PYTHON`` (this file is its worker: neuraloperator's
     pins may clash with graphop's, so a separate venv is the usual setup). Ratios:
     ``local_gno / LocalNO`` and ``global / FNO`` (samples/s; > 1 means graphop is faster).
+    The supports differ: graphop's ``auto`` DISCO radius spans about 3 grid spacings (about 30
+    points per ball, what mesh-independent training needs), LocalNO's default cutoff one
+    spacing on a 3 x 3 local filter. ``local_gno_3x3`` (DISCO and smoothing radius 1.5
+    spacings: the same 3 x 3 neighbourhood) compares the same arithmetic:
+    ``local_gno_3x3 / LocalNO``.
 (b) ``meshes``: 64 samples, each on its own irregular ~1000-point mesh of the unit square
     (``mesh_domain("square", 1000, seed=i, perturb=0.3)``), batch 8, shuffled: the first epoch
     after clearing the operator cache (``cold``: every operator built) and the median of the
@@ -135,13 +140,13 @@ def _samples(meshes, rng):
     return out
 
 
-def _model(samples, branches, n_grid=None, checkpoint_blocks: bool = False):
+def _model(samples, branches, n_grid=None, checkpoint_blocks: bool = False, **extra):
     from graphop.models.registry import build_model
     from graphop.models.supports import resolve_supports
 
     cfg = {"name": "local_gno", "in_channels": 1, "out_channels": 1, "width": WIDTH,
            "n_layers": LAYERS, "branches": list(branches), "dim": int(samples[0].pos.shape[1]),
-           "checkpoint_blocks": checkpoint_blocks}
+           "checkpoint_blocks": checkpoint_blocks, **extra}
     if n_grid is not None:
         cfg.update(latent_shape=[n_grid, n_grid], modes=list(GRAPHOP_MODES))
     torch.manual_seed(0)
@@ -174,9 +179,14 @@ def _grid_case(n: int, repeats: int, log) -> dict:
 
     samples = _samples([structured_square(n)], np.random.default_rng(0))
     res = {}
-    for name, br in (("local_gno", ("global", "disco", "diff")), ("global", ("global",))):
+    h = 1.0 / (n - 1)
+    local = ("global", "disco", "diff")
+    for name, br, extra in (("local_gno", local, {}),
+                            ("local_gno_3x3", local, {"disco_radius": 1.5 * h, "diff_kwargs":
+                                                      {"smoothing_radius": 1.5 * h}}),
+                            ("global", ("global",), {})):
         log(f"  grid {n}x{n}: graphop {name}")
-        model = _model(samples, br, n_grid=n)
+        model = _model(samples, br, n_grid=n, **extra)
         _, t = _graphop_epochs(model, samples, repeats)
         res[f"{name}_samples_s"] = SAMPLES / t
         res[f"{name}_params"] = sum(p.numel() for p in model.parameters())
@@ -184,6 +194,8 @@ def _grid_case(n: int, repeats: int, log) -> dict:
     res.update(_peer(n, repeats))
     if "neuralop_local_no_samples_s" in res:
         res["local_gno_vs_local_no"] = res["local_gno_samples_s"] / res["neuralop_local_no_samples_s"]
+        res["local_gno_3x3_vs_local_no"] = (res["local_gno_3x3_samples_s"]
+                                            / res["neuralop_local_no_samples_s"])
         res["global_vs_fno"] = res["global_samples_s"] / res["neuralop_fno_samples_s"]
     return res
 
