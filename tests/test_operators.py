@@ -52,6 +52,23 @@ def test_backends_agree_and_backward_uses_transpose(backend):
     assert torch.autograd.gradcheck(op.matmul, (x,))
 
 
+@pytest.mark.parametrize("backend", ["scipy", "torch"])
+def test_product_never_reads_its_uninitialised_output(backend):
+    """The product writes into ``torch.empty`` memory with beta = 0: rows without entries must
+    come out zero and no stale NaN may leak in, whatever the allocator hands back."""
+    m = sp.random(4000, 300, density=0.002, random_state=5, format="csr", dtype=np.float64)
+    assert (np.diff(m.indptr) == 0).any()                   # some rows are empty
+    op = SparseOperator(m, 1, cpu_backend=backend)
+    x = torch.randn(300, 32)
+    want = torch.from_numpy(m.astype(np.float32) @ x.numpy())
+    for _ in range(3):
+        junk = torch.full((4000, 32), float("nan"))          # freed just before the product:
+        del junk                                              # its block is the likely reuse
+        y = op.matmul(x)
+        assert torch.isfinite(y).all()
+        assert torch.allclose(y, want, atol=1e-5)
+
+
 def test_cache_evicts_least_recently_used_by_bytes():
     size = random_operator(2, 2, 1, 0).nbytes
     cache = OperatorCache(max_bytes=2 * size)           # room for two operators
