@@ -163,3 +163,30 @@ def test_a_version_1_checkpoint_keeps_its_disco_normalisation(tmp_path):
     state.update(model_config=LocalGNO(1, 1, **tiny).config)
     ck2 = load_checkpoint(save_checkpoint(tmp_path / "v2.pt", state))
     assert ck2["model_config"]["disco_kwargs"] == {"normalize": "quadrature"}
+
+
+def test_a_version_2_checkpoint_keeps_its_plain_encoder_average(tmp_path):
+    """Before version 3 the grid encoder was the plain local average (``encoder_floor=0``);
+    loading such a checkpoint rebuilds that encoder, so the model gives the function it was
+    trained to give, while a new model gets the floored average."""
+    from graphop.models import build_model
+
+    torch.manual_seed(0)
+    cfg = dict(name="gino", in_channels=1, out_channels=1, width=4, n_layers=1,
+               latent_shape=(8, 8), modes=(3, 3), encoder_radius=0.3)
+    assert build_model(cfg).encoder.floor == 0.5
+    old = build_model(dict(cfg, encoder_floor=0.0))
+    state = _state(PointwiseMLP())
+    state.update(model_config=dict(cfg), model=old.state_dict())   # what version 2 recorded
+    path = save_checkpoint(tmp_path / "v2.pt", state)
+    raw = torch.load(path, weights_only=True)
+    raw["version"] = 2
+    torch.save(raw, path)
+    ck = load_checkpoint(path)
+    assert ck["model_config"]["encoder_floor"] == 0.0
+    model = build_model(ck["model_config"])
+    load_model_state(model, ck)
+    assert model.encoder.floor == 0.0
+    # a version-3 checkpoint is read as written
+    ck3 = load_checkpoint(save_checkpoint(tmp_path / "v3.pt", state))
+    assert "encoder_floor" not in ck3["model_config"]

@@ -38,8 +38,17 @@ def test_encoder_of_constant_is_constant_on_occupied_grid():
     assert g.shape == (1, 2, 24, 24) and occ.shape == (1, 1, 24, 24)
     inside = occ[0, 0] > 0
     assert inside.sum() > 0.8 * 24 * 24
-    assert torch.allclose(g[0][:, inside], torch.tensor(3.5, dtype=torch.float64), atol=1e-12)
+    # the plain average where at least half the kernel's mass is inside the domain (floor 0.5),
+    # fading with the mass inside farther out: g = 3.5 occ / 0.5
+    full = occ[0, 0] >= 0.5
+    assert full.sum() > 0.7 * 24 * 24
+    assert torch.allclose(g[0][:, full], torch.tensor(3.5, dtype=torch.float64), atol=1e-12)
+    assert torch.allclose(g[0][:, ~full], 3.5 * occ[0, 0][~full] / 0.5, atol=1e-12)
     assert torch.all(g[0][:, ~inside] == 0)
+    # floor 0: the plain average everywhere the kernel holds a point
+    g0, _ = GridEncoder((24, 24), floor=0.0)(torch.full((data.num_nodes, 2), 3.5,
+                                                        dtype=torch.float64), data)
+    assert torch.allclose(g0[0][:, inside], torch.tensor(3.5, dtype=torch.float64), atol=1e-12)
     # occupancy: ~1 deep inside the square, ~1/2 at the middle of an edge, 0 far outside
     z = torch.as_tensor(enc.grid().nodes()).reshape(24, 24, 2)
     deep = ((z > 0.15) & (z < 0.85)).all(-1)
@@ -164,3 +173,49 @@ def test_periodic_encoder_translation_and_wrap():
     data = Data(pos=torch.tensor(grid.nodes() + np.array([L, -L])), periodic=torch.tensor([[L, L]]))
     vals = torch.randn(1, 1, n, n, dtype=torch.float64)
     assert torch.allclose(dec(vals, data)[:, 0], vals.reshape(-1))
+
+
+def _lshape_meshes(n_points, seed=0):
+    """graphop's quality meshes of the L-shape [0, 1]^2 minus [0.5, 1]^2 (as the Darcy generator
+    makes them), one per size."""
+    from graphop.geometry.domains import mesh_domain
+
+    out = []
+    for n in n_points:
+        m = mesh_domain("lshape", n_points=n, seed=seed, size=1.0)
+        out.append(m.to_data(dtype=torch.float64))
+    return out
+
+
+def test_encoder_is_continuous_where_its_kernel_barely_reaches_the_domain():
+    """Latent nodes 1.5 spacings outside the L-shape's re-entrant edges, with the encoder radius
+    a hair above 1.5 spacings: their kernels touch the edges at s ~ 1 (as measured on a
+    mesher's L-shapes, where a 32 x 32 grid and radius 1.5 spacings put such nodes at distance
+    0.99999 r). The plain average (floor 0) gives such a node the full value of any edge point
+    at s < 1, whatever its weight phi(s) ~ 0, and whether a mesh has one there depends on its
+    resolution, so the feature jumps by O(1) between meshes; with the floor it is ~ its kernel
+    mass inside the domain, ~ 0, on every mesh, and every node converges under refinement."""
+    grid_shape = (32, 32)
+    grid = LatentGrid.make(grid_shape)
+    r = 1.5 * float(grid.spacing.max()) * (1 + 1e-4)
+    meshes = _lshape_meshes([2000, 8000, 32000])
+    assert all(float(d.pos.max()) == 1.0 and float(d.pos.min()) == 0.0 for d in meshes)
+
+    def features(d, floor):
+        f = 1 + d.pos[:, 0] + torch.sin(3 * d.pos[:, 1])
+        g, occ = GridEncoder(grid_shape, radius=r, floor=floor)(f[:, None], d)
+        return g[0, 0].reshape(-1), occ[0, 0].reshape(-1)
+
+    floored = [features(d, 0.5)[0] for d in meshes]
+    plain = [features(d, 0.0) for d in meshes]
+    # the nodes whose kernel holds mesh points of weight phi < 1e-3 only on some mesh
+    tail = torch.stack([occ for _, occ in plain]).amax(0) < 1e-4
+    hit = torch.stack([g != 0 for g, _ in plain]).any(0) & tail
+    assert hit.sum() >= 1, "the geometry no longer produces a barely-touching kernel"
+    jump = max(float((plain[i][0] - plain[j][0])[hit].abs().max())
+               for i in range(3) for j in range(i))
+    assert jump > 0.5          # the defect the floor removes: O(1) on a tail node
+    assert float(torch.stack(floored)[:, tail].abs().max()) < 1e-2
+    d1 = float((floored[0] - floored[2]).abs().max())
+    d2 = float((floored[1] - floored[2]).abs().max())
+    assert d2 < 0.6 * d1 and d2 < 0.05

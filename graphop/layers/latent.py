@@ -5,16 +5,29 @@ box, which would show the FNO a different physical scale per sample). For a toru
 (``data.periodic``) the grid covers the torus and wraps around.
 
 **Encoder** (mesh points y_j with quadrature weights w_j -> grid nodes z_k), a quadrature-weighted
-local average with the compact biweight kernel phi(s) = (1 - s^2)^2 for s < 1::
+local average with the compact biweight kernel phi(s) = (1 - s^2)^2 for s < 1, whose
+denominator is floored at a fraction ``floor`` of the kernel's mass M = integral phi(|u| / r) du::
 
-    g_c(z_k) = sum_j phi(|y_j - z_k| / r) f_c(y_j) w_j  /  sum_j phi(|y_j - z_k| / r) w_j
+    g_c(z_k) = sum_j phi(|y_j - z_k| / r) f_c(y_j) w_j  /  max( sum_j phi(|y_j - z_k| / r) w_j, floor M )
 
 over the mesh points within the radius r of z_k (``graphop.geometry.neighbors.radius_neighbors``,
 bipartite, minimum image on a torus). r is a physical length (default 1.5 grid spacings), so
 for a fixed model the encoder converges to the continuous local average as the mesh is refined.
-Grid nodes with no mesh point within r get g = 0. The **occupancy** channel is
+Where at least ``floor`` of the kernel lies inside the domain (the interior, straight
+boundaries with the default 0.5) g is the plain local average; farther out it fades
+continuously to 0 with the kernel mass inside the domain.
 
-    occ(z_k) = sum_j phi(|y_j - z_k| / r) w_j  /  integral_{R^d} phi(|u| / r) du
+Why the floor (default 0.5): the plain average (floor 0) is a discontinuous function of the
+mesh at grid nodes whose kernel barely reaches the domain. A node whose ball holds one mesh
+point at s ~ 1 gets that point's full value, however small its weight phi(s) w_j, and the
+same node gets 0 on a mesh with no point there. Which nodes those are changes with the
+resolution: measured on Darcy L-shapes with a 32 x 32 latent grid, nodes 1.5 spacings outside
+the re-entrant edges held points at 0.99999 r on 32,000-point meshes and none on 2000 or 8000,
+their features jumped by O(1), and a model trained at 2000 points lost 80% of its accuracy on
+those domains at 32,000 points. With the floor, the numerator's quadrature error is divided by
+at least floor M, so g converges wherever its numerator does. The **occupancy** channel is
+
+    occ(z_k) = sum_j phi(|y_j - z_k| / r) w_j  /  M
 
 the fraction of the kernel's mass that lies inside the domain: about 1 deep inside, about 1/2 on
 a straight boundary, 0 farther than r outside; it tells the FNO where the domain is and is
@@ -134,9 +147,13 @@ def _outside(pos: np.ndarray, grid: LatentGrid, mode: str) -> np.ndarray:
     return np.clip(pos, lo, hi)
 
 
-def encoder_matrix(pos, weight, grid: LatentGrid, radius: float, outside: str = "warn"):
+def encoder_matrix(pos, weight, grid: LatentGrid, radius: float, outside: str = "warn",
+                   floor: float = 0.5):
     """The encoder as a scipy CSR matrix [G, N] and the occupancy [G] (see the module
-    docstring). ``pos`` [N, d], ``weight`` [N] (numpy)."""
+    docstring). ``pos`` [N, d], ``weight`` [N] (numpy); ``floor`` in [0, 1]: the fraction of
+    the kernel mass below which the denominator stops shrinking (0: the plain average)."""
+    if not 0.0 <= floor <= 1.0:
+        raise InputError(f"encoder floor must lie in [0, 1], got {floor}")
     pos = np.asarray(pos, dtype=np.float64)
     weight = np.asarray(weight, dtype=np.float64)
     if pos.ndim != 2 or pos.shape[1] != grid.dim:
@@ -152,8 +169,10 @@ def encoder_matrix(pos, weight, grid: LatentGrid, radius: float, outside: str = 
     vals = (1.0 - s2) ** 2 * weight[nb.indices]
     rows = nb.rows()
     den = np.bincount(rows, weights=vals, minlength=grid.size)
-    occupancy = den / kernel_mass(grid.dim, radius)
-    safe = np.where(den > 0, den, 1.0)
+    mass = kernel_mass(grid.dim, radius)
+    occupancy = den / mass
+    safe = np.maximum(den, floor * mass)
+    safe = np.where(safe > 0, safe, 1.0)
     mat = sp.csr_matrix((vals / safe[rows], nb.indices, nb.indptr), shape=(grid.size, len(pos)))
     return mat, occupancy
 
@@ -222,18 +241,24 @@ class GridEncoder(_GridOperator):
         radius: kernel radius r (physical length); default ``radius_factor`` (1.5) times the
             largest grid spacing.
         outside: "warn" (default), "error" or "clamp" for mesh points outside the box.
+        floor: the averaging denominator is at least ``floor`` times the kernel mass (default
+            0.5; 0 gives the plain average, graphop's encoder before checkpoint version 3).
 
     Shapes: x [N, C] -> (grid [B, C, *latent_shape], occupancy [B, 1, *latent_shape]).
     """
 
     def __init__(self, latent_shape, latent_box=None, box_padding: float = 0.05,
-                 radius: float | None = None, radius_factor: float = 1.5, outside: str = "warn"):
+                 radius: float | None = None, radius_factor: float = 1.5, outside: str = "warn",
+                 floor: float = 0.5):
         super().__init__(latent_shape, latent_box, box_padding)
         if outside not in ("warn", "error", "clamp"):
             raise InputError(f"outside must be 'warn', 'error' or 'clamp', got {outside!r}")
         if radius is not None and not radius > 0:
             raise InputError(f"encoder radius must be positive, got {radius}")
+        if not 0.0 <= float(floor) <= 1.0:
+            raise InputError(f"encoder floor must lie in [0, 1], got {floor}")
         self.radius, self.radius_factor, self.outside = radius, float(radius_factor), outside
+        self.floor = float(floor)
 
     def radius_for(self, grid: LatentGrid) -> float:
         return float(self.radius) if self.radius else self.radius_factor * float(grid.spacing.max())
@@ -247,10 +272,10 @@ class GridEncoder(_GridOperator):
 
         def build(b):
             p, w, _ = g.slice(b)
-            mat, occ = encoder_matrix(p, w, grid, r, self.outside)
+            mat, occ = encoder_matrix(p, w, grid, r, self.outside, self.floor)
             return SparseOperator(mat, extra=occ)
 
-        return batch_operator("encoder", (grid, r, self.outside), g.keys, build)
+        return batch_operator("encoder", (grid, r, self.outside, self.floor), g.keys, build)
 
     def forward(self, x: torch.Tensor, data, op=None):
         op, fold = op if op is not None else self.operator(data)
@@ -264,7 +289,8 @@ class GridEncoder(_GridOperator):
 
     def extra_repr(self) -> str:
         return (f"latent_shape={self.latent_shape}, latent_box={self.latent_box}, "
-                f"radius={self.radius or f'{self.radius_factor}*h'}, outside={self.outside!r}")
+                f"radius={self.radius or f'{self.radius_factor}*h'}, outside={self.outside!r}, "
+                f"floor={self.floor}")
 
 
 class GridDecoder(_GridOperator):

@@ -49,6 +49,10 @@ Args:
     encoder_radius: radius of the grid encoder in model coordinates; ``"auto"`` (default):
         max(1.5 latent spacings, 2 spacings of the coarsest training mesh); None: 1.5 latent
         spacings (the default before ``auto``).
+    encoder_floor: the grid encoder's averaging denominator is at least this fraction of its
+        kernel mass (default 0.5; :class:`graphop.layers.latent.GridEncoder`). 0 is the plain
+        local average of checkpoints before version 3, which is discontinuous in the mesh at
+        latent nodes whose kernel barely reaches the domain.
     disco_radius: radius of the DISCO kernel in model coordinates; ``"auto"`` (default): the
         smallest radius holding >= 30 points per ball on the coarsest training mesh. It must
         cover several spacings of the coarsest mesh the model will meet: a kernel that holds
@@ -185,7 +189,8 @@ class LocalGNO(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, width: int = 32, n_layers: int = 4,
                  branches=BRANCHES, dim: int | None = None, latent_shape=None, modes=None,
                  latent_box=None, box_padding: float = 0.05, fft_padding: float = 0.25,
-                 encoder_radius: float | str | None = AUTO, disco_radius: float | str = AUTO,
+                 encoder_radius: float | str | None = AUTO, encoder_floor: float = 0.5,
+                 disco_radius: float | str = AUTO,
                  kernel_shape=(3, 4), disco_kwargs: dict | None = None,
                  diff_kwargs: dict | None = None, diff_scale: float = 0.02,
                  lifting_channels: int | None = None,
@@ -248,7 +253,8 @@ class LocalGNO(nn.Module):
             name="local_gno", in_channels=in_channels, out_channels=out_channels, width=width,
             n_layers=n_layers, branches=branches, dim=dim, latent_shape=latent_shape, modes=modes,
             latent_box=latent_box, box_padding=box_padding, fft_padding=fft_padding,
-            encoder_radius=encoder_radius, disco_radius=disco_radius, kernel_shape=kernel_shape,
+            encoder_radius=encoder_radius, encoder_floor=float(encoder_floor),
+            disco_radius=disco_radius, kernel_shape=kernel_shape,
             disco_kwargs=disco_kwargs, diff_kwargs=diff_kwargs, diff_scale=diff_scale,
             lifting_channels=lifting_channels,
             projection_channels=projection_channels, activation=activation, periodic=periodic,
@@ -270,7 +276,8 @@ class LocalGNO(nn.Module):
         if "global" in branches and not sphere:
             auto = encoder_radius == AUTO
             self.encoder = GridEncoder(latent_shape, latent_box, box_padding,
-                                       radius=None if auto else encoder_radius)
+                                       radius=None if auto else encoder_radius,
+                                       floor=encoder_floor)
             if auto:
                 self.encoder.radius = math.nan   # unresolved (see the DISCO branch)
             self.decoder = GridDecoder(latent_shape, latent_box, box_padding)

@@ -94,11 +94,11 @@ register_model("fno")(FNO)
 def _gino(in_channels: int, out_channels: int, width: int = 32, n_layers: int = 4,
           dim: int | None = None, latent_shape=None, modes=None, latent_box=None,
           box_padding: float = 0.05, fft_padding: float = 0.25, encoder_radius="auto",
-          lifting_channels=None, projection_channels=None, activation: str = "gelu",
-          periodic: bool = False) -> LocalGNO:
+          encoder_floor: float = 0.5, lifting_channels=None, projection_channels=None,
+          activation: str = "gelu", periodic: bool = False) -> LocalGNO:
     """Global-only LocalGNO: lift -> act(W h + Dec(FNO(Enc(h)))) blocks -> project (GINO)."""
     return LocalGNO(in_channels, out_channels, width, n_layers, ("global",), dim, latent_shape,
-                    modes, latent_box, box_padding, fft_padding, encoder_radius,
+                    modes, latent_box, box_padding, fft_padding, encoder_radius, encoder_floor,
                     lifting_channels=lifting_channels, projection_channels=projection_channels,
                     activation=activation, periodic=periodic)
 

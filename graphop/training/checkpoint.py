@@ -45,7 +45,7 @@ __all__ = ["FORMAT", "VERSION", "save_checkpoint", "load_checkpoint", "resolve_c
            "remove_stale_temporaries"]
 
 FORMAT = "graphop-checkpoint"
-VERSION = 2
+VERSION = 3
 _PLAIN = (bool, int, float, str, type(None))
 
 
@@ -216,11 +216,19 @@ def load_checkpoint(path, map_location="cpu") -> dict:
 def _upgrade(state: dict) -> None:
     """Pin what a newer default would change in an older checkpoint's model. Version 1: the
     DISCO branches were normalised by ``r^d ||psi_l||_1`` (``normalize="l1"``); version 2 records
-    the normalisation in ``disco_kwargs`` (default ``"quadrature"``)."""
+    the normalisation in ``disco_kwargs`` (default ``"quadrature"``). Versions 1 and 2: the grid
+    encoder was the plain local average (``encoder_floor=0``); version 3 records the floor
+    (default 0.5)."""
     mc = state["model_config"]
-    if int(state.get("version", 0)) < 2 and isinstance(mc, dict) and mc.get("name") == "local_gno" \
-            and "disco" in (mc.get("branches") or ()):
+    version = int(state.get("version", 0))
+    if not isinstance(mc, dict):
+        return
+    if version < 2 and mc.get("name") == "local_gno" and "disco" in (mc.get("branches") or ()):
         mc["disco_kwargs"] = {"normalize": "l1", **(mc.get("disco_kwargs") or {})}
+    if version < 3 and mc.get("manifold", "plane") == "plane" and (
+            mc.get("name") == "gino"
+            or (mc.get("name") == "local_gno" and "global" in (mc.get("branches") or ()))):
+        mc.setdefault("encoder_floor", 0.0)
 
 
 def _model_name(cfg) -> str:
