@@ -162,7 +162,7 @@ def test_a_version_1_checkpoint_keeps_its_disco_normalisation(tmp_path):
     # a version-2 checkpoint is read as written
     state.update(model_config=LocalGNO(1, 1, **tiny).config)
     ck2 = load_checkpoint(save_checkpoint(tmp_path / "v2.pt", state))
-    assert ck2["model_config"]["disco_kwargs"] == {"normalize": "quadrature"}
+    assert ck2["model_config"]["disco_kwargs"] == {"normalize": "quadrature", "quadrature": "cells"}
 
 
 def test_a_version_2_checkpoint_keeps_its_plain_encoder_average(tmp_path):

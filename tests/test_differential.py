@@ -160,7 +160,12 @@ def test_mollified_branch_is_bounded_and_converges_on_a_jump():
     res = check_refinement_convergence(outs, torch.arange(n0), max_ratio=0.75)
     print(f"peaks plain {peaks_plain}, smoothed {peaks_smooth}, differences {res}")
     assert peaks_plain[-1] > 4 * peaks_plain[0]            # unbounded (~1/h)
-    assert max(peaks_smooth) < 1.3 * min(peaks_smooth)     # bounded
+    # bounded: the peaks settle (each change smaller than the last) on meshes that resolve
+    # the ball; the coarsest (120 points, ~8 per ball) integrates the cells' piecewise-linear
+    # interpolant of the jump, a ramp one mesh spacing wide, and peaks ~30% lower
+    steps = np.abs(np.diff(peaks_smooth))
+    assert np.all(steps[1:] < steps[:-1])
+    assert max(peaks_smooth[1:]) < 1.3 * min(peaks_smooth[1:])
     # the bound of the module docstring: 4 sqrt(d) C K |theta| / rho, here far below 1/h
     assert max(peaks_smooth) < 0.2 * peaks_plain[-1]
 

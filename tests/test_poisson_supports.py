@@ -42,12 +42,14 @@ def test_auto_supports_keep_the_untrained_model_o1_where_the_old_radius_exploded
     mc = resolve_supports(base, NormalizedDataset(ds, norm))
     assert mc["disco_radius"] > 0.06
     assert _init_rel_l2(mc, ds, norm) < 3.0
-    # the old fixed radius with the old normalisation (r^d ||psi_l||_1, "l1") exploded; the
-    # default "quadrature" normalisation keeps even that unresolved radius O(1)
+    # the old fixed radius with the old normalisation (r^d ||psi_l||_1, "l1") and nodal sums
+    # exploded; the default "quadrature" normalisation keeps even that unresolved radius O(1),
+    # and so does integrating over the cells (the default quadrature) with "l1"
     old = {**mc, "disco_radius": 0.06, "diff_kwargs": {"smoothing_radius": 0.06},
-           "disco_kwargs": {"normalize": "l1"}}
+           "disco_kwargs": {"normalize": "l1"}, "quadrature": "points"}
     assert _init_rel_l2(old, ds, norm) > 100.0
     assert _init_rel_l2({**old, "disco_kwargs": {}}, ds, norm) < 3.0
+    assert _init_rel_l2({**old, "quadrature": "cells"}, ds, norm) < 3.0
 
 
 def test_one_epoch_on_coarse_3d_poisson_reports_an_o1_error(poisson, tmp_path):

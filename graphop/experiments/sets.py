@@ -253,8 +253,10 @@ class UniformWeights(torch.utils.data.Dataset):
         weight_j <- (sum_k w_k) / N,   weight_true_j = w_j
 
     The model (DISCO, grid encoder) and the training loss see the uniform weights; the
-    experiment runner measures errors with ``weight_true``. ``mesh_hash`` gets a ``:uniform``
-    suffix so no operator built for the true weights is reused."""
+    experiment runner measures errors with ``weight_true``. The cells are dropped, so the
+    model's integral operators sum over the nodes with these weights instead of integrating
+    over the cells (``quadrature="cells"``). ``mesh_hash`` gets a ``:uniform`` suffix so no
+    operator built for the true weights is reused."""
 
     def __init__(self, base):
         self.base = base
@@ -268,6 +270,9 @@ class UniformWeights(torch.utils.data.Dataset):
         w = d.weight
         out.weight_true = w
         out.weight = torch.full_like(w, float(w.double().sum()) / w.numel())
+        for key in list(out.keys()):
+            if key == "face" or key.startswith("cells_"):
+                del out[key]
         h = getattr(d, "mesh_hash", None)
         if isinstance(h, str):
             out.mesh_hash = h + ":uniform"

@@ -20,6 +20,8 @@ __all__ = [
     "boundary_facets",
     "cell_edges",
     "unique_edges",
+    "simplices",
+    "interpolating_quadrature",
 ]
 
 #: topological dimension of each supported cell type
@@ -196,3 +198,72 @@ def unique_edges(cells: dict[str, np.ndarray]) -> np.ndarray:
     e = np.sort(np.concatenate(parts), axis=1)
     e = e[e[:, 0] != e[:, 1]]
     return np.unique(e, axis=0)
+
+
+def simplices(cells: dict[str, np.ndarray]) -> np.ndarray | None:
+    """The top-dimensional cells of ``cells`` as simplices [M, k + 1] (k = 2: triangles, 3:
+    tetrahedra): quads split along the 0-2 diagonal (as :func:`cell_measures` and graphop's FEM
+    do), hexahedra, wedges and pyramids into tetrahedra. None when the top dimension is 0 or 1
+    (points, lines): there is no area or volume to integrate over."""
+    top = max((cell_dim(t) for t in cells if len(cells[t])), default=0)
+    if top < 2:
+        return None
+    parts = []
+    for ctype, conn in cells.items():
+        conn = np.asarray(conn, dtype=np.int64)
+        if cell_dim(ctype) != top or len(conn) == 0:
+            continue
+        if ctype in ("triangle", "tetra"):
+            parts.append(conn)
+        elif ctype == "quad":
+            parts += [conn[:, [0, 1, 2]], conn[:, [0, 2, 3]]]
+        else:
+            split = {"hexahedron": _HEX_TETS, "wedge": _WEDGE_TETS, "pyramid": _PYRAMID_TETS}[ctype]
+            parts += [conn[:, t] for t in split]
+    return np.concatenate(parts)
+
+
+# degree-2 rule on the triangle (3 interior points, barycentric coordinates, equal weights) and
+# the centroid rule on the tetrahedron (degree 1; a degree-2 rule needs 4 points a tetrahedron,
+# 4x the cost of every 3D operator build)
+_TRI_RULE = (np.array([[2 / 3, 1 / 6, 1 / 6], [1 / 6, 2 / 3, 1 / 6], [1 / 6, 1 / 6, 2 / 3]]),
+             np.full(3, 1 / 3))
+_TET_RULE = (np.full((1, 4), 0.25), np.ones(1))
+
+
+def interpolating_quadrature(points: np.ndarray, cells: dict[str, np.ndarray]):
+    """A quadrature of the piecewise-linear function a mesh's nodal values define.
+
+    With the cells split into simplices T (:func:`simplices`) and f_h the function that is
+    linear on each T and equal to f_j at node j,
+
+        integral g(y) f_h(y) dy  ~=  sum_q g(x_q) w_q f_h(x_q),   f_h(x_q) = sum_j B[q, j] f_j,
+
+    with interior points x_q of every simplex: a degree-2 rule on triangles (3 points, exact for
+    quadratic integrands), the centroid rule on tetrahedra. The nodal (lumped-mass) rule
+    ``sum_j g(y_j) f_j w_j`` samples a kernel g only at the nodes: with a kernel a few mesh
+    spacings wide it is a different approximation on every mesh, and it is what made graphop's
+    encoder, DISCO and mollifier differ by 3-4% between the 17 x 17 and 33 x 33 grids for the
+    same piecewise-linear input (2.8% for a smooth one); with this rule 0.7% (0.4%).
+
+    Returns:
+        ``(x [Q, d], w [Q], B)``: points, weights (summing to the mesh measure) and the
+        interpolation B, scipy CSR [Q, N] with the k + 1 barycentric coordinates of each point
+        in its simplex (rows sum to 1); or None when the mesh has no cells of dimension >= 2.
+    """
+    import scipy.sparse as sp
+
+    points = np.asarray(points, dtype=np.float64)
+    simp = simplices(cells)
+    if simp is None or len(simp) == 0:
+        return None
+    k = simp.shape[1]
+    bary, rule_w = _TRI_RULE if k == 3 else _TET_RULE
+    meas = _tri_areas(points, simp) if k == 3 else _tet_volumes(points, simp)
+    x = np.einsum("qk,tkd->tqd", bary, points[simp]).reshape(-1, points.shape[1])
+    w = (meas[:, None] * rule_w[None, :]).ravel()
+    nq = len(x)
+    B = sp.csr_matrix((np.tile(bary, (len(simp), 1)).ravel(),
+                       np.repeat(simp, len(rule_w), axis=0).ravel(),
+                       np.arange(0, k * nq + 1, k)), shape=(nq, len(points)))
+    return x, w, B

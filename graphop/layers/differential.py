@@ -80,7 +80,7 @@ from torch import nn
 
 from graphop.errors import ConfigError, GraphopWarning, InputError
 from graphop.layers.sparse import (apply_operator, cached_operator, check_features, fold_matmul,
-                                   graph_set, n_points)
+                                   graph_set, n_points, quadrature_mode)
 from graphop.layers.stencil import MAX_GROWTH, mollifier_matrix, stencil_info, stencil_offsets
 
 __all__ = ["DifferentialConv"]
@@ -108,6 +108,10 @@ class DifferentialConv(nn.Module):
             east/north tangent plane (:mod:`graphop.layers.stencil_sphere`); ``dim`` must then
             be 2 (the sphere's dimension) and D f converges to ``sum_l theta_l s_l . (grad_S f .
             east, grad_S f . north)``.
+        quadrature: how the mollifier integrates: ``"cells"`` (default: on a mesh with cells,
+            the piecewise-linear function of the nodal values at interior points of every
+            cell; clouds, tori and the sphere use the nodes) or ``"points"`` (the nodes with
+            ``data.weight``, before checkpoint version 3); see :mod:`graphop.layers.sparse`.
 
     Call: ``conv(x, data)`` with ``data`` a ``Data``/``Batch`` holding ``pos`` [N, d]
     (``periodic`` [1, d] for tori), and ``weight`` [N] when ``smoothing_radius`` is set.
@@ -118,8 +122,10 @@ class DifferentialConv(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, dim: int = 2,
                  scale: float = 1.0, bias: bool = True, spacing_neighbours: int | None = None,
-                 smoothing_radius: float | None = None, manifold: str = "plane"):
+                 smoothing_radius: float | None = None, manifold: str = "plane",
+                 quadrature: str = "cells"):
         super().__init__()
+        self.quadrature = quadrature_mode(quadrature)
         if manifold not in ("plane", "sphere"):
             raise InputError(f"DifferentialConv: manifold must be 'plane' or 'sphere', got "
                              f"{manifold!r}")
@@ -218,7 +224,8 @@ class DifferentialConv(nn.Module):
         rho = self.smoothing_radius
         if rho is None:
             return None
-        g = graph_set(data, need_weight=True, what="data")
+        cells = self.quadrature == "cells" and self.manifold == "plane"
+        g = graph_set(data, need_weight=True, what="data", cells=cells)
 
         def build(p_out, p_in, w_in, periodic, same):
             if self.manifold == "sphere":
@@ -227,9 +234,11 @@ class DifferentialConv(nn.Module):
                     raise InputError("DifferentialConv(manifold='sphere'): data.pos must be 3D "
                                      "points on a sphere (and not periodic)")
                 return sphere_mollifier_matrix(p_in, w_in, rho), 1
-            return mollifier_matrix(p_in, w_in, rho, periodic), 1
+            return mollifier_matrix(p_in, w_in, rho, periodic,
+                                    pos_out=None if same else p_out), 1
 
-        return cached_operator("mollifier", (rho, self.manifold), g, None, build)
+        return cached_operator("mollifier", (rho, self.manifold), g, None, build,
+                               quadrature=self.quadrature if cells else "points")
 
     def smooth(self, x: torch.Tensor, data) -> torch.Tensor:
         """``M_rho x`` [N, C] (x itself when ``smoothing_radius`` is None)."""
@@ -260,4 +269,4 @@ class DifferentialConv(nn.Module):
                 f"dim={self.dim}, scale={self.scale:g}, spacing_neighbours="
                 f"{self.spacing_neighbours or 'mean'}, smoothing_radius={self.smoothing_radius}, "
                 f"n_basis={self.n_basis}, manifold={self.manifold!r}, "
-                f"bias={self.bias is not None}")
+                f"quadrature={self.quadrature!r}, bias={self.bias is not None}")

@@ -62,7 +62,7 @@ from torch import nn
 from graphop.geometry.neighbors import box_size, check_radius_operator, radius_neighbors
 from graphop.layers.basis import KernelBasis, make_basis
 from graphop.layers.sparse import (apply_operator, cached_operator, check_features, csr_from_coo,
-                                   graph_set, n_points, stack_rows)
+                                   graph_set, n_points, quadrature_mode, stack_rows)
 from graphop.errors import InputError
 
 __all__ = ["DISCOConv", "disco_matrix", "ball_fraction", "NORMALIZE", "normalize_mode"]
@@ -232,6 +232,11 @@ class DISCOConv(nn.Module):
             ``"sphere"``: 3D points on a sphere about the origin (radius = their median norm,
             within 1e-6 relative), ``radius`` a geodesic angle in radians, the 2D basis in each
             point's east/north tangent frame (:mod:`graphop.layers.disco_sphere`).
+        quadrature: ``"cells"`` (default: on a mesh with cells, integrate the piecewise-linear
+            function of the nodal values at interior points of every cell; point clouds and
+            tori use the nodes) or ``"points"`` (the nodes with ``data.weight``, graphop's
+            DISCO before checkpoint version 3); see :mod:`graphop.layers.sparse`. The sphere
+            always uses the nodes.
 
     Call: ``conv(x, data, out=None)``; ``data`` is a ``Data``/``Batch`` with ``pos`` [N, d] and
     ``weight`` [N] (and ``periodic`` [1, d] for tori); ``out`` (optional) another Data/Batch
@@ -243,7 +248,7 @@ class DISCOConv(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int, radius: float,
                  kernel_shape=(3, 4), basis="piecewise_linear", bias: bool = True,
-                 normalize="quadrature", manifold: str = "plane"):
+                 normalize="quadrature", manifold: str = "plane", quadrature: str = "cells"):
         super().__init__()
         if manifold not in MANIFOLDS:
             raise InputError(f"DISCOConv: manifold must be one of {MANIFOLDS}, got {manifold!r}")
@@ -268,6 +273,7 @@ class DISCOConv(nn.Module):
         self.radius, self.normalize = r, normalize_mode(normalize)
         self.kernel_shape, self.basis_name = probe.kernel_shape, basis_name
         self.n_basis, self.manifold = probe.n_basis, manifold
+        self.quadrature = quadrature_mode(quadrature)
         self.weight = nn.Parameter(torch.empty(self.n_basis, in_channels, out_channels))
         self.bias = nn.Parameter(torch.empty(out_channels)) if bias else None
         self.reset_parameters()
@@ -284,7 +290,8 @@ class DISCOConv(nn.Module):
 
     def operator(self, data, out=None):
         """``(SparseOperator, fold)`` for this geometry, from the process-wide cache."""
-        g_in = graph_set(data, need_weight=True, what="data")
+        cells = self.quadrature == "cells" and self.manifold == "plane"
+        g_in = graph_set(data, need_weight=True, what="data", cells=cells)
         g_out = None if out is None else graph_set(out, need_weight=False, what="out")
         d = g_in.pos.shape[1]
         if g_out is not None and g_out.pos.shape[1] != d:
@@ -299,7 +306,8 @@ class DISCOConv(nn.Module):
             return disco_matrix(p_out, p_in, w_in, r, basis, periodic=periodic,
                                 normalize=norm, same=same), basis.n_basis
 
-        return cached_operator("disco", (r, basis.key, norm, "plane"), g_in, g_out, build)
+        return cached_operator("disco", (r, basis.key, norm, "plane"), g_in, g_out, build,
+                               quadrature=self.quadrature)
 
     def _sphere_operator(self, g_in, g_out, d):
         from graphop.layers.disco_sphere import sphere_disco_matrix   # imports this module
@@ -331,4 +339,5 @@ class DISCOConv(nn.Module):
         return (f"{self.in_channels}, {self.out_channels}, radius={self.radius:g}, "
                 f"kernel_shape={self.kernel_shape}, basis={self.basis_name!r}, "
                 f"n_basis={self.n_basis}, normalize={self.normalize!r}, "
-                f"manifold={self.manifold!r}, bias={self.bias is not None}")
+                f"manifold={self.manifold!r}, quadrature={self.quadrature!r}, "
+                f"bias={self.bias is not None}")

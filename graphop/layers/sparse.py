@@ -13,7 +13,15 @@ lists (:mod:`graphop.models.gnn`). This module holds what they share:
   block (or one block-diagonal product when a small mesh is shared by the batch), and the
   contraction with ``theta [L, C, O]`` as one dense GEMM per block; no copy of the features.
 * :func:`graph_set`: the graphs of a ``Data``/``Batch`` with a content key per graph (a sha256
-  digest of positions, weights and periodic box).
+  digest of positions, weights and periodic box, and of the cells when an integral operator
+  integrates over them).
+* Quadrature of the integral operators (DISCO, the grid encoder, the mollifier),
+  ``quadrature=``: ``"cells"`` (default) integrates the piecewise-linear function that the
+  nodal values define, with interior points of every cell
+  (:func:`graphop.geometry.cells.interpolating_quadrature`): an operator built at those points
+  and weights, ``A_q [n_out L, Q]``, times the interpolation ``B [Q, n_in]``. Graphs without
+  cells of dimension >= 2 (point clouds), and tori, use ``"points"``: the nodes with
+  ``data.weight``.
 * :class:`OperatorCache` and its one instance :data:`operator_cache`: an LRU bounded in bytes
   (``GRAPHOP_CACHE_BYTES``, default the larger of 4 GiB and 40% of the memory available when
   graphop is imported), keyed by content and the operator's parameters, with
@@ -45,10 +53,11 @@ import scipy.sparse as sp
 import torch
 
 from graphop.errors import GraphopWarning, InputError
+from graphop.geometry.cells import interpolating_quadrature
 from graphop.memory import available_memory, env_bytes, format_bytes
 
 __all__ = ["SparseOperator", "BlockList", "OperatorCache", "operator_cache", "GraphSet", "graph_set",
-           "batch_operator", "cached_operator", "fold_matmul", "apply_operator", "csr_from_coo",
+           "QUADRATURE", "quadrature_mode", "batch_operator", "cached_operator", "fold_matmul", "apply_operator", "csr_from_coo",
            "stack_rows", "block_diagonal", "check_features", "n_points"]
 
 
@@ -483,6 +492,7 @@ class GraphSet:
     keys: list
     periodic: list
     weight: torch.Tensor | None = None
+    cells: list | None = None
 
     @property
     def n_graphs(self) -> int:
@@ -494,6 +504,28 @@ class GraphSet:
         p = self.pos[lo:hi].detach().cpu().double().numpy()
         w = None if self.weight is None else self.weight[lo:hi].detach().cpu().double().numpy()
         return p, w, self.periodic[b]
+
+    def quadrature(self, b: int):
+        """``(x [Q + n_b, d], w [Q + n_b], B [Q + n_b, n_b])`` of graph b's cells
+        (:func:`graphop.geometry.cells.interpolating_quadrature`), followed by the nodes
+        themselves with :data:`NODE_WEIGHT` times their weights, so that a ball around a node
+        is never empty, however small; or None: no cells of dimension >= 2, a torus (cells
+        across the seam), or a set made without cells."""
+        if self.cells is None or self.cells[b] is None or self.periodic[b] is not None:
+            return None
+        p, w, _ = self.slice(b)
+        quad = interpolating_quadrature(p, self.cells[b])
+        if quad is None:
+            return None
+        x, wq, B = quad
+        w = np.ones(len(p)) if w is None else w
+        return (np.concatenate([x, p]), np.concatenate([wq, NODE_WEIGHT * w]),
+                sp.vstack([B, sp.identity(len(p), format="csr")], format="csr"))
+
+
+#: the weight of the nodes among the cells' quadrature points (:meth:`GraphSet.quadrature`),
+#: relative to their own quadrature weights: they only count in a ball that holds no cell point
+NODE_WEIGHT = 1e-9
 
 
 def _digest(*arrays) -> str:
@@ -508,11 +540,48 @@ def _digest(*arrays) -> str:
     return h.hexdigest()[:24]
 
 
-def graph_set(data, *, need_weight: bool, what: str = "data") -> GraphSet:
+def _cell_keys(data) -> list:
+    try:
+        keys = data.keys()
+    except TypeError:            # torch_geometric < 2.4: keys is a property
+        keys = data.keys
+    return sorted(k for k in keys if k == "face" or k.startswith("cells_"))
+
+
+def _graph_cells(data, ptr: list, names: list) -> list | None:
+    """Each graph's cells ``{type: [M, k] int64, local point indices}`` (None for a graph
+    without any), from ``face`` [3, M] (offset by the batching) and ``cells_<type>`` [M, k]
+    (not offset: split by the Batch's slice record); None when a batch of several graphs
+    carries no slice record (then no graph uses its cells)."""
+    n_graphs = len(ptr) - 1
+    slices = getattr(data, "_slice_dict", None)
+    incs = getattr(data, "_inc_dict", None)
+    if n_graphs > 1 and (slices is None or incs is None):
+        return None
+    out = [dict() for _ in range(n_graphs)]
+    for name in names:
+        t = data[name]
+        if not torch.is_tensor(t) or t.dim() != 2:
+            continue
+        conn = (t.t() if name == "face" else t).detach().cpu().long().numpy()
+        ctype = "triangle" if name == "face" else name[len("cells_"):]
+        for b in range(n_graphs):
+            if n_graphs == 1:
+                part, inc = conn, 0
+            else:
+                lo, hi = int(slices[name][b]), int(slices[name][b + 1])
+                part, inc = conn[lo:hi], int(incs[name][b]) if name == "face" else 0
+            if len(part):
+                out[b][ctype] = part - inc
+    return [c or None for c in out]
+
+
+def graph_set(data, *, need_weight: bool, what: str = "data", cells: bool = False) -> GraphSet:
     """Validate ``data`` (Data or Batch) and split it into graphs with content keys.
 
-    Keys are sha256 digests of each graph's positions (+ weights, + periodic box); they are
-    memoised in :data:`operator_cache` by tensor identity and in-place version counter.
+    Keys are sha256 digests of each graph's positions (+ weights, + periodic box, + its cells
+    when ``cells=True``, for :meth:`GraphSet.quadrature`); they are memoised in
+    :data:`operator_cache` by tensor identity and in-place version counter.
     """
     pos = getattr(data, "pos", None)
     if pos is None:
@@ -548,18 +617,38 @@ def graph_set(data, *, need_weight: bool, what: str = "data") -> GraphSet:
         if len(per) != len(ptr) - 1:
             raise InputError(f"{what}.periodic has {len(per)} rows for {len(ptr) - 1} graphs")
         periodic = [tuple(float(v) for v in row) for row in per]
-    tensors = (pos,) if weight is None else (pos, weight)
+    names = _cell_keys(data) if cells else []
+    per_graph = _graph_cells(data, ptr, names) if names else None
+    tensors = ((pos,) if weight is None else (pos, weight)) + tuple(
+        data[k] for k in names if torch.is_tensor(data[k]))
 
     def compute():
         p = pos.detach().cpu().numpy()
         w = None if weight is None else weight.detach().cpu().numpy()
         return [_digest(p[lo:hi], None if w is None else w[lo:hi],
-                        None if pr is None else np.asarray(pr))
-                for lo, hi, pr in zip(ptr[:-1], ptr[1:], periodic)]
+                        None if pr is None else np.asarray(pr),
+                        *([] if per_graph is None or per_graph[b] is None else
+                          [a for t in sorted(per_graph[b]) for a in (np.frombuffer(t.encode(), np.uint8),
+                                                                     per_graph[b][t])]))
+                for b, (lo, hi, pr) in enumerate(zip(ptr[:-1], ptr[1:], periodic))]
 
-    memo_key = tuple((id(t), t._version) for t in tensors) + (tuple(ptr), tuple(periodic))
+    memo_key = (tuple((id(t), t._version) for t in tensors) + (tuple(ptr), tuple(periodic))
+                + (bool(cells),))
     keys = operator_cache.memo_keys(memo_key, tensors, compute)
-    return GraphSet(pos, ptr, keys, periodic, weight)
+    return GraphSet(pos, ptr, keys, periodic, weight, per_graph)
+
+
+#: how integral operators integrate over a graph (module docstring)
+QUADRATURE = ("cells", "points")
+
+
+def quadrature_mode(quadrature) -> str:
+    """Validate a ``quadrature`` option: ``"cells"`` or ``"points"``."""
+    if quadrature not in QUADRATURE:
+        raise InputError(f"quadrature must be one of {QUADRATURE}, got {quadrature!r}")
+    return str(quadrature)
+
+
 
 
 #: a batch of graphs sharing one mesh is applied as one block-diagonal product (B copies of
@@ -603,11 +692,15 @@ def batch_operator(kind: str, params: tuple, keys: list, make_block):
     return BlockList([block(b) for b in range(len(keys))]), 1
 
 
-def cached_operator(kind: str, params: tuple, g_in: GraphSet, g_out: GraphSet | None, build):
+def cached_operator(kind: str, params: tuple, g_in: GraphSet, g_out: GraphSet | None, build,
+                    quadrature: str = "points"):
     """The operator from the points of ``g_in`` to those of ``g_out`` (default: the same
     points) for every graph: ``(SparseOperator, fold)`` (see :func:`batch_operator`).
 
     ``build(pos_out, pos_in, weight_in, periodic, same) -> (csr, n_basis)`` makes one block.
+    With ``quadrature="cells"`` (and ``g_in`` made with ``cells=True``) a graph with cells is
+    integrated at its cells' quadrature points: ``build`` at the points and weights of
+    :meth:`GraphSet.quadrature` (``same`` False), times its interpolation.
     """
     same = g_out is None
     g_out = g_in if same else g_out
@@ -617,8 +710,15 @@ def cached_operator(kind: str, params: tuple, g_in: GraphSet, g_out: GraphSet | 
     def make(b):
         p_in, w_in, per = g_in.slice(b)
         p_out = p_in if same else g_out.slice(b)[0]
-        m, L = build(p_out, p_in, w_in, per, same)
+        quad = g_in.quadrature(b) if quadrature == "cells" else None
+        if quad is None:
+            m, L = build(p_out, p_in, w_in, per, same)
+        else:
+            x, w, B = quad
+            m, L = build(p_out, x, w, per, False)
+            m = (m @ B).tocsr()
+            m.sort_indices()
         return SparseOperator(m, L, len(p_out))
 
     keys = [k if same else (k, ko) for k, ko in zip(g_in.keys, g_out.keys)]
-    return batch_operator(kind, (params, same), keys, make)
+    return batch_operator(kind, (params, same, quadrature), keys, make)

@@ -299,8 +299,9 @@ def _assemble(offs, parts, info):
     return (np.concatenate(out_r), np.concatenate(out_c), np.concatenate(out_v), L, info, coef)
 
 
-def mollifier_matrix(pos, weight, radius: float, periodic=None) -> sp.csr_matrix:
-    """The quadrature-weighted local average over a fixed physical radius rho, CSR [N, N]:
+def mollifier_matrix(pos, weight, radius: float, periodic=None, pos_out=None) -> sp.csr_matrix:
+    """The quadrature-weighted local average over a fixed physical radius rho, CSR [N, N]
+    (or [M, N] at the M points ``pos_out``; default the points ``pos`` themselves):
 
         (M_rho f)(x_i) = sum_{|y_j - x_i| < rho} phi_ij w_j f(y_j) / sum_{|y_k - x_i| < rho} phi_ik w_k,
         phi_ij = (1 - |y_j - x_i|^2 / rho^2)^3
@@ -313,15 +314,16 @@ def mollifier_matrix(pos, weight, radius: float, periodic=None) -> sp.csr_matrix
         MeshError: a point whose ball holds no positive weight.
     """
     pos = np.asarray(pos, dtype=np.float64)
+    out = pos if pos_out is None else np.asarray(pos_out, dtype=np.float64)
     w = np.asarray(weight, dtype=np.float64)
-    nb = radius_neighbors(pos, None, float(radius), periodic=periodic)
+    nb = radius_neighbors(out, None if pos_out is None else pos, float(radius), periodic=periodic)
     rows = nb.rows()
     q = np.maximum(0.0, 1.0 - (nb.distances / radius) ** 2)
     vals = q ** 3 * w[nb.indices]
-    total = np.bincount(rows, vals, minlength=len(pos))
+    total = np.bincount(rows, vals, minlength=len(out))
     bad = np.flatnonzero(~(total > 0))
     if len(bad):
         raise MeshError(f"smoothing radius {radius:g}: point {int(bad[0])} at "
-                         f"{pos[bad[0]].tolist()} has no positive quadrature weight within it")
-    m = sp.csr_matrix((vals / total[rows], nb.indices, nb.indptr), shape=(len(pos), len(pos)))
+                         f"{out[bad[0]].tolist()} has no positive quadrature weight within it")
+    m = sp.csr_matrix((vals / total[rows], nb.indices, nb.indptr), shape=(len(out), len(pos)))
     return m

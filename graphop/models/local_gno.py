@@ -49,6 +49,11 @@ Args:
     encoder_radius: radius of the grid encoder in model coordinates; ``"auto"`` (default):
         max(1.5 latent spacings, 2 spacings of the coarsest training mesh); None: 1.5 latent
         spacings (the default before ``auto``).
+    quadrature: how the integral operators (grid encoder, DISCO, the differential branch's
+        mollifier) integrate: ``"cells"`` (default: on meshes with cells, the piecewise-linear
+        function of the nodal values at interior points of every cell; point clouds, tori and
+        the sphere use the nodes) or ``"points"`` (the nodes with their quadrature weights, as
+        before checkpoint version 3). See :mod:`graphop.layers.sparse`.
     encoder_floor: the grid encoder's averaging denominator is at least this fraction of its
         kernel mass (default 0.5; :class:`graphop.layers.latent.GridEncoder`). 0 is the plain
         local average of checkpoints before version 3, which is discontinuous in the mesh at
@@ -100,6 +105,7 @@ from torch import nn
 from graphop.errors import ConfigError, InputError
 from graphop.layers.disco import NORMALIZE, normalize_mode
 from graphop.layers.latent import GridDecoder, GridEncoder
+from graphop.layers.sparse import quadrature_mode
 from graphop.layers.spectral import SpectralConv
 from graphop.models.mlp import ACTIVATIONS, mlp, plain_config, point_features
 from graphop.models.supports import AUTO, unresolved_supports
@@ -190,6 +196,7 @@ class LocalGNO(nn.Module):
                  branches=BRANCHES, dim: int | None = None, latent_shape=None, modes=None,
                  latent_box=None, box_padding: float = 0.05, fft_padding: float = 0.25,
                  encoder_radius: float | str | None = AUTO, encoder_floor: float = 0.5,
+                 quadrature: str = "cells",
                  disco_radius: float | str = AUTO,
                  kernel_shape=(3, 4), disco_kwargs: dict | None = None,
                  diff_kwargs: dict | None = None, diff_scale: float = 0.02,
@@ -238,9 +245,13 @@ class LocalGNO(nn.Module):
         lifting_channels = lifting_channels or 2 * width
         projection_channels = projection_channels or 4 * width
         disco_kwargs, diff_kwargs = dict(disco_kwargs or {}), dict(diff_kwargs or {})
+        quadrature = quadrature_mode(quadrature)
         if "disco" in branches:
             # recorded in the config, so a checkpoint pins the DISCO normalisation it was trained with
             disco_kwargs["normalize"] = normalize_mode(disco_kwargs.get("normalize", NORMALIZE[0]))
+        if not sphere:
+            disco_kwargs.setdefault("quadrature", quadrature)
+            diff_kwargs.setdefault("quadrature", quadrature)
         for key, v, none_ok in (("disco_radius", disco_radius, False),
                                 ("encoder_radius", encoder_radius, True)):
             if not (v == AUTO or (v is None and none_ok) or _positive(v)):
@@ -253,7 +264,7 @@ class LocalGNO(nn.Module):
             name="local_gno", in_channels=in_channels, out_channels=out_channels, width=width,
             n_layers=n_layers, branches=branches, dim=dim, latent_shape=latent_shape, modes=modes,
             latent_box=latent_box, box_padding=box_padding, fft_padding=fft_padding,
-            encoder_radius=encoder_radius, encoder_floor=float(encoder_floor),
+            encoder_radius=encoder_radius, encoder_floor=float(encoder_floor), quadrature=quadrature,
             disco_radius=disco_radius, kernel_shape=kernel_shape,
             disco_kwargs=disco_kwargs, diff_kwargs=diff_kwargs, diff_scale=diff_scale,
             lifting_channels=lifting_channels,
@@ -277,7 +288,7 @@ class LocalGNO(nn.Module):
             auto = encoder_radius == AUTO
             self.encoder = GridEncoder(latent_shape, latent_box, box_padding,
                                        radius=None if auto else encoder_radius,
-                                       floor=encoder_floor)
+                                       floor=encoder_floor, quadrature=quadrature)
             if auto:
                 self.encoder.radius = math.nan   # unresolved (see the DISCO branch)
             self.decoder = GridDecoder(latent_shape, latent_box, box_padding)

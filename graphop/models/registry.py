@@ -94,22 +94,26 @@ register_model("fno")(FNO)
 def _gino(in_channels: int, out_channels: int, width: int = 32, n_layers: int = 4,
           dim: int | None = None, latent_shape=None, modes=None, latent_box=None,
           box_padding: float = 0.05, fft_padding: float = 0.25, encoder_radius="auto",
-          encoder_floor: float = 0.5, lifting_channels=None, projection_channels=None,
-          activation: str = "gelu", periodic: bool = False) -> LocalGNO:
+          encoder_floor: float = 0.5, quadrature: str = "cells", lifting_channels=None,
+          projection_channels=None, activation: str = "gelu",
+          periodic: bool = False) -> LocalGNO:
     """Global-only LocalGNO: lift -> act(W h + Dec(FNO(Enc(h)))) blocks -> project (GINO)."""
     return LocalGNO(in_channels, out_channels, width, n_layers, ("global",), dim, latent_shape,
                     modes, latent_box, box_padding, fft_padding, encoder_radius, encoder_floor,
-                    lifting_channels=lifting_channels, projection_channels=projection_channels,
-                    activation=activation, periodic=periodic)
+                    quadrature=quadrature, lifting_channels=lifting_channels,
+                    projection_channels=projection_channels, activation=activation,
+                    periodic=periodic)
 
 
 @register_model("disco_only")
 def _disco_only(in_channels: int, out_channels: int, width: int = 32, n_layers: int = 4,
                 dim: int | None = None, disco_radius="auto", kernel_shape=(3, 4),
-                disco_kwargs: dict | None = None, lifting_channels=None, projection_channels=None,
-                activation: str = "gelu", periodic: bool = False) -> LocalGNO:
+                disco_kwargs: dict | None = None, quadrature: str = "cells", lifting_channels=None,
+                projection_channels=None, activation: str = "gelu",
+                periodic: bool = False) -> LocalGNO:
     """DISCO-only LocalGNO: lift -> act(W h + DISCO(h)) blocks -> project."""
     return LocalGNO(in_channels, out_channels, width, n_layers, ("disco",), dim,
                     disco_radius=disco_radius, kernel_shape=kernel_shape, disco_kwargs=disco_kwargs,
+                    quadrature=quadrature,
                     lifting_channels=lifting_channels, projection_channels=projection_channels,
                     activation=activation, periodic=periodic)

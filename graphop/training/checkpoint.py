@@ -217,18 +217,19 @@ def _upgrade(state: dict) -> None:
     """Pin what a newer default would change in an older checkpoint's model. Version 1: the
     DISCO branches were normalised by ``r^d ||psi_l||_1`` (``normalize="l1"``); version 2 records
     the normalisation in ``disco_kwargs`` (default ``"quadrature"``). Versions 1 and 2: the grid
-    encoder was the plain local average (``encoder_floor=0``); version 3 records the floor
-    (default 0.5)."""
+    encoder was the plain local average (``encoder_floor=0``) and every integral operator summed
+    over the nodes (``quadrature="points"``); version 3 records both (defaults 0.5 and
+    ``"cells"``)."""
     mc = state["model_config"]
     version = int(state.get("version", 0))
     if not isinstance(mc, dict):
         return
     if version < 2 and mc.get("name") == "local_gno" and "disco" in (mc.get("branches") or ()):
         mc["disco_kwargs"] = {"normalize": "l1", **(mc.get("disco_kwargs") or {})}
-    if version < 3 and mc.get("manifold", "plane") == "plane" and (
-            mc.get("name") == "gino"
-            or (mc.get("name") == "local_gno" and "global" in (mc.get("branches") or ()))):
-        mc.setdefault("encoder_floor", 0.0)
+    if version < 3 and mc.get("name") in ("local_gno", "gino", "disco_only"):
+        mc.setdefault("quadrature", "points")
+        if mc.get("name") == "gino" or "global" in (mc.get("branches") or ()):
+            mc.setdefault("encoder_floor", 0.0)
 
 
 def _model_name(cfg) -> str:
