@@ -57,8 +57,9 @@ from graphop.geometry.cells import interpolating_quadrature
 from graphop.memory import available_memory, env_bytes, format_bytes
 
 __all__ = ["SparseOperator", "BlockList", "OperatorCache", "operator_cache", "GraphSet", "graph_set",
-           "QUADRATURE", "quadrature_mode", "batch_operator", "cached_operator", "fold_matmul", "apply_operator", "csr_from_coo",
-           "stack_rows", "block_diagonal", "check_features", "n_points"]
+           "QUADRATURE", "quadrature_mode", "batch_operator", "cached_operator", "fold_matmul",
+           "apply_operator", "csr_from_coo", "stack_rows", "block_diagonal", "check_features",
+           "n_points"]
 
 
 # ---------------------------------------------------------------------------- the operator
@@ -492,11 +493,21 @@ class GraphSet:
     keys: list
     periodic: list
     weight: torch.Tensor | None = None
-    cells: list | None = None
+    cells_of: object = None      # () -> each graph's cells (or None), called when first needed
+    _cells: object = None
 
     @property
     def n_graphs(self) -> int:
         return len(self.ptr) - 1
+
+    @property
+    def cells(self) -> list | None:
+        """Each graph's cells ``{type: [M, k]}`` (None for a graph without any), or None for a
+        set made without cells. Read from the data on first use only: a training step whose
+        operators are cached never converts cells."""
+        if self._cells is None and self.cells_of is not None:
+            self._cells = self.cells_of() or [None] * self.n_graphs
+        return self._cells
 
     def slice(self, b: int):
         """``(pos [n_b, d], weight [n_b] or None, periodic box or None)`` of graph b, float64."""
@@ -618,24 +629,27 @@ def graph_set(data, *, need_weight: bool, what: str = "data", cells: bool = Fals
             raise InputError(f"{what}.periodic has {len(per)} rows for {len(ptr) - 1} graphs")
         periodic = [tuple(float(v) for v in row) for row in per]
     names = _cell_keys(data) if cells else []
-    per_graph = _graph_cells(data, ptr, names) if names else None
     tensors = ((pos,) if weight is None else (pos, weight)) + tuple(
         data[k] for k in names if torch.is_tensor(data[k]))
+    gs = GraphSet(pos, ptr, [], periodic, weight,
+                  (lambda: _graph_cells(data, ptr, names)) if names else None)
+
+    def cell_arrays(b):
+        c = gs.cells[b] if names else None
+        return [] if c is None else [a for t in sorted(c)
+                                     for a in (np.frombuffer(t.encode(), np.uint8), c[t])]
 
     def compute():
         p = pos.detach().cpu().numpy()
         w = None if weight is None else weight.detach().cpu().numpy()
         return [_digest(p[lo:hi], None if w is None else w[lo:hi],
-                        None if pr is None else np.asarray(pr),
-                        *([] if per_graph is None or per_graph[b] is None else
-                          [a for t in sorted(per_graph[b]) for a in (np.frombuffer(t.encode(), np.uint8),
-                                                                     per_graph[b][t])]))
+                        None if pr is None else np.asarray(pr), *cell_arrays(b))
                 for b, (lo, hi, pr) in enumerate(zip(ptr[:-1], ptr[1:], periodic))]
 
     memo_key = (tuple((id(t), t._version) for t in tensors) + (tuple(ptr), tuple(periodic))
                 + (bool(cells),))
-    keys = operator_cache.memo_keys(memo_key, tensors, compute)
-    return GraphSet(pos, ptr, keys, periodic, weight, per_graph)
+    gs.keys = operator_cache.memo_keys(memo_key, tensors, compute)
+    return gs
 
 
 #: how integral operators integrate over a graph (module docstring)
