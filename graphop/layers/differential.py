@@ -227,15 +227,18 @@ class DifferentialConv(nn.Module):
         cells = self.quadrature == "cells" and self.manifold == "plane"
         g = graph_set(data, need_weight=True, what="data", cells=cells)
 
-        def build(p_out, p_in, w_in, periodic, same):
+        def build(p_out, p_in, w_in, periodic, same, interp=None):
             if self.manifold == "sphere":
                 from graphop.layers.stencil_sphere import sphere_mollifier_matrix
                 if p_in.shape[1] != 3 or periodic is not None:
                     raise InputError("DifferentialConv(manifold='sphere'): data.pos must be 3D "
                                      "points on a sphere (and not periodic)")
                 return sphere_mollifier_matrix(p_in, w_in, rho), 1
-            return mollifier_matrix(p_in, w_in, rho, periodic,
-                                    pos_out=None if same else p_out), 1
+            m = mollifier_matrix(p_in, w_in, rho, periodic, pos_out=None if same else p_out)
+            if interp is not None:
+                m = (m @ interp[0]).tocsr()
+                m.sort_indices()
+            return m, 1
 
         return cached_operator("mollifier", (rho, self.manifold), g, None, build,
                                quadrature=self.quadrature if cells else "points")

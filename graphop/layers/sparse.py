@@ -713,8 +713,10 @@ def cached_operator(kind: str, params: tuple, g_in: GraphSet, g_out: GraphSet | 
 
     ``build(pos_out, pos_in, weight_in, periodic, same) -> (csr, n_basis)`` makes one block.
     With ``quadrature="cells"`` (and ``g_in`` made with ``cells=True``) a graph with cells is
-    integrated at its cells' quadrature points: ``build`` at the points and weights of
-    :meth:`GraphSet.quadrature` (``same`` False), times its interpolation.
+    integrated at its cells' quadrature points: ``build(pos_out, x, w, periodic, False,
+    interp=(B, pos_in))`` with the points, weights and interpolation of
+    :meth:`GraphSet.quadrature` returns the operator on the nodes (``A_q @ B``), so that a
+    chunked builder can multiply chunk by chunk.
     """
     same = g_out is None
     g_out = g_in if same else g_out
@@ -729,9 +731,7 @@ def cached_operator(kind: str, params: tuple, g_in: GraphSet, g_out: GraphSet | 
             m, L = build(p_out, p_in, w_in, per, same)
         else:
             x, w, B = quad
-            m, L = build(p_out, x, w, per, False)
-            m = (m @ B).tocsr()
-            m.sort_indices()
+            m, L = build(p_out, x, w, per, False, interp=(B, p_in))
         return SparseOperator(m, L, len(p_out))
 
     keys = [k if same else (k, ko) for k, ko in zip(g_in.keys, g_out.keys)]
