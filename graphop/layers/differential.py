@@ -51,6 +51,20 @@ with the mesh's quadrature weights w_j (``data.weight``). Derivation of the two 
    ``sum_l theta_l s_l . grad f`` as rho -> 0; within one rho of the boundary the one-sided
    average gives O(rho).
 
+**The gradient of the mollified field, exactly** (``gradient="kernel"``, the default with a
+smoothing radius): step 2's limit is ``sum_l theta_l s_l . grad M_rho f``, and ``grad M_rho f``
+has a closed form, the quadrature of grad phi (:func:`graphop.layers.stencil.
+mollifier_gradient_matrix`). The layer then applies that operator, d rows per point, and
+contracts it with the learned directions ``G[k] = sum_l theta_l s_l[k]``
+(:meth:`DifferentialConv.limit_directions`), which is the limit operator itself rather than a
+stencil's O(h / rho)-accurate approximation of it. Measured with rho = 0.0696 on meshes of the
+L-shape (a smooth input, output at the 2000-point mesh's nodes against 32,000 points): the
+stencil on ``M_rho f`` is 4.6% / 1.5% off at 2000 / 8000 points, DISCO with the same radius
+0.14%; the exact gradient is as mesh-independent as the mollifier. It keeps the properties
+above: constants to 0, ``|D f| <= 4 sqrt(d) |theta| ||f||_inf / rho``, convergence for
+L-infinity inputs; ``gradient="stencil"`` keeps the stencil on ``M_rho f`` (checkpoints before
+version 3).
+
 So rho is a fixed physical length, like the DISCO radius, and must be resolved by the coarsest
 mesh the model sees (tens of points per ball); ``None`` (the default) means no mollification:
 the paper's operator, exact on regular grids, bounded on smooth inputs but not on inputs with
@@ -81,7 +95,8 @@ from torch import nn
 from graphop.errors import ConfigError, GraphopWarning, InputError
 from graphop.layers.sparse import (apply_operator, cached_operator, check_features, fold_matmul,
                                    graph_set, n_points, quadrature_mode)
-from graphop.layers.stencil import MAX_GROWTH, mollifier_matrix, stencil_info, stencil_offsets
+from graphop.layers.stencil import (MAX_GROWTH, mollifier_gradient_matrix, mollifier_matrix,
+                                    stencil_info, stencil_offsets)
 
 __all__ = ["DifferentialConv"]
 
@@ -108,6 +123,10 @@ class DifferentialConv(nn.Module):
             east/north tangent plane (:mod:`graphop.layers.stencil_sphere`); ``dim`` must then
             be 2 (the sphere's dimension) and D f converges to ``sum_l theta_l s_l . (grad_S f .
             east, grad_S f . north)``.
+        gradient: with ``smoothing_radius``: ``"kernel"`` (default: the exact gradient of the
+            mollified field, d rows per point, contracted with :meth:`limit_directions`) or
+            ``"stencil"`` (the stencil applied to the mollified field); see the module
+            docstring. Without smoothing, and on the sphere, the stencil is used.
         quadrature: how the mollifier integrates: ``"cells"`` (default: on a mesh with cells,
             the piecewise-linear function of the nodal values at interior points of every
             cell; clouds, tori and the sphere use the nodes) or ``"points"`` (the nodes with
@@ -123,9 +142,13 @@ class DifferentialConv(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, dim: int = 2,
                  scale: float = 1.0, bias: bool = True, spacing_neighbours: int | None = None,
                  smoothing_radius: float | None = None, manifold: str = "plane",
-                 quadrature: str = "cells"):
+                 quadrature: str = "cells", gradient: str = "kernel"):
         super().__init__()
         self.quadrature = quadrature_mode(quadrature)
+        if gradient not in ("kernel", "stencil"):
+            raise InputError(f"DifferentialConv: gradient must be 'kernel' or 'stencil', got "
+                             f"{gradient!r}")
+        self.gradient = gradient
         if manifold not in ("plane", "sphere"):
             raise InputError(f"DifferentialConv: manifold must be 'plane' or 'sphere', got "
                              f"{manifold!r}")
@@ -243,6 +266,33 @@ class DifferentialConv(nn.Module):
         return cached_operator("mollifier", (rho, self.manifold), g, None, build,
                                quadrature=self.quadrature if cells else "points")
 
+    @property
+    def kernel_gradient(self) -> bool:
+        """True when the layer applies the exact gradient of the mollified field."""
+        return (self.gradient == "kernel" and self.smoothing_radius is not None
+                and self.manifold == "plane")
+
+    def gradient_operator(self, data):
+        """``(SparseOperator, fold)`` of grad M_rho [N d, N] (d rows per point) for this
+        geometry, from the cache; see :func:`graphop.layers.stencil.mollifier_gradient_matrix`."""
+        rho = self.smoothing_radius
+        cells = self.quadrature == "cells"
+        g = graph_set(data, need_weight=True, what="data", cells=cells)
+        if g.pos.shape[1] != self.dim:
+            raise InputError(f"DifferentialConv: data.pos is {g.pos.shape[1]}D but the layer was "
+                             f"built with dim={self.dim} (dimension mismatch)")
+
+        def build(p_out, p_in, w_in, periodic, same, interp=None):
+            m = mollifier_gradient_matrix(p_in, w_in, rho, periodic,
+                                          pos_out=None if same else p_out)
+            if interp is not None:
+                m = (m @ interp[0]).tocsr()
+                m.sort_indices()
+            return m, self.dim
+
+        return cached_operator("mollifier_gradient", (rho,), g, None, build,
+                               quadrature=self.quadrature)
+
     def smooth(self, x: torch.Tensor, data) -> torch.Tensor:
         """``M_rho x`` [N, C] (x itself when ``smoothing_radius`` is None)."""
         mol = self.mollifier(data)
@@ -255,9 +305,13 @@ class DifferentialConv(nn.Module):
         if x.dtype != self.weight.dtype:
             raise InputError(f"DifferentialConv: x is {x.dtype} but the layer is "
                              f"{self.weight.dtype}; convert one of them (e.g. layer.double())")
-        x = self.smooth(x, data)
-        op, fold = self.operator(data)
-        y = apply_operator(op, fold, x, self.weight)
+        if self.kernel_gradient:
+            op, fold = self.gradient_operator(data)
+            y = apply_operator(op, fold, x, self.limit_directions())
+        else:
+            x = self.smooth(x, data)
+            op, fold = self.operator(data)
+            y = apply_operator(op, fold, x, self.weight)
         return y if self.bias is None else y + self.bias
 
     def limit_directions(self) -> torch.Tensor:
@@ -272,4 +326,5 @@ class DifferentialConv(nn.Module):
                 f"dim={self.dim}, scale={self.scale:g}, spacing_neighbours="
                 f"{self.spacing_neighbours or 'mean'}, smoothing_radius={self.smoothing_radius}, "
                 f"n_basis={self.n_basis}, manifold={self.manifold!r}, "
-                f"quadrature={self.quadrature!r}, bias={self.bias is not None}")
+                f"quadrature={self.quadrature!r}, gradient={self.gradient!r}, "
+                f"bias={self.bias is not None}")

@@ -209,7 +209,8 @@ def disco_matrix(pos_out, pos_in, weight_in, radius: float, basis: KernelBasis, 
     check_radius_operator(pos_out, nodes, radius, periodic=periodic,
                           entries_per_pair=basis.entries_per_offset() * (2.4 if cells else 1),
                           bytes_per_entry=48, scratch_per_pair=250 * (7 if cells else 1),
-                          max_scratch_pairs=BUILD_CHUNK_PAIRS, what="DISCO")
+                          max_scratch_pairs=BUILD_CHUNK_PAIRS / (7 if cells else 1),
+                          what="DISCO")
     w = np.asarray(weight_in, dtype=np.float64)
     n_out = len(pos_out)
     chunk = n_out

@@ -252,6 +252,8 @@ class LocalGNO(nn.Module):
         if not sphere:
             disco_kwargs.setdefault("quadrature", quadrature)
             diff_kwargs.setdefault("quadrature", quadrature)
+            if "diff" in branches:
+                diff_kwargs.setdefault("gradient", "kernel")
         for key, v, none_ok in (("disco_radius", disco_radius, False),
                                 ("encoder_radius", encoder_radius, True)):
             if not (v == AUTO or (v is None and none_ok) or _positive(v)):

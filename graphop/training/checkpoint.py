@@ -218,8 +218,9 @@ def _upgrade(state: dict) -> None:
     DISCO branches were normalised by ``r^d ||psi_l||_1`` (``normalize="l1"``); version 2 records
     the normalisation in ``disco_kwargs`` (default ``"quadrature"``). Versions 1 and 2: the grid
     encoder was the plain local average (``encoder_floor=0``) and every integral operator summed
-    over the nodes (``quadrature="points"``); version 3 records both (defaults 0.5 and
-    ``"cells"``)."""
+    over the nodes (``quadrature="points"``), and the differential branch applied its stencil
+    to the mollified field (``diff_kwargs["gradient"] = "stencil"``); version 3 records all
+    three (defaults 0.5, ``"cells"``, ``"kernel"``)."""
     mc = state["model_config"]
     version = int(state.get("version", 0))
     if not isinstance(mc, dict):
@@ -230,6 +231,8 @@ def _upgrade(state: dict) -> None:
         mc.setdefault("quadrature", "points")
         if mc.get("name") == "gino" or "global" in (mc.get("branches") or ()):
             mc.setdefault("encoder_floor", 0.0)
+        if mc.get("name") == "local_gno" and "diff" in (mc.get("branches") or ()):
+            mc["diff_kwargs"] = {"gradient": "stencil", **(mc.get("diff_kwargs") or {})}
 
 
 def _model_name(cfg) -> str:
