@@ -283,12 +283,10 @@ class DifferentialConv(nn.Module):
                              f"built with dim={self.dim} (dimension mismatch)")
 
         def build(p_out, p_in, w_in, periodic, same, interp=None):
-            m = mollifier_gradient_matrix(p_in, w_in, rho, periodic,
-                                          pos_out=None if same else p_out)
-            if interp is not None:
-                m = (m @ interp[0]).tocsr()
-                m.sort_indices()
-            return m, self.dim
+            return mollifier_gradient_matrix(p_in, w_in, rho, periodic,
+                                             pos_out=None if same else p_out,
+                                             interp=None if interp is None else interp[0]
+                                             ), self.dim
 
         return cached_operator("mollifier_gradient", (rho,), g, None, build,
                                quadrature=self.quadrature)

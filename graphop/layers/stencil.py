@@ -306,8 +306,8 @@ def _assemble(offs, parts, info):
 GRADIENT_FLOOR = 0.1
 
 
-def mollifier_gradient_matrix(pos, weight, radius: float, periodic=None,
-                              pos_out=None) -> sp.csr_matrix:
+def mollifier_gradient_matrix(pos, weight, radius: float, periodic=None, pos_out=None,
+                              interp=None, chunk_pairs: int = 2_000_000) -> sp.csr_matrix:
     """The exact gradient of the discrete mollified field of :func:`mollifier_matrix`, CSR
     [M d, N] with rows ``i d + k`` (the k-th partial derivative at output point i):
 
@@ -327,11 +327,22 @@ def mollifier_gradient_matrix(pos, weight, radius: float, periodic=None,
     It is a quadrature of a Lipschitz kernel against f and converges like the mollifier itself
     under refinement.
 
+    ``interp`` (scipy [N, M]): the result is ``G @ interp`` [M_out d, M] (``pos`` are then the
+    quadrature points of a mesh's cells and interp their interpolation from its nodes). Output
+    rows are built in chunks of about ``chunk_pairs`` neighbour pairs (about 100 bytes of
+    scratch each), each multiplied by ``interp`` before the next: the same matrix.
+
     Raises:
         MeshError: an output point whose ball holds no positive weight.
     """
     pos = np.asarray(pos, dtype=np.float64)
     out = pos if pos_out is None else np.asarray(pos_out, dtype=np.float64)
+    n_pairs = len(out) * min(len(pos), 1 + len(pos) * (2 * radius) ** pos.shape[1])
+    if n_pairs > chunk_pairs and len(out) > 1:
+        step = max(1, int(len(out) * chunk_pairs / n_pairs))
+        return _stack([mollifier_gradient_matrix(pos, weight, radius, periodic, out[a:a + step],
+                                                 interp, chunk_pairs=np.inf)
+                       for a in range(0, len(out), step)])
     w = np.asarray(weight, dtype=np.float64)
     d = pos.shape[1]
     nb = radius_neighbors(out, None if pos_out is None else pos, float(radius), periodic=periodic)
@@ -358,8 +369,18 @@ def mollifier_gradient_matrix(pos, weight, radius: float, periodic=None,
     order = np.repeat(starts - np.cumsum(lens) + lens, lens) + np.arange(lens.sum())
     k_of = np.repeat(np.tile(np.arange(d), len(out)), lens)
     indptr = np.concatenate([[0], np.cumsum(lens)])
-    return sp.csr_matrix((vals[order, k_of], nb.indices[order], indptr),
-                         shape=(len(out) * d, len(pos)))
+    g = sp.csr_matrix((vals[order, k_of], nb.indices[order], indptr),
+                      shape=(len(out) * d, len(pos)))
+    if interp is not None:
+        g = (g @ interp).tocsr()
+        g.sort_indices()
+    return g
+
+
+def _stack(parts) -> sp.csr_matrix:
+    m = sp.vstack(parts, format="csr")
+    m.sort_indices()
+    return m
 
 
 def mollifier_matrix(pos, weight, radius: float, periodic=None, pos_out=None) -> sp.csr_matrix:
