@@ -299,7 +299,6 @@ def evaluate_errors(model, normalizer, dataset, max_points: int = 16384) -> np.n
     batch of large meshes are never built at once."""
     from torch_geometric.data import Batch
 
-    from graphop.layers.sparse import operator_cache
     from graphop.training.metrics import relative_l2
 
     model.eval()
@@ -313,10 +312,6 @@ def evaluate_errors(model, normalizer, dataset, max_points: int = 16384) -> np.n
         w = batch.weight if w is None else w
         errs.append(relative_l2(pred, batch.y.to(pred.dtype), w, batch.batch,
                                 batch.num_graphs).double().cpu())
-        if len(group) == 1 and int(group[0].pos.shape[0]) > max_points // 2:
-            # a large test mesh's operators (GBs at 32k points with a training radius) are
-            # not kept for the next one: test meshes never repeat
-            operator_cache.clear()
 
     for i in range(len(dataset)):
         data = dataset[i]
