@@ -195,15 +195,14 @@ class LocalGNO(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, width: int = 32, n_layers: int = 4,
                  branches=BRANCHES, dim: int | None = None, latent_shape=None, modes=None,
                  latent_box=None, box_padding: float = 0.05, fft_padding: float = 0.25,
-                 encoder_radius: float | str | None = AUTO, encoder_floor: float = 0.5,
-                 quadrature: str = "cells",
-                 disco_radius: float | str = AUTO,
+                 encoder_radius: float | str | None = AUTO, disco_radius: float | str = AUTO,
                  kernel_shape=(3, 4), disco_kwargs: dict | None = None,
                  diff_kwargs: dict | None = None, diff_scale: float = 0.02,
                  lifting_channels: int | None = None,
                  projection_channels: int | None = None, activation: str = "gelu",
                  periodic: bool = False, manifold: str = "plane",
-                 checkpoint_blocks: bool = False):
+                 checkpoint_blocks: bool = False, encoder_floor: float = 0.5,
+                 quadrature: str = "cells"):
         super().__init__()
         branches = tuple(branches)
         if manifold not in ("plane", "sphere"):

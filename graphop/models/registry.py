@@ -99,8 +99,9 @@ def _gino(in_channels: int, out_channels: int, width: int = 32, n_layers: int = 
           periodic: bool = False) -> LocalGNO:
     """Global-only LocalGNO: lift -> act(W h + Dec(FNO(Enc(h)))) blocks -> project (GINO)."""
     return LocalGNO(in_channels, out_channels, width, n_layers, ("global",), dim, latent_shape,
-                    modes, latent_box, box_padding, fft_padding, encoder_radius, encoder_floor,
-                    quadrature=quadrature, lifting_channels=lifting_channels,
+                    modes, latent_box, box_padding, fft_padding, encoder_radius,
+                    encoder_floor=encoder_floor, quadrature=quadrature,
+                    lifting_channels=lifting_channels,
                     projection_channels=projection_channels, activation=activation,
                     periodic=periodic)
 
