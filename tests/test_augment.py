@@ -1,10 +1,11 @@
-"""Mesh augmentation by subsampling (graphop.data.augment) and its use in training."""
+"""Mesh augmentation by subsampling and by refinement (graphop.data.augment) and its use in
+training."""
 import numpy as np
 import pytest
 import torch
 from torch_geometric.data import Batch
 
-from graphop.data.augment import AugmentedDataset, augmented, subsample
+from graphop.data.augment import AugmentedDataset, augmented, refinable, refine, subsample
 from graphop.errors import ConfigError
 from graphop.geometry.domains import mesh_domain, structured_square
 
@@ -127,5 +128,165 @@ def test_training_with_augmentation_sees_new_meshes_and_validates_on_full_ones(t
     full = Trainer(TrainConfig(**{**cfg.to_dict(), "augment": "none", "out": str(tmp_path / "b")}),
                    datasets=(train, val))
     assert tr.model_config["disco_radius"] > full.model_config["disco_radius"]
-    with pytest.raises(ConfigError, match="augment must be none or subsample"):
+    with pytest.raises(ConfigError, match="augment must be none, subsample or refine"):
         TrainConfig(**{**cfg.to_dict(), "augment": "jitter"}).validate()
+
+
+# ------------------------------------------------------------------------------- refinement
+def _cells(d):
+    out = {}
+    for k in d.keys():
+        if k == "face":
+            out["triangle"] = d.face.t().numpy()
+        elif k.startswith("cells_"):
+            out[k[len("cells_"):]] = d[k].numpy()
+    return out
+
+
+def _p1_moments(d, f):
+    """Integrals of f_h * (1, x, y) over the mesh, f_h the piecewise-linear function of the
+    nodal values f on the cells' simplices: exact on triangles (degree-2 rule, quadratic
+    integrands), so two meshes carry the same piecewise-linear function only if these agree to
+    rounding; on tetrahedra (centroid rule, degree 1) the integral of f_h alone."""
+    from graphop.geometry.cells import interpolating_quadrature
+
+    x, w, B = interpolating_quadrature(d.pos.double().numpy(), _cells(d))
+    fh = B @ f
+    k = x.shape[1] if d.pos.shape[1] == 2 else 0
+    return np.array([(w * fh).sum()] + [(w * fh * x[:, j]).sum() for j in range(k)])
+
+
+@pytest.mark.parametrize("kind", ["quad", "tri", "lshape", "graded_quad", "tetra"])
+def test_refine_carries_the_same_piecewise_linear_function(kind):
+    from graphop.geometry.cells import cell_measures, simplices
+
+    if kind == "tetra":
+        from graphop import Mesh
+        from scipy.spatial import Delaunay
+
+        rng = np.random.default_rng(0)
+        pts = np.concatenate([rng.random((60, 3)), np.array(np.meshgrid(*[[0, 1]] * 3)).reshape(3, -1).T])
+        m = Mesh(pts, {"tetra": Delaunay(pts).simplices})
+    elif kind == "lshape":
+        m = mesh_domain("lshape", 400, seed=3)
+    elif kind == "graded_quad":
+        m = mesh_domain("square", 81, structured="quad")
+        m = type(m)(m.points ** 3, m.cells)              # ~100x spacing variation
+    else:
+        m = mesh_domain("square", 81, structured="quad" if kind == "quad" else "tri")
+    d = _sample(m)
+    r = refine(d)
+    n, cells = d.pos.shape[0], _cells(d)
+    top = simplices(cells).shape[1] - 1
+    # the original points come first, unchanged, with their values
+    assert torch.equal(r.pos[:n], d.pos) and torch.equal(r.x[:n], d.x)
+    # 4 children per 2D cell, 8 per tetrahedron; the measure is kept and every child is positive
+    parents = sum(len(c) for t, c in cells.items() if t in ("triangle", "quad", "tetra"))
+    kids = sum(len(c) for t, c in _cells(r).items() if t in ("triangle", "quad", "tetra"))
+    assert kids == (8 if top == 3 else 4) * parents
+    for t, c in _cells(r).items():
+        if t in ("triangle", "quad", "tetra"):
+            assert (cell_measures(r.pos.double().numpy(), t, c) > 0).all()
+    assert float(r.weight.sum()) == pytest.approx(float(d.weight.sum()), rel=1e-12)
+    # the same piecewise-linear function for a strongly curved field (x y and sin): a centre
+    # value taken as the 4-corner average (bilinear) instead of the diagonal's midpoint fails
+    p = d.pos.double().numpy()
+    for f in (p[:, 0] * p[:, 1], np.sin(5 * p[:, 0]) * np.cos(4 * p[:, 1])):
+        ff = torch.tensor(f)
+        d2 = d.clone()
+        d2.x = ff[:, None]
+        fr = refine(d2).x[:, 0].numpy()
+        assert np.allclose(_p1_moments(r, fr), _p1_moments(d, f), rtol=0, atol=1e-13)
+    # the loss counts the original points only, with their weights
+    assert torch.equal(r.loss_weight[:n], d.weight) and (r.loss_weight[n:] == 0).all()
+
+
+def test_refine_marks_boundary_midpoints_only():
+    d = _sample(structured_square(9))
+    r = refine(d)
+    p = r.pos.numpy()
+    on_edge = np.isclose(p, 0).any(1) | np.isclose(p, 1).any(1)
+    assert np.array_equal(r.boundary.numpy(), on_edge)
+    assert int(r.boundary.sum()) == 2 * int(d.boundary.sum())
+    m = mesh_domain("disk", 300, seed=1)
+    d = _sample(m)
+    r = refine(d)
+    n = d.pos.shape[0]
+    rad = np.linalg.norm(r.pos.numpy(), axis=1)
+    # a midpoint of a boundary chord lies just inside the circle; an interior one well inside
+    new_b = r.boundary.numpy()[n:]
+    assert new_b.sum() == d.boundary.sum()
+    assert rad[n:][new_b].min() > 0.99 and rad[n:][~new_b].max() < 0.995
+
+
+def test_refined_loss_ignores_the_new_points():
+    from graphop.training.metrics import relative_l2_loss
+
+    d = _sample(mesh_domain("lshape", 300, seed=2))
+    r = refine(d)
+    n = d.pos.shape[0]
+    pred = r.y.clone()
+    pred[n:] += 5.0                                   # garbage at the new points only
+    assert float(relative_l2_loss(pred, r)) == 0.0
+    pred[:n] *= 1.1
+    assert float(relative_l2_loss(pred, r)) == pytest.approx(0.1, rel=1e-9)
+    b = Batch.from_data_list([r, r])
+    assert float(relative_l2_loss(torch.cat([pred, pred]), b)) == pytest.approx(0.1, rel=1e-9)
+
+
+def test_refine_dataset_draws_per_epoch_and_leaves_clouds_alone():
+    from graphop import Mesh
+
+    grid = _sample(structured_square(9))
+    cloud = _sample(Mesh.from_points(np.random.default_rng(0).random((100, 2)), measure=1.0))
+    assert refinable(grid) and not refinable(cloud)
+    torus = grid.clone()
+    torus.periodic = torch.tensor([[1.0, 1.0]], dtype=torch.float64)
+    assert not refinable(torus)
+    with pytest.raises(Exception, match="refine needs"):
+        refine(cloud)
+    ds = AugmentedDataset([grid] * 40 + [cloud], seed=1, mode="refine", probability=0.5)
+    sizes = [ds[i].pos.shape[0] for i in range(40)]
+    assert set(sizes) == {81, 289} and 8 <= sizes.count(289) <= 32
+    assert [ds[i].pos.shape[0] for i in range(40)] == sizes          # reproducible
+    ds.set_epoch(1)
+    assert [ds[i].pos.shape[0] for i in range(40)] != sizes          # a new draw each epoch
+    assert ds[40].pos.shape[0] == 100 and torch.equal(ds[40].loss_weight, cloud.weight)
+    # refined and plain samples batch together
+    b = Batch.from_data_list([ds[i] for i in range(6)])
+    assert b.loss_weight.shape == b.weight.shape
+    never = AugmentedDataset([grid], mode="refine", probability=0.0)
+    assert never[0].pos.shape[0] == 81
+    with pytest.raises(ConfigError, match="augment_probability"):
+        AugmentedDataset([grid], mode="refine", probability=1.5)
+
+
+def test_training_with_refinement_keeps_the_supports_of_the_data(tmp_path):
+    from graphop.training.config import TrainConfig
+    from graphop.training.trainer import Trainer
+
+    train = [_sample(structured_square(12), torch.float32) for _ in range(4)]
+    val = [_sample(structured_square(12), torch.float32)]
+    cfg = TrainConfig(data="unused", inputs=["a"], targets=["u"], epochs=2, batch_size=2,
+                      out=str(tmp_path / "run"), progress=False, device="cpu",
+                      augment="refine", augment_probability=1.0,
+                      model={"name": "local_gno", "width": 6, "n_layers": 1,
+                             "latent_shape": [8, 8], "modes": [3, 3]})
+    tr = Trainer(cfg, datasets=(train, val))
+    seen = []
+    orig = tr.module.forward
+
+    def spy(data):
+        seen.append((tr.module.training, int(data.pos.shape[0])))
+        return orig(data)
+
+    tr.module.forward = spy
+    summary = tr.fit()
+    assert summary["epochs_completed"] == 2 and np.isfinite(summary["best_val_rel_l2"])
+    assert {n for training, n in seen if training} == {2 * 23 * 23}   # refined 12 x 12 grids
+    assert {n for training, n in seen if not training} == {144}
+    full = Trainer(TrainConfig(**{**cfg.to_dict(), "augment": "none", "out": str(tmp_path / "b")}),
+                   datasets=(train, val))
+    assert tr.model_config["disco_radius"] == full.model_config["disco_radius"]
+    with pytest.raises(ConfigError, match="augment_probability"):
+        TrainConfig(**{**cfg.to_dict(), "augment_probability": -0.1}).validate()

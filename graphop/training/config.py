@@ -61,11 +61,15 @@ class TrainConfig:
         normalize_coords: fit one coordinate AffineMap on the training set (default True).
         progress: show progress bars (default True; off a terminal, one line per epoch and
             about one per 10% of a long data read; :mod:`graphop.data.progress`).
-        augment: ``none`` | ``subsample``: every epoch, train on a random subsample of each
-            training mesh (boundary points plus ``augment_fraction`` of the interior points,
-            exact field values, weights gathered onto the kept points; validation never is);
+        augment: ``none`` | ``subsample`` | ``refine``: every epoch, train on a random
+            subsample of each training mesh (boundary points plus ``augment_fraction`` of the
+            interior points, exact field values, weights gathered onto the kept points), or, with
+            probability ``augment_probability``, on its uniform refinement carrying the same
+            piecewise-linear fields (loss at the original points only); validation never is;
             see :mod:`graphop.data.augment` (default none).
         augment_fraction: share of interior points a subsample keeps, in (0, 1] (default 0.75).
+        augment_probability: ``refine``: chance that a training sample is refined in an epoch,
+            in [0, 1] (default 0.5).
         operator_store: keep every mesh's operators on disk in the user's cache directory and
             load them in later runs on the same data (default True; ``$GRAPHOP_OPERATOR_STORE``
             = ``off`` or a folder overrides; :mod:`graphop.layers.store`).
@@ -92,6 +96,7 @@ class TrainConfig:
     progress: bool = True
     augment: str = "none"
     augment_fraction: float = 0.75
+    augment_probability: float = 0.5
     operator_store: bool = True
 
     # ------------------------------------------------------------------ API
@@ -144,8 +149,11 @@ class TrainConfig:
                 raise ConfigError(f"config key {name!r} must be {rule}, got {getattr(self, name)!r}")
         if self.optimizer not in ("adamw", "adam", "sgd"):
             raise ConfigError(f"optimizer must be adamw, adam or sgd, got {self.optimizer!r}")
-        if self.augment not in ("none", "subsample"):
-            raise ConfigError(f"augment must be none or subsample, got {self.augment!r}")
+        if self.augment not in ("none", "subsample", "refine"):
+            raise ConfigError(f"augment must be none, subsample or refine, got {self.augment!r}")
+        if not 0 <= self.augment_probability <= 1:
+            raise ConfigError(f"config key 'augment_probability' must be in [0, 1], got "
+                              f"{self.augment_probability!r}")
         if not 0 < self.augment_fraction <= 1:
             raise ConfigError(f"config key 'augment_fraction' must be in (0, 1], got "
                               f"{self.augment_fraction!r}")

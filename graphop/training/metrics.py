@@ -77,12 +77,16 @@ def relative_l2(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor |
 
 def relative_l2_loss(pred: torch.Tensor, data, reduction: str = "mean") -> torch.Tensor:
     """The training loss: :func:`relative_l2` of ``pred`` against ``data.y`` with
-    ``data.weight`` and ``data.batch``, averaged over the graphs (``reduction="mean"``),
-    summed (``"sum"``) or returned per graph (``"none"``)."""
+    ``data.loss_weight`` where a sample carries it (the refinement augmentation,
+    :mod:`graphop.data.augment`: 0 at the points it added), else ``data.weight``, and
+    ``data.batch``, averaged over the graphs (``reduction="mean"``), summed (``"sum"``) or
+    returned per graph (``"none"``)."""
     batch = getattr(data, "batch", None)
     num_graphs = int(getattr(data, "num_graphs", 1)) if batch is not None else None
-    err = relative_l2(pred, data.y.to(pred.dtype), getattr(data, "weight", None), batch,
-                      num_graphs)
+    weight = getattr(data, "loss_weight", None)
+    if weight is None:
+        weight = getattr(data, "weight", None)
+    err = relative_l2(pred, data.y.to(pred.dtype), weight, batch, num_graphs)
     if reduction == "mean":
         return err.mean()
     if reduction == "sum":

@@ -327,14 +327,18 @@ class Trainer:
         from graphop.models.supports import resolve_supports
 
         log = (lambda line: print(f"graphop train: {line}", flush=True)) if self.info.is_main else None
-        # the meshes the model trains on: with augmentation, the (coarser) epoch-0 subsamples
-        return resolve_supports(model_config, self.augmented(NormalizedDataset(train, self.normalizer)),
+        # the meshes the model trains on: with subsampling, the (coarser) epoch-0 subsamples;
+        # refinement only adds finer copies, so the coarsest mesh is the data's own
+        base = NormalizedDataset(train, self.normalizer)
+        return resolve_supports(model_config,
+                                base if self.cfg.augment == "refine" else self.augmented(base),
                                 log=log)
 
     def augmented(self, dataset):
         """The training set as the model sees it: ``config.augment`` applied
         (:func:`graphop.data.augment.augmented`; never to validation)."""
-        return augmented(dataset, self.cfg.augment, self.cfg.augment_fraction, self.cfg.seed)
+        return augmented(dataset, self.cfg.augment, self.cfg.augment_fraction, self.cfg.seed,
+                         self.cfg.augment_probability)
 
     @classmethod
     def resume(cls, run_dir, sets=(), overrides: dict | None = None, model=None, datasets=None
