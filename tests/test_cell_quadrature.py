@@ -142,22 +142,29 @@ def test_a_batch_of_different_meshes_gives_each_mesh_its_own_cells(kind):
     assert float((nodal["disco"] - whole["disco"]).abs().max()) > 1e-3
 
 
-def test_cells_are_not_used_on_a_torus_or_a_point_cloud():
+def test_a_torus_and_a_3d_cloud_use_the_nodes_a_planar_cloud_its_triangles():
     m = mesh_domain("square", 200, seed=0)
     d = m.to_data(dtype=torch.float64)
     d.periodic = torch.tensor([[1.0, 1.0]], dtype=torch.float64)
     assert graph_set(d, need_weight=True, cells=True).quadrature(0) is None
     cloud = Data(pos=d.pos, weight=d.weight)
-    assert graph_set(cloud, need_weight=True, cells=True).quadrature(0) is None
+    # a planar cloud: the filtered Delaunay triangles of its points (here the mesh's own)
+    x_q, w_q, B = graph_set(cloud, need_weight=True, cells=True).quadrature(0)
+    assert float(w_q.sum()) == pytest.approx(m.measure, rel=1e-6)
+    assert graph_set(cloud, need_weight=True, cells=False).quadrature(0) is None
+    cloud3 = Data(pos=torch.cat([d.pos, torch.rand(len(d.pos), 1, dtype=torch.float64)], 1),
+                  weight=d.weight)
+    assert graph_set(cloud3, need_weight=True, cells=True).quadrature(0) is None
     x = torch.sin(3 * d.pos[:, :1])
     conv = DISCOConv(1, 2, 0.2, bias=False).double()
     nodal = DISCOConv(1, 2, 0.2, bias=False, quadrature="points").double()
     nodal.load_state_dict(conv.state_dict())
     with torch.no_grad():
-        torch.testing.assert_close(conv(x, cloud), nodal(x, cloud))
         torch.testing.assert_close(conv(x, d), nodal(x, d))          # the torus
         mesh = m.to_data(dtype=torch.float64)
         assert float((conv(x, mesh) - nodal(x, mesh)).abs().max()) > 1e-4
+        torch.testing.assert_close(conv(x, cloud), conv(x, mesh), rtol=1e-3, atol=1e-6)
+        torch.testing.assert_close(nodal(x, cloud3), conv(x, cloud3))
 
 
 @pytest.mark.parametrize("bad", ["lumped", None, 1])

@@ -8,8 +8,9 @@ for memory while two workers evaluated 32,000-point meshes at once (the differen
 operator was built unchunked; fixed since). GINO's runs of the rerun at commit 284e080 train
 the same model (the changes after it touch the differential branch only).
 
-    python experiments/generalization_resolution/evaluate_runs.py EXPERIMENT VARIANTS SEEDS OUT.json
+    python experiments/generalization_resolution/evaluate_runs.py EXPERIMENT VARIANTS SEEDS OUT.json [TESTS]
     e.g. ... generalization_resolution local_gno 0,1 /tmp/local_gno.json
+         ... generalization_resolution local_gno,gino 0,1,2 /tmp/clouds.json cloud_2000,cloud_8000
 """
 import json
 import sys
@@ -29,7 +30,13 @@ def main():
     repo = Path(__file__).resolve().parents[2]
     torch.set_num_threads(1)
     cfg = load_experiment(repo / "experiments" / name)
+    if len(sys.argv) > 5:                 # only these test sets (and the sets they are views of)
+        keep = sys.argv[5].split(",")
+        need = set(keep) | {cfg["tests"][t].get("from") for t in keep} - {None}
+        cfg["tests"] = {t: spec for t, spec in cfg["tests"].items() if t in need}
     _, _, sets, _ = _load_data(cfg, repo / "datasets" / "experiments")
+    if len(sys.argv) > 5:
+        sets = {t: sets[t] for t in keep}
     out = {"experiment": name, "commit": git_commit(repo), "runs": {}}
     for v in variants:
         for s in seeds:

@@ -129,7 +129,8 @@ class DifferentialConv(nn.Module):
             docstring. Without smoothing, and on the sphere, the stencil is used.
         quadrature: how the mollifier integrates: ``"cells"`` (default: on a mesh with cells,
             the piecewise-linear function of the nodal values at interior points of every
-            cell; clouds, tori and the sphere use the nodes) or ``"points"`` (the nodes with
+            cell, a planar cloud over its filtered Delaunay triangles; 3D clouds, tori and
+            the sphere use the nodes) or ``"points"`` (the nodes with
             ``data.weight``, before checkpoint version 3); see :mod:`graphop.layers.sparse`.
 
     Call: ``conv(x, data)`` with ``data`` a ``Data``/``Batch`` holding ``pos`` [N, d]

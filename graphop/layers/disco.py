@@ -252,8 +252,8 @@ class DISCOConv(nn.Module):
             within 1e-6 relative), ``radius`` a geodesic angle in radians, the 2D basis in each
             point's east/north tangent frame (:mod:`graphop.layers.disco_sphere`).
         quadrature: ``"cells"`` (default: on a mesh with cells, integrate the piecewise-linear
-            function of the nodal values at interior points of every cell; point clouds and
-            tori use the nodes) or ``"points"`` (the nodes with ``data.weight``, graphop's
+            function of the nodal values at interior points of every cell, a planar point
+            cloud over its filtered Delaunay triangles; 3D clouds and tori use the nodes) or ``"points"`` (the nodes with ``data.weight``, graphop's
             DISCO before checkpoint version 3); see :mod:`graphop.layers.sparse`. The sphere
             always uses the nodes.
 

@@ -19,9 +19,10 @@ lists (:mod:`graphop.models.gnn`). This module holds what they share:
   ``quadrature=``: ``"cells"`` (default) integrates the piecewise-linear function that the
   nodal values define, with interior points of every cell
   (:func:`graphop.geometry.cells.interpolating_quadrature`): an operator built at those points
-  and weights, ``A_q [n_out L, Q]``, times the interpolation ``B [Q, n_in]``. Graphs without
-  cells of dimension >= 2 (point clouds), and tori, use ``"points"``: the nodes with
-  ``data.weight``.
+  and weights, ``A_q [n_out L, Q]``, times the interpolation ``B [Q, n_in]``. A planar point
+  cloud is integrated over the filtered Delaunay triangles of its points
+  (:mod:`graphop.geometry.triangulate`); 3D clouds, surfaces without cells and tori use
+  ``"points"``: the nodes with ``data.weight``.
 * :class:`OperatorCache` and its one instance :data:`operator_cache`: an LRU bounded in bytes
   (``GRAPHOP_CACHE_BYTES``, default the larger of 4 GiB and 40% of the memory available when
   graphop is imported), keyed by content and the operator's parameters, with
@@ -54,6 +55,7 @@ import torch
 
 from graphop.errors import GraphopWarning, InputError
 from graphop.geometry.cells import interpolating_quadrature
+from graphop.geometry.triangulate import triangulate_cloud
 from graphop.memory import available_memory, env_bytes, format_bytes
 
 __all__ = ["SparseOperator", "BlockList", "OperatorCache", "operator_cache", "GraphSet", "graph_set",
@@ -495,6 +497,8 @@ class GraphSet:
     weight: torch.Tensor | None = None
     cells_of: object = None      # () -> each graph's cells (or None), called when first needed
     _cells: object = None
+    with_cells: bool = False     # made with cells=True: integrate over cells, a cloud's own
+    _cells_unknown: bool = False
 
     @property
     def n_graphs(self) -> int:
@@ -506,7 +510,9 @@ class GraphSet:
         set made without cells. Read from the data on first use only: a training step whose
         operators are cached never converts cells."""
         if self._cells is None and self.cells_of is not None:
-            self._cells = self.cells_of() or [None] * self.n_graphs
+            self._cells = self.cells_of()
+            if self._cells is None:          # a batch without its slice record
+                self._cells, self._cells_unknown = [None] * self.n_graphs, True
         return self._cells
 
     def slice(self, b: int):
@@ -520,12 +526,21 @@ class GraphSet:
         """``(x [Q + n_b, d], w [Q + n_b], B [Q + n_b, n_b])`` of graph b's cells
         (:func:`graphop.geometry.cells.interpolating_quadrature`), followed by the nodes
         themselves with :data:`NODE_WEIGHT` times their weights, so that a ball around a node
-        is never empty, however small; or None: no cells of dimension >= 2, a torus (cells
-        across the seam), or a set made without cells."""
-        if self.cells is None or self.cells[b] is None or self.periodic[b] is not None:
+        is never empty, however small. A planar graph without cells (a bare 2D point cloud)
+        is integrated over the filtered Delaunay triangles of its points
+        (:func:`graphop.geometry.triangulate.triangulate_cloud`). None: no cells of dimension
+        >= 2 (nor a triangulable 2D cloud), a torus (cells across the seam), or a set made
+        without cells."""
+        if not self.with_cells or self.periodic[b] is not None:
             return None
         p, w, _ = self.slice(b)
-        quad = interpolating_quadrature(p, self.cells[b])
+        cells = None if self.cells is None else self.cells[b]
+        if cells is None and p.shape[1] == 2 and not self._cells_unknown:
+            tri = triangulate_cloud(p)
+            cells = None if tri is None else {"triangle": tri}
+        if cells is None:
+            return None
+        quad = interpolating_quadrature(p, cells)
         if quad is None:
             return None
         x, wq, B = quad
@@ -632,7 +647,8 @@ def graph_set(data, *, need_weight: bool, what: str = "data", cells: bool = Fals
     tensors = ((pos,) if weight is None else (pos, weight)) + tuple(
         data[k] for k in names if torch.is_tensor(data[k]))
     gs = GraphSet(pos, ptr, [], periodic, weight,
-                  (lambda: _graph_cells(data, ptr, names)) if names else None)
+                  (lambda: _graph_cells(data, ptr, names)) if names else None,
+                  with_cells=bool(cells))
 
     def cell_arrays(b):
         c = gs.cells[b] if names else None
