@@ -18,7 +18,7 @@ which every operator of the model handles (DISCO and the grid encoder use the we
 differential stencil the positions).
 
 or by its **uniform refinement** (``refine``), with probability ``probability`` per sample and
-epoch: every cell is split into 2^k children at its edge midpoints (triangles into 4, quads into
+epoch: every cell is split into 2^d children at its edge midpoints (triangles into 4, quads into
 4 about the midpoint of their 0-2 diagonal, tetrahedra into 8) and every per-point field is
 extended to the new points by the piecewise-linear interpolant the coarse mesh defines,
 
@@ -171,6 +171,8 @@ def refinable(data) -> bool:
     cells = _sample_cells(data)
     if not cells or max(cell_dim(t) for t in cells) < 2:
         return False
+    if "quad" in cells and max(cell_dim(t) for t in cells) == 3:
+        return False                     # quad facets of a volume mesh (hexahedra, wedges)
     return all(t in _CHILDREN for t in cells)
 
 
