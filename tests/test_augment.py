@@ -95,7 +95,9 @@ def test_subsample_on_a_torus_gathers_weights_across_the_seam():
     assert (plain != owner).sum() > 5   # the seam matters for this cloud
 
 
-def test_training_with_augmentation_sees_new_meshes_and_validates_on_full_ones(tmp_path):
+def _fit_and_watch(tmp_path, **augment):
+    """Train a tiny LocalGNO for 2 epochs on four 12 x 12 grids with ``augment`` keys; returns
+    (trainer, config, train set, val set, [(training?, points of each forward batch)])."""
     from graphop.training.config import TrainConfig
     from graphop.training.trainer import Trainer
 
@@ -104,12 +106,10 @@ def test_training_with_augmentation_sees_new_meshes_and_validates_on_full_ones(t
         t.y = t.y * (1 + 0.1 * i)
     val = [_sample(structured_square(12), torch.float32)]
     cfg = TrainConfig(data="unused", inputs=["a"], targets=["u"], epochs=2, batch_size=2,
-                      out=str(tmp_path / "run"), progress=False, device="cpu",
-                      augment="subsample", augment_fraction=0.5,
+                      out=str(tmp_path / "run"), progress=False, device="cpu", **augment,
                       model={"name": "local_gno", "width": 6, "n_layers": 1,
                              "latent_shape": [8, 8], "modes": [3, 3]})
     tr = Trainer(cfg, datasets=(train, val))
-    assert isinstance(tr.train_set, AugmentedDataset)
     seen = []
     orig = tr.module.forward
 
@@ -120,6 +120,15 @@ def test_training_with_augmentation_sees_new_meshes_and_validates_on_full_ones(t
     tr.module.forward = spy
     summary = tr.fit()
     assert summary["epochs_completed"] == 2 and np.isfinite(summary["best_val_rel_l2"])
+    return tr, cfg, train, val, seen
+
+
+def test_training_with_augmentation_sees_new_meshes_and_validates_on_full_ones(tmp_path):
+    from graphop.training.config import TrainConfig
+    from graphop.training.trainer import Trainer
+
+    tr, cfg, train, val, seen = _fit_and_watch(tmp_path, augment="subsample", augment_fraction=0.5)
+    assert isinstance(tr.train_set, AugmentedDataset)
     n_b = int(train[0].boundary.sum())
     sub = n_b + round(0.5 * (144 - n_b))
     assert {n for training, n in seen if training} == {2 * sub}      # two subsampled meshes
@@ -265,24 +274,8 @@ def test_training_with_refinement_keeps_the_supports_of_the_data(tmp_path):
     from graphop.training.config import TrainConfig
     from graphop.training.trainer import Trainer
 
-    train = [_sample(structured_square(12), torch.float32) for _ in range(4)]
-    val = [_sample(structured_square(12), torch.float32)]
-    cfg = TrainConfig(data="unused", inputs=["a"], targets=["u"], epochs=2, batch_size=2,
-                      out=str(tmp_path / "run"), progress=False, device="cpu",
-                      augment="refine", augment_probability=1.0,
-                      model={"name": "local_gno", "width": 6, "n_layers": 1,
-                             "latent_shape": [8, 8], "modes": [3, 3]})
-    tr = Trainer(cfg, datasets=(train, val))
-    seen = []
-    orig = tr.module.forward
-
-    def spy(data):
-        seen.append((tr.module.training, int(data.pos.shape[0])))
-        return orig(data)
-
-    tr.module.forward = spy
-    summary = tr.fit()
-    assert summary["epochs_completed"] == 2 and np.isfinite(summary["best_val_rel_l2"])
+    tr, cfg, train, val, seen = _fit_and_watch(tmp_path, augment="refine",
+                                               augment_probability=1.0)
     assert {n for training, n in seen if training} == {2 * 23 * 23}   # refined 12 x 12 grids
     assert {n for training, n in seen if not training} == {144}
     full = Trainer(TrainConfig(**{**cfg.to_dict(), "augment": "none", "out": str(tmp_path / "b")}),
