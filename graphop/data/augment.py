@@ -59,7 +59,7 @@ import torch
 from scipy.spatial import cKDTree
 
 from graphop.errors import ConfigError, DataError
-from graphop.geometry.cells import boundary_facets, cell_dim, lumped_mass
+from graphop.geometry.cells import boundary_facets, cell_dim, cell_edges, lumped_mass
 
 __all__ = ["AUGMENTATIONS", "subsample", "refine", "refinable", "AugmentedDataset",
            "augmented"]
@@ -130,13 +130,7 @@ def subsample(data, rng: np.random.Generator, fraction: float = 0.75, keep_bound
 
 
 # children of each refinable cell type, as local indices into the parent's vertices followed by
-# its new points: edge midpoints in the order of _EDGES_OF (then the quad's centre)
-_EDGES_OF = {
-    "line": [(0, 1)],
-    "triangle": [(0, 1), (1, 2), (2, 0)],
-    "quad": [(0, 1), (1, 2), (2, 3), (3, 0)],
-    "tetra": [(0, 1), (0, 2), (0, 3), (1, 2), (1, 3), (2, 3)],
-}
+# its edge midpoints in the order of graphop.geometry.cells.cell_edges (then the quad's centre)
 _CHILDREN = {
     "vertex": [[0]],
     "line": [[0, 2], [2, 1]],
@@ -144,10 +138,10 @@ _CHILDREN = {
     "triangle": [[0, 3, 5], [3, 1, 4], [5, 4, 2], [3, 4, 5]],
     # m01 = 4, m12 = 5, m23 = 6, m30 = 7, centre (on the 0-2 diagonal) = 8
     "quad": [[0, 4, 8, 7], [4, 1, 5, 8], [8, 5, 2, 6], [7, 8, 6, 3]],
-    # m01 = 4, m02 = 5, m03 = 6, m12 = 7, m13 = 8, m23 = 9; the inner octahedron split about
+    # m01 = 4, m12 = 5, m20 = 6, m03 = 7, m13 = 8, m23 = 9; the inner octahedron split about
     # its m02-m13 diagonal
-    "tetra": [[0, 4, 5, 6], [4, 1, 7, 8], [5, 7, 2, 9], [6, 8, 9, 3],
-              [5, 8, 4, 7], [5, 8, 7, 9], [5, 8, 9, 6], [5, 8, 6, 4]],
+    "tetra": [[0, 4, 6, 7], [4, 1, 5, 8], [6, 5, 2, 9], [7, 8, 9, 3],
+              [6, 8, 4, 5], [6, 8, 5, 9], [6, 8, 9, 7], [6, 8, 7, 4]],
 }
 
 
@@ -162,43 +156,49 @@ def _sample_cells(data) -> dict:
     return {t: c for t, c in out.items() if len(c)}
 
 
+def _refinable_cells(data):
+    """The cells of ``data`` (:func:`_sample_cells`) when :func:`refine` can refine it, else
+    None."""
+    if getattr(data, "periodic", None) is not None:
+        return None
+    cells = _sample_cells(data)
+    if not cells or max(cell_dim(t) for t in cells) < 2:
+        return None
+    if "quad" in cells and max(cell_dim(t) for t in cells) == 3:
+        return None                      # quad facets of a volume mesh (hexahedra, wedges)
+    return cells if all(t in _CHILDREN for t in cells) else None
+
+
 def refinable(data) -> bool:
     """Whether :func:`refine` can refine ``data``: cells of dimension >= 2, all of a type it
     splits (triangles, quads, tetrahedra, with lines and vertices as boundary markers), and no
     periodic box (cells of a torus cross its seam)."""
-    if getattr(data, "periodic", None) is not None:
-        return False
-    cells = _sample_cells(data)
-    if not cells or max(cell_dim(t) for t in cells) < 2:
-        return False
-    if "quad" in cells and max(cell_dim(t) for t in cells) == 3:
-        return False                     # quad facets of a volume mesh (hexahedra, wedges)
-    return all(t in _CHILDREN for t in cells)
+    return _refinable_cells(data) is not None
 
 
-def refine(data):
+def refine(data, cells: dict | None = None):
     """The uniform refinement of ``data`` carrying the same piecewise-linear fields (see the
     module docstring): a new ``Data`` with the original points first, the new points after
     them, every float per-point tensor interpolated, ``boundary`` true at midpoints of boundary
     edges, lumped-mass ``weight`` of the refined cells, ``loss_weight`` (the original weights,
-    0 at the new points) and ``mesh_hash`` suffixed.
+    0 at the new points) and ``mesh_hash`` suffixed. ``cells``: the sample's cells when the
+    caller has already read them (:func:`_refinable_cells`).
 
     Raises:
         DataError: ``data`` is not :func:`refinable` or has no ``weight``.
     """
-    if not refinable(data):
+    if cells is None:
+        cells = _refinable_cells(data)
+    if cells is None:
         raise DataError("refine needs a sample with triangle, quad or tetrahedral cells and no "
                         "periodic box")
     weight = getattr(data, "weight", None)
     n = int(data.pos.shape[0])
     if weight is None or weight.shape[0] != n:
         raise DataError("refine needs quadrature weights 'weight' [N] on the sample")
-    cells = _sample_cells(data)
     top = max(cell_dim(t) for t in cells)
     # every edge of every cell gets one midpoint, shared by the cells around it
-    edges = np.concatenate([c[:, list(e)] for t, c in cells.items()
-                            for e in _EDGES_OF.get(t, [])])
-    edges = np.sort(edges, axis=1)
+    edges = np.sort(np.concatenate([cell_edges(t, c) for t, c in cells.items()]), axis=1)
     uniq, inverse = np.unique(edges, axis=0, return_inverse=True)
     inverse = inverse.reshape(-1)
     quads = cells.get("quad") if top == 2 else None
@@ -209,9 +209,8 @@ def refine(data):
 
     new_cells, start = {}, 0
     for t, c in cells.items():
-        k = len(_EDGES_OF.get(t, []))
-        mids = (n + inverse[start:start + k * len(c)].reshape(k, len(c)).T) if k else \
-            np.zeros((len(c), 0), np.int64)
+        k = len(cell_edges(t, c[:1]))
+        mids = n + inverse[start:start + k * len(c)].reshape(k, len(c)).T
         start += k * len(c)
         local = np.concatenate([c, mids], axis=1)
         if t == "quad" and top == 2:
@@ -223,14 +222,10 @@ def refine(data):
     bound = getattr(data, "boundary", None)
     if bound is not None and bound.shape[0] == n:
         on_boundary[:n] = bound.detach().cpu().numpy().astype(bool).reshape(n)
-        facets = boundary_facets({t: c for t, c in cells.items() if cell_dim(t) == top})
-        fe = []
-        for f in facets:
-            f = np.asarray(f, dtype=np.int64)
-            if len(f) == 0:
-                continue
-            k = f.shape[1]
-            fe += [f[:, [a, (a + 1) % k]] for a in range(k)] if k > 2 else [f]
+        # the facets of triangles and quads are edges, those of tetrahedra triangles
+        fe = [cell_edges("triangle", f) if f.shape[1] == 3 else f
+              for f in boundary_facets({t: c for t, c in cells.items() if cell_dim(t) == top})
+              if len(f)]
         if fe:
             fe = np.unique(np.sort(np.concatenate(fe), axis=1), axis=0)
             # edges of uniq that are boundary edges
@@ -259,8 +254,8 @@ def refine(data):
     if getattr(data, "weight_true", None) is not None:
         out.weight_true = out.weight.clone()
     lw = torch.zeros(m, dtype=wt, device=weight.device)
-    lw[:n] = getattr(data, "loss_weight", None) if getattr(data, "loss_weight", None) is not None \
-        else weight
+    given = getattr(data, "loss_weight", None)
+    lw[:n] = weight if given is None else given
     out.loss_weight = lw
     if bound is not None and bound.shape[0] == n:
         out.boundary = torch.as_tensor(on_boundary, device=bound.device)
@@ -312,8 +307,10 @@ class AugmentedDataset(torch.utils.data.Dataset):
         data = self.base[i]
         if self.mode == "subsample":
             return subsample(data, rng, self.fraction)
-        if rng.random() < self.probability and refinable(data):
-            return refine(data)
+        if rng.random() < self.probability:
+            cells = _refinable_cells(data)
+            if cells is not None:
+                return refine(data, cells)
         out = copy.copy(data)
         out.loss_weight = data.weight
         return out
