@@ -8,7 +8,7 @@ from
 1. a JSON written by `run_one.py` (``--run FILE``, repeatable): the runner's own run record;
 2. ``runs/experiments/NAME/VARIANT-sSEED/`` when it holds a finished run (``summary.json``
    with every epoch of the config):
-   its final-epoch ``last.pt`` evaluated with the runner's ``evaluate_errors`` on every test set
+   its final-epoch ``last.pt`` evaluated with the runner's ``evaluate_sets`` on every test set
    (train time from the runner's log line when given with ``--log``);
 3. a run of an earlier report of the same experiment (``--previous results.json``), for a
    variant whose code has not changed since (say so in the README);
@@ -29,7 +29,6 @@ import torch
 
 from graphop.experiments import runner
 from graphop.experiments.report import write_report
-from graphop.layers.sparse import operator_cache
 from graphop.training.checkpoint import load_trained_model
 
 
@@ -84,14 +83,9 @@ def main():
                     (run_dir / "summary.json").read_text())["epochs_completed"] >= epochs:
                 summ = json.loads((run_dir / "summary.json").read_text())
                 model, norm, _ = load_trained_model(run_dir / "last.pt")
-                wrap = runner._weights_wrapper(cfg["variants"][v])
-                tests, t1 = {}, time.perf_counter()
-                for tname, ds in sets.items():
-                    operator_cache.clear()
-                    e = runner.evaluate_errors(model, norm, wrap(ds))
-                    tests[tname] = {"rel_l2": float(e.mean()), "median": float(np.median(e)),
-                                    "max": float(e.max()), "n_samples": int(len(e)),
-                                    "per_sample": [float(x) for x in e]}
+                t1 = time.perf_counter()
+                tests = runner.evaluate_sets(model, norm, sets,
+                                             runner._weights_wrapper(cfg["variants"][v]))
                 run = {"variant": v, "seed": s, "n_parameters": models[v][1],
                        "uniform_weights": bool(cfg["variants"][v].get("uniform_weights", False)),
                        "epochs": summ["epochs_completed"],

@@ -1,5 +1,5 @@
 """Evaluate the trained runs of an experiment on its test sets, as the runner does
-(``graphop.experiments.runner.evaluate_errors``: quadrature-weighted relative L2 of each test
+(``graphop.experiments.runner.evaluate_sets``: quadrature-weighted relative L2 of each test
 sample, final-epoch model), and write the mean per (variant, seed, test set) to JSON.
 
 For a full configuration whose runner died before writing its report: the rerun of
@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from graphop.experiments.runner import _load_data, evaluate_errors, git_commit, load_experiment
-from graphop.layers.sparse import operator_cache
+from graphop.experiments.runner import (_load_data, _weights_wrapper, evaluate_sets, git_commit,
+                                        load_experiment)
 from graphop.training.checkpoint import load_trained_model
 
 
@@ -42,10 +42,8 @@ def main():
         for s in seeds:
             model, norm, _ = load_trained_model(repo / "runs" / "experiments" / name / f"{v}-s{s}"
                                                 / "last.pt")
-            res = {}
-            for t, ds in sets.items():
-                operator_cache.clear()
-                res[t] = float(evaluate_errors(model, norm, ds).mean())
+            tests = evaluate_sets(model, norm, sets, _weights_wrapper(cfg["variants"][v]))
+            res = {t: r["rel_l2"] for t, r in tests.items()}
             out["runs"][f"{v}-s{s}"] = res
             print(v, s, {t: round(x, 4) for t, x in res.items()}, flush=True)
     for v in variants:

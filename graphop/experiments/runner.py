@@ -291,6 +291,22 @@ def git_commit(cwd=None) -> str | None:
     return r.stdout.strip() + ("-dirty" if dirty else "")
 
 
+def evaluate_sets(model, normalizer, sets: dict, wrap=lambda ds: ds) -> dict:
+    """A run's record of every test set: ``{name: {rel_l2 (mean), median, max, n_samples,
+    per_sample}}`` from :func:`evaluate_errors` on ``wrap(set)``, with the operator cache
+    cleared before each set (test meshes never repeat across sets)."""
+    from graphop.layers.sparse import operator_cache
+
+    tests = {}
+    for tname, ds in sets.items():
+        operator_cache.clear()
+        e = evaluate_errors(model, normalizer, wrap(ds))
+        tests[tname] = {"rel_l2": float(e.mean()), "median": float(np.median(e)),
+                        "max": float(e.max()), "n_samples": int(len(e)),
+                        "per_sample": [float(x) for x in e]}
+    return tests
+
+
 @torch.no_grad()
 def evaluate_errors(model, normalizer, dataset, max_points: int = 16384) -> np.ndarray:
     """Relative L2 error of every sample, with the true quadrature weights (``weight_true``
@@ -399,7 +415,6 @@ def _train_run(job: dict):
     import contextlib
 
     from graphop.training.config import TrainConfig
-    from graphop.layers.sparse import operator_cache
     from graphop.training.trainer import Trainer
 
     cfg, vname, seed = job["cfg"], job["variant"], int(job["seed"])
@@ -430,13 +445,8 @@ def _train_run(job: dict):
         trainer = Trainer(tc, datasets=(train, val), overwrite=True)
         summary = trainer.fit()
         train_s = time.perf_counter() - t1
-        tests, t2 = {}, time.perf_counter()
-        for tname, ds in sets.items():
-            operator_cache.clear()   # test meshes never repeat
-            e = evaluate_errors(trainer.module, trainer.normalizer, wrap(ds))
-            tests[tname] = {"rel_l2": float(e.mean()), "median": float(np.median(e)),
-                            "max": float(e.max()), "n_samples": int(len(e)),
-                            "per_sample": [float(x) for x in e]}
+        t2 = time.perf_counter()
+        tests = evaluate_sets(trainer.module, trainer.normalizer, sets, wrap)
         eval_s = time.perf_counter() - t2
     run = {"variant": vname, "seed": seed, "n_parameters": n_par, "uniform_weights": uniform,
            "epochs": summary["epochs_completed"], "final_train_loss": summary["final_train_loss"],

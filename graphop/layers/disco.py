@@ -253,9 +253,9 @@ class DISCOConv(nn.Module):
             point's east/north tangent frame (:mod:`graphop.layers.disco_sphere`).
         quadrature: ``"cells"`` (default: on a mesh with cells, integrate the piecewise-linear
             function of the nodal values at interior points of every cell, a planar point
-            cloud over its filtered Delaunay triangles; 3D clouds and tori use the nodes) or ``"points"`` (the nodes with ``data.weight``, graphop's
-            DISCO before checkpoint version 3); see :mod:`graphop.layers.sparse`. The sphere
-            always uses the nodes.
+            cloud over its filtered Delaunay triangles; 3D clouds and tori use the nodes) or
+            ``"points"`` (the nodes with ``data.weight``, graphop's DISCO before checkpoint
+            version 3); see :mod:`graphop.layers.sparse`. The sphere always uses the nodes.
 
     Call: ``conv(x, data, out=None)``; ``data`` is a ``Data``/``Batch`` with ``pos`` [N, d] and
     ``weight`` [N] (and ``periodic`` [1, d] for tori); ``out`` (optional) another Data/Batch

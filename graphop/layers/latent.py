@@ -252,8 +252,9 @@ class GridEncoder(_GridOperator):
             0.5; 0 gives the plain average, graphop's encoder before checkpoint version 3).
         quadrature: ``"cells"`` (default: on a mesh with cells, integrate the piecewise-linear
             function of the nodal values at interior points of every cell, a planar point
-            cloud over its filtered Delaunay triangles; 3D clouds and tori use the nodes) or ``"points"`` (the nodes with ``data.weight``, before
-            checkpoint version 3); see :mod:`graphop.layers.sparse`.
+            cloud over its filtered Delaunay triangles; 3D clouds and tori use the nodes) or
+            ``"points"`` (the nodes with ``data.weight``, before checkpoint version 3); see
+            :mod:`graphop.layers.sparse`.
 
     Shapes: x [N, C] -> (grid [B, C, *latent_shape], occupancy [B, 1, *latent_shape]).
     """
