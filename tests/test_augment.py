@@ -243,6 +243,34 @@ def test_refined_loss_ignores_the_new_points():
     assert float(relative_l2_loss(torch.cat([pred, pred]), b)) == pytest.approx(0.1, rel=1e-9)
 
 
+def test_refined_loss_with_target_weight_counts_the_interpolated_targets():
+    """augment_target_weight t: loss weights (1 - t) w_orig + t w_refined. With t = 1 the loss
+    is the refined mesh's quadrature of the error against the P1 target: an error only at the
+    new points counts in proportion to their share of the refined weights."""
+    from graphop.training.metrics import relative_l2_loss
+
+    d = _sample(mesh_domain("square", 200, seed=4))
+    n = d.pos.shape[0]
+    full, half = refine(d, target_weight=1.0), refine(d, target_weight=0.5)
+    assert torch.equal(full.loss_weight, full.weight)
+    assert torch.allclose(half.loss_weight, 0.5 * refine(d).loss_weight + 0.5 * full.weight)
+    assert float(full.loss_weight.sum()) == pytest.approx(float(d.weight.sum()), rel=1e-12)
+    pred = full.y.clone()
+    pred[n:] *= 1.2                                   # 20% off at the new points only
+    w, y = full.weight, full.y[:, 0]
+    share = float((w[n:] * y[n:] ** 2).sum() / (w * y ** 2).sum())
+    assert 0.3 < share < 0.9
+    assert float(relative_l2_loss(pred, full)) == pytest.approx(0.2 * share ** 0.5, rel=1e-9)
+    assert float(relative_l2_loss(pred, refine(d))) == 0.0
+    ds = AugmentedDataset([d], mode="refine", probability=1.0, target_weight=1.0)
+    assert torch.equal(ds[0].loss_weight, ds[0].weight)
+    for bad in (-0.1, 1.5):
+        with pytest.raises(ConfigError, match="augment_target_weight"):
+            refine(d, target_weight=bad)
+        with pytest.raises(ConfigError, match="augment_target_weight"):
+            AugmentedDataset([d], mode="refine", target_weight=bad)
+
+
 def test_refine_dataset_draws_per_epoch_and_leaves_clouds_alone():
     from graphop import Mesh
 
@@ -283,3 +311,5 @@ def test_training_with_refinement_keeps_the_supports_of_the_data(tmp_path):
     assert tr.model_config["disco_radius"] == full.model_config["disco_radius"]
     with pytest.raises(ConfigError, match="augment_probability"):
         TrainConfig(**{**cfg.to_dict(), "augment_probability": -0.1}).validate()
+    with pytest.raises(ConfigError, match="augment_target_weight"):
+        TrainConfig(**{**cfg.to_dict(), "augment_target_weight": 2.0}).validate()

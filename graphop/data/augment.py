@@ -176,17 +176,25 @@ def refinable(data) -> bool:
     return _refinable_cells(data) is not None
 
 
-def refine(data, cells: dict | None = None):
+def refine(data, cells: dict | None = None, target_weight: float = 0.0):
     """The uniform refinement of ``data`` carrying the same piecewise-linear fields (see the
     module docstring): a new ``Data`` with the original points first, the new points after
     them, every float per-point tensor interpolated, ``boundary`` true at midpoints of boundary
-    edges, lumped-mass ``weight`` of the refined cells, ``loss_weight`` (the original weights,
-    0 at the new points) and ``mesh_hash`` suffixed. ``cells``: the sample's cells when the
-    caller has already read them (:func:`_refinable_cells`).
+    edges, lumped-mass ``weight`` of the refined cells, ``loss_weight`` and ``mesh_hash``
+    suffixed. ``cells``: the sample's cells when the caller has already read them
+    (:func:`_refinable_cells`).
+
+    ``loss_weight`` is ``(1 - t) w_orig + t w_refined`` with ``t = target_weight`` in [0, 1],
+    ``w_orig`` the original weights at the original points (0 at the new ones) and
+    ``w_refined`` the refined mesh's own weights: ``t = 0`` (default) counts the original nodes
+    only, ``t = 1`` measures the error against the piecewise-linear target function with the
+    refined mesh's quadrature (the interpolated targets at the new points count).
 
     Raises:
         DataError: ``data`` is not :func:`refinable` or has no ``weight``.
     """
+    if not 0.0 <= float(target_weight) <= 1.0:
+        raise ConfigError(f"augment_target_weight must be in [0, 1], got {target_weight!r}")
     if cells is None:
         cells = _refinable_cells(data)
     if cells is None:
@@ -256,7 +264,8 @@ def refine(data, cells: dict | None = None):
     lw = torch.zeros(m, dtype=wt, device=weight.device)
     given = getattr(data, "loss_weight", None)
     lw[:n] = weight if given is None else given
-    out.loss_weight = lw
+    t = float(target_weight)
+    out.loss_weight = lw if t == 0.0 else (1.0 - t) * lw + t * out.weight
     if bound is not None and bound.shape[0] == n:
         out.boundary = torch.as_tensor(on_boundary, device=bound.device)
     for t, c in new_cells.items():
@@ -281,12 +290,14 @@ class AugmentedDataset(torch.utils.data.Dataset):
         mode: ``"subsample"`` or ``"refine"``.
         probability: ``refine``: chance that a sample is refined in an epoch (default 0.5);
             the others are given as they are (with ``loss_weight``, so that batches collate).
+        target_weight: ``refine``: weight of the interpolated targets at the new points (see
+            :func:`refine`; default 0, the original nodes only).
 
     Call :meth:`set_epoch` before each epoch (the trainer does).
     """
 
     def __init__(self, base, fraction: float = 0.75, seed: int = 0, mode: str = "subsample",
-                 probability: float = 0.5):
+                 probability: float = 0.5, target_weight: float = 0.0):
         if not 0 < fraction <= 1:
             raise ConfigError(f"augment_fraction must be in (0, 1], got {fraction}")
         if not 0 <= probability <= 1:
@@ -294,7 +305,10 @@ class AugmentedDataset(torch.utils.data.Dataset):
         if mode not in ("subsample", "refine"):
             raise ConfigError(f"augmentation mode must be subsample or refine, got {mode!r}")
         self.base, self.fraction, self.seed, self.epoch = base, float(fraction), int(seed), 0
+        if not 0 <= target_weight <= 1:
+            raise ConfigError(f"augment_target_weight must be in [0, 1], got {target_weight}")
         self.mode, self.probability = mode, float(probability)
+        self.target_weight = float(target_weight)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
@@ -310,18 +324,18 @@ class AugmentedDataset(torch.utils.data.Dataset):
         if rng.random() < self.probability:
             cells = _refinable_cells(data)
             if cells is not None:
-                return refine(data, cells)
+                return refine(data, cells, self.target_weight)
         out = copy.copy(data)
         out.loss_weight = data.weight
         return out
 
 
 def augmented(dataset, augment: str = "none", fraction: float = 0.75, seed: int = 0,
-              probability: float = 0.5):
+              probability: float = 0.5, target_weight: float = 0.0):
     """``dataset`` itself for ``augment="none"``, an :class:`AugmentedDataset` for
     ``"subsample"`` and ``"refine"``."""
     if augment == "none":
         return dataset
     if augment in ("subsample", "refine"):
-        return AugmentedDataset(dataset, fraction, seed, augment, probability)
+        return AugmentedDataset(dataset, fraction, seed, augment, probability, target_weight)
     raise ConfigError(f"augment must be one of {', '.join(AUGMENTATIONS)}, got {augment!r}")

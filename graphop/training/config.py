@@ -70,6 +70,9 @@ class TrainConfig:
         augment_fraction: share of interior points a subsample keeps, in (0, 1] (default 0.75).
         augment_probability: ``refine``: chance that a training sample is refined in an epoch,
             in [0, 1] (default 0.5).
+        augment_target_weight: ``refine``: weight t in [0, 1] of the interpolated targets at
+            a refined sample's new points (default 0: the loss counts the original nodes only;
+            1: the refined mesh's quadrature of the error against the piecewise-linear target).
         operator_store: keep every mesh's operators on disk in the user's cache directory and
             load them in later runs on the same data (default True; ``$GRAPHOP_OPERATOR_STORE``
             = ``off`` or a folder overrides; :mod:`graphop.layers.store`).
@@ -97,6 +100,7 @@ class TrainConfig:
     augment: str = "none"
     augment_fraction: float = 0.75
     augment_probability: float = 0.5
+    augment_target_weight: float = 0.0
     operator_store: bool = True
 
     # ------------------------------------------------------------------ API
@@ -154,6 +158,9 @@ class TrainConfig:
         if not 0 <= self.augment_probability <= 1:
             raise ConfigError(f"config key 'augment_probability' must be in [0, 1], got "
                               f"{self.augment_probability!r}")
+        if not 0 <= self.augment_target_weight <= 1:
+            raise ConfigError(f"config key 'augment_target_weight' must be in [0, 1], got "
+                              f"{self.augment_target_weight!r}")
         if not 0 < self.augment_fraction <= 1:
             raise ConfigError(f"config key 'augment_fraction' must be in (0, 1], got "
                               f"{self.augment_fraction!r}")

@@ -338,7 +338,7 @@ class Trainer:
         """The training set as the model sees it: ``config.augment`` applied
         (:func:`graphop.data.augment.augmented`; never to validation)."""
         return augmented(dataset, self.cfg.augment, self.cfg.augment_fraction, self.cfg.seed,
-                         self.cfg.augment_probability)
+                         self.cfg.augment_probability, self.cfg.augment_target_weight)
 
     @classmethod
     def resume(cls, run_dir, sets=(), overrides: dict | None = None, model=None, datasets=None
