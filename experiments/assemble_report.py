@@ -70,7 +70,10 @@ def main():
         wanted = set(args.variants.split(",")) if args.variants else None
         for r in prev["runs"]:
             if wanted is None or r["variant"] in wanted:
-                previous[(r["variant"], int(r["seed"]))] = (r, prev.get("commit"))
+                key = f"{r['variant']}-s{int(r['seed'])}"
+                origin = (prev.get("sources") or {}).get(key)
+                previous[(r["variant"], int(r["seed"]))] = (
+                    r, f"{prev.get('commit', '?')[:7]}" + (f": {origin}" if origin else ""))
 
     epochs = int((cfg.get("training") or {}).get("epochs", 0))
     runs, sources, keep = [], {}, {}
@@ -96,7 +99,7 @@ def main():
                 src = f"checkpoint {run_dir.name}/last.pt"
             elif (v, s) in previous:
                 run, commit = previous[(v, s)]
-                src = f"earlier report at {commit}"
+                src = f"earlier report at {commit}"   # with that report's own source
             else:
                 print(f"{v} seed {s}: no run, left out")
                 continue
@@ -108,6 +111,8 @@ def main():
                 model, norm, _ = load_trained_model(run_dir / "last.pt")
                 keep[v] = (model, norm, runner._weights_wrapper(cfg["variants"][v]))
 
+    if any(v not in {r["variant"] for r in runs} for v in cfg["variants"]):
+        cfg = {**cfg, "variants_in_config": list(cfg["variants"])}   # the report names the rest
     summary = {v: {t: runner._stats([r["tests"][t]["rel_l2"] for r in runs if r["variant"] == v])
                    for t in sets} for v in cfg["variants"] if any(r["variant"] == v for r in runs)}
     results = {"experiment": args.name, "quick": False, "commit": runner.git_commit(repo),
@@ -123,7 +128,7 @@ def main():
                "variants": {v: {"model": models[v][0], "n_parameters": models[v][1],
                                 "uniform_weights": bool(cfg["variants"][v].get("uniform_weights",
                                                                                False))}
-                            for v in cfg["variants"]},
+                            for v in cfg["variants"] if v in summary},
                "runs": runs, "summary": summary, "sources": sources}
     write_report(folder, results, sets, keep)
     md = folder / "results.md"

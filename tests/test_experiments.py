@@ -247,7 +247,7 @@ def test_tiny_experiment_end_to_end(tmp_path):
     assert js["test_sets"]["quad"]["mean_points"] == 100
     md = (folder / "results-quick.md").read_text()
     assert "QUICK" in md and "| lgno |" in md and "Change against `lgno`" in md
-    assert "variants run: gnn, lgno, lgno_uw (selected with --variants; not run: none)" in md
+    assert "variants run: gnn, lgno, lgno_uw (not run: none)" in md
     assert res["summary"] == js["summary"]
 
 

@@ -49,7 +49,7 @@ def format_results(res: dict) -> str:
              "samples, then mean ± std (ddof=1) over seeds"]
     if cfg.get("variants_in_config"):
         dropped = [v for v in cfg["variants_in_config"] if v not in res["variants"]]
-        lines.append(f"- variants run: {', '.join(variants)} (selected with --variants; not run: "
+        lines.append(f"- variants run: {', '.join(variants)} (not run: "
                      f"{', '.join(dropped) or 'none'})")
     lines += ["", "## Test sets", "",
              "| test set | samples | points (mean, min-max) | spec |", "|---|---|---|---|"]
