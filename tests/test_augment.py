@@ -66,7 +66,7 @@ def test_subsample_is_deterministic_per_seed_and_epoch():
     assert b.num_graphs == 2 and b.pos.shape[0] == ds[0].pos.shape[0] + ds[1].pos.shape[0]
     plain = [d]
     assert augmented(plain, "none") is plain
-    with pytest.raises(ConfigError, match="augment must be one of none, subsample"):
+    with pytest.raises(ConfigError, match="augment must be one of auto, none, subsample"):
         augmented([d], "jitter")
     with pytest.raises(ConfigError, match=r"augment_fraction must be in \(0, 1\]"):
         subsample(d, np.random.default_rng(0), 1.5)
@@ -137,7 +137,7 @@ def test_training_with_augmentation_sees_new_meshes_and_validates_on_full_ones(t
     full = Trainer(TrainConfig(**{**cfg.to_dict(), "augment": "none", "out": str(tmp_path / "b")}),
                    datasets=(train, val))
     assert tr.model_config["disco_radius"] > full.model_config["disco_radius"]
-    with pytest.raises(ConfigError, match="augment must be none, subsample or refine"):
+    with pytest.raises(ConfigError, match="augment must be auto, none, subsample or refine"):
         TrainConfig(**{**cfg.to_dict(), "augment": "jitter"}).validate()
 
 
@@ -313,3 +313,45 @@ def test_training_with_refinement_keeps_the_supports_of_the_data(tmp_path):
         TrainConfig(**{**cfg.to_dict(), "augment_probability": -0.1}).validate()
     with pytest.raises(ConfigError, match="augment_target_weight"):
         TrainConfig(**{**cfg.to_dict(), "augment_target_weight": 2.0}).validate()
+
+
+# ------------------------------------------------------------------------------ augment: auto
+def test_auto_refines_one_shared_mesh_for_mesh_operators_only():
+    from graphop import Mesh
+    from graphop.data.augment import count_meshes, resolve_augment
+
+    grid = _sample(structured_square(9))
+    same = [grid] * 5
+    bare = grid.clone()
+    del bare.mesh_hash                                 # no mesh_hash: told by content
+    moved = bare.clone()
+    moved.pos = moved.pos * 1.01
+    several = [bare, moved]
+    assert count_meshes([bare, bare.clone()]) == 1
+    cloud = _sample(Mesh.from_points(np.random.default_rng(0).random((60, 2)), measure=1.0))
+    assert count_meshes(same) == 1 and count_meshes(several) == 2
+    assert resolve_augment("auto", same)[0] == "refine"
+    assert resolve_augment("auto", same, "local_gno")[0] == "refine"
+    assert resolve_augment("auto", several)[0] == "none"
+    assert resolve_augment("auto", [cloud] * 3)[0] == "none"
+    assert resolve_augment("auto", same, "fno")[0] == "none"      # a grid model
+    assert resolve_augment("auto", same, "gnn")[0] == "none"      # not convergent
+    assert resolve_augment("subsample", same) == ("subsample", "given")
+    assert isinstance(augmented(same, "auto"), AugmentedDataset)
+    assert augmented(several, "auto") is several
+    # a triangulated sphere is a surface: its chord midpoints would leave the sphere
+    from graphop.geometry.sphere import icosphere
+    s = icosphere(1)
+    ds = s.to_data()
+    assert not refinable(ds) and resolve_augment("auto", [ds, ds])[0] == "none"
+
+
+def test_trainer_resolves_auto_prints_it_and_saves_the_choice(tmp_path, capsys):
+    import yaml
+
+    tr, cfg, train, val, seen = _fit_and_watch(tmp_path)          # the default: auto
+    assert cfg.augment == "auto" and tr.cfg.augment == "refine"
+    assert {n for training, n in seen if training} <= {2 * 144, 144 + 23 * 23, 2 * 23 * 23}
+    assert "augment auto -> refine (all 4 training samples share one mesh" in capsys.readouterr().out
+    saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert saved["augment"] == "refine"

@@ -61,12 +61,14 @@ class TrainConfig:
         normalize_coords: fit one coordinate AffineMap on the training set (default True).
         progress: show progress bars (default True; off a terminal, one line per epoch and
             about one per 10% of a long data read; :mod:`graphop.data.progress`).
-        augment: ``none`` | ``subsample`` | ``refine``: every epoch, train on a random
-            subsample of each training mesh (boundary points plus ``augment_fraction`` of the
-            interior points, exact field values, weights gathered onto the kept points), or, with
-            probability ``augment_probability``, on its uniform refinement carrying the same
-            piecewise-linear fields (loss at the original points only); validation never is;
-            see :mod:`graphop.data.augment` (default none).
+        augment: ``auto`` | ``none`` | ``subsample`` | ``refine``: every epoch, train on a
+            random subsample of each training mesh (boundary points plus ``augment_fraction`` of
+            the interior points, exact field values, weights gathered onto the kept points), or,
+            with probability ``augment_probability``, on its uniform refinement carrying the
+            same piecewise-linear fields; validation never is; see :mod:`graphop.data.augment`.
+            ``auto`` (default): ``refine`` when every training sample shares one mesh with
+            cells, else ``none`` (:func:`graphop.data.augment.resolve_augment`; the trainer
+            prints the choice and saves it in ``config.yaml``).
         augment_fraction: share of interior points a subsample keeps, in (0, 1] (default 0.75).
         augment_probability: ``refine``: chance that a training sample is refined in an epoch,
             in [0, 1] (default 0.5).
@@ -97,7 +99,7 @@ class TrainConfig:
     normalize_fields: bool = True
     normalize_coords: bool = True
     progress: bool = True
-    augment: str = "none"
+    augment: str = "auto"
     augment_fraction: float = 0.75
     augment_probability: float = 0.5
     augment_target_weight: float = 0.0
@@ -153,8 +155,9 @@ class TrainConfig:
                 raise ConfigError(f"config key {name!r} must be {rule}, got {getattr(self, name)!r}")
         if self.optimizer not in ("adamw", "adam", "sgd"):
             raise ConfigError(f"optimizer must be adamw, adam or sgd, got {self.optimizer!r}")
-        if self.augment not in ("none", "subsample", "refine"):
-            raise ConfigError(f"augment must be none, subsample or refine, got {self.augment!r}")
+        if self.augment not in ("auto", "none", "subsample", "refine"):
+            raise ConfigError(f"augment must be auto, none, subsample or refine, got "
+                              f"{self.augment!r}")
         if not 0 <= self.augment_probability <= 1:
             raise ConfigError(f"config key 'augment_probability' must be in [0, 1], got "
                               f"{self.augment_probability!r}")

@@ -163,6 +163,7 @@ class Trainer:
         self.local_bs = self._local_batch_size()
         attach_operator_store(config)
         train, val = self._load_data(datasets)
+        self._resolve_augment(train)
         self.normalizer = self._fit_normalizer(train, val, ckpt)
         _seed_all(config.seed)
         model, self.model_config = self._build_model(model, train)
@@ -201,6 +202,22 @@ class Trainer:
             raise DataError("the validation set is empty")
         self.n_train, self.n_val = len(train), len(val)
         return train, val
+
+    def _resolve_augment(self, train) -> None:
+        """``augment: auto`` made concrete from the training set
+        (:func:`graphop.data.augment.resolve_augment`), printed once; the run's config.yaml
+        records the result, so a resumed run keeps it."""
+        import dataclasses
+
+        from graphop.data.augment import resolve_augment
+
+        if self.cfg.augment != "auto":
+            return
+        mode, reason = resolve_augment("auto", train, (self.cfg.model or {}).get("name"))
+        self.cfg = dataclasses.replace(self.cfg, augment=mode)
+        if self.info.is_main:
+            print(f"graphop train: augment auto -> {mode} ({reason}; set augment to none, "
+                  "subsample or refine to choose)", flush=True)
 
     def _fit_normalizer(self, train, val, ckpt) -> Normalizer:
         """Fitted on the training set for a fresh run, restored from the checkpoint on resume;
