@@ -9,7 +9,8 @@ from
 2. ``runs/experiments/NAME/VARIANT-sSEED/`` when it holds a finished run (``summary.json``
    with every epoch of the config):
    its final-epoch ``last.pt`` evaluated with the runner's ``evaluate_sets`` on every test set
-   (train time from the runner's log line when given with ``--log``);
+   (train time from the runner's log line when given with ``--log``, else the sum of the
+   epochs' times in its ``metrics.csv``);
 3. a run of an earlier report of the same experiment (``--previous results.json``), for a
    variant whose code has not changed since (say so in the README);
 
@@ -30,6 +31,18 @@ import torch
 from graphop.experiments import runner
 from graphop.experiments.report import write_report
 from graphop.training.checkpoint import load_trained_model
+
+
+def _epoch_seconds(run_dir: Path) -> float:
+    """The training time of a finished run: the sum of its epochs' ``time_s`` in metrics.csv
+    (NaN without one)."""
+    import csv
+
+    f = run_dir / "metrics.csv"
+    if not f.is_file():
+        return float("nan")
+    with open(f) as fh:
+        return float(sum(float(row["time_s"]) for row in csv.DictReader(fh)))
 
 
 def main():
@@ -94,7 +107,7 @@ def main():
                        "epochs": summ["epochs_completed"],
                        "final_train_loss": summ["final_train_loss"],
                        "final_val_rel_l2": summ["final_val_rel_l2"],
-                       "train_wall_s": times.get((v, s), float("nan")),
+                       "train_wall_s": times.get((v, s), _epoch_seconds(run_dir)),
                        "eval_wall_s": time.perf_counter() - t1, "tests": tests}
                 src = f"checkpoint {run_dir.name}/last.pt"
             elif (v, s) in previous:

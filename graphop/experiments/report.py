@@ -61,11 +61,12 @@ def format_results(res: dict) -> str:
               "|---|---|" + "---|" * len(tests) + "---|"]
     for v in variants:
         runs = [r for r in res["runs"] if r["variant"] == v]
-        wall = np.mean([r["train_wall_s"] for r in runs])
+        walls = [r["train_wall_s"] for r in runs if np.isfinite(r["train_wall_s"])]
+        wall = f"{np.mean(walls):.0f} s" if walls else "not recorded"
         cells = [_fmt(res["summary"][v][t]) for t in tests]
         uw = " (uniform weights)" if res["variants"][v]["uniform_weights"] else ""
         lines.append(f"| {v}{uw} | {res['variants'][v]['n_parameters']:,} | " + " | ".join(cells)
-                     + f" | {wall:.0f} s |")
+                     + f" | {wall} |")
     base = cfg.get("compare")
     if base:
         lines += ["", f"## Change against `{base}` (negative = lower error)", "",
