@@ -184,7 +184,7 @@ def test_refine_carries_the_same_piecewise_linear_function(kind):
     else:
         m = mesh_domain("square", 81, structured="quad" if kind == "quad" else "tri")
     d = _sample(m)
-    r = refine(d)
+    r = refine(d, target_weight=0.0)
     n, cells = d.pos.shape[0], _cells(d)
     top = simplices(cells).shape[1] - 1
     # the original points come first, unchanged, with their values
@@ -212,14 +212,14 @@ def test_refine_carries_the_same_piecewise_linear_function(kind):
 
 def test_refine_marks_boundary_midpoints_only():
     d = _sample(structured_square(9))
-    r = refine(d)
+    r = refine(d, target_weight=0.0)
     p = r.pos.numpy()
     on_edge = np.isclose(p, 0).any(1) | np.isclose(p, 1).any(1)
     assert np.array_equal(r.boundary.numpy(), on_edge)
     assert int(r.boundary.sum()) == 2 * int(d.boundary.sum())
     m = mesh_domain("disk", 300, seed=1)
     d = _sample(m)
-    r = refine(d)
+    r = refine(d, target_weight=0.0)
     n = d.pos.shape[0]
     rad = np.linalg.norm(r.pos.numpy(), axis=1)
     # a midpoint of a boundary chord lies just inside the circle; an interior one well inside
@@ -232,7 +232,7 @@ def test_refined_loss_ignores_the_new_points():
     from graphop.training.metrics import relative_l2_loss
 
     d = _sample(mesh_domain("lshape", 300, seed=2))
-    r = refine(d)
+    r = refine(d, target_weight=0.0)
     n = d.pos.shape[0]
     pred = r.y.clone()
     pred[n:] += 5.0                                   # garbage at the new points only
@@ -251,9 +251,9 @@ def test_refined_loss_with_target_weight_counts_the_interpolated_targets():
 
     d = _sample(mesh_domain("square", 200, seed=4))
     n = d.pos.shape[0]
-    full, half = refine(d, target_weight=1.0), refine(d, target_weight=0.5)
+    full, half = refine(d), refine(d, target_weight=0.5)             # the default: t = 1
     assert torch.equal(full.loss_weight, full.weight)
-    assert torch.allclose(half.loss_weight, 0.5 * refine(d).loss_weight + 0.5 * full.weight)
+    assert torch.allclose(half.loss_weight, 0.5 * refine(d, target_weight=0.0).loss_weight + 0.5 * full.weight)
     assert float(full.loss_weight.sum()) == pytest.approx(float(d.weight.sum()), rel=1e-12)
     pred = full.y.clone()
     pred[n:] *= 1.2                                   # 20% off at the new points only
@@ -261,7 +261,7 @@ def test_refined_loss_with_target_weight_counts_the_interpolated_targets():
     share = float((w[n:] * y[n:] ** 2).sum() / (w * y ** 2).sum())
     assert 0.3 < share < 0.9
     assert float(relative_l2_loss(pred, full)) == pytest.approx(0.2 * share ** 0.5, rel=1e-9)
-    assert float(relative_l2_loss(pred, refine(d))) == 0.0
+    assert float(relative_l2_loss(pred, refine(d, target_weight=0.0))) == 0.0
     ds = AugmentedDataset([d], mode="refine", probability=1.0, target_weight=1.0)
     assert torch.equal(ds[0].loss_weight, ds[0].weight)
     for bad in (-0.1, 1.5):

@@ -26,9 +26,14 @@ extended to the new points by the piecewise-linear interpolant the coarse mesh d
 
 which is exactly that interpolant (each child lies in one simplex of the coarse split, see
 :func:`graphop.geometry.cells.simplices`). The model therefore sees *the same input function*
-on a mesh with 4 (8 in 3D) times the points, and is asked for the same output: the loss counts
-the original nodes only, with their original weights (``loss_weight``; the interpolated targets
-at the new points are never used). What this removes is the part of a mesh model's output that
+on a mesh with 4 (8 in 3D) times the points, and is asked for the same output function: by
+default the loss is the refined mesh's quadrature of the error against the piecewise-linear
+target (``loss_weight`` = the refined weights), the function the coarse mesh's own quadrature
+weights already measure the error against; with ``target_weight = 0`` it counts the original
+nodes only, with their original weights, and the interpolated targets are never used (on the
+17 x 17 Darcy grids, 3 seeds of that left +17% at 33 x 33, while the default's one seed scored
+0.024 there against 0.028 at 17 x 17: the new points are where a model trained on one grid has
+never been told anything). What this removes is the part of a mesh model's output that
 depends on the mesh for a fixed input function: pointwise nonlinearities applied to nodal
 values do not commute with interpolation, so a model trained on one coarse mesh learns a
 function of that mesh's nodal values (on the 17 x 17 FNO Darcy grid, fed the same
@@ -47,7 +52,8 @@ Shapes:
     subsample: Data(pos [N, d], weight [N], x [N, c], y [N, o], boundary [N], ...) -> the same
     keys with M <= N points (cells removed).
     refine: the same keys with M > N points (the N original points first, then the new ones),
-    refined cells, and ``loss_weight`` [M] (the original weights, 0 at the new points).
+    refined cells, and ``loss_weight`` [M] (the refined weights; with ``target_weight = 0`` the
+    original weights and 0 at the new points).
 """
 from __future__ import annotations
 
@@ -179,7 +185,7 @@ def refinable(data) -> bool:
     return _refinable_cells(data) is not None
 
 
-def refine(data, cells: dict | None = None, target_weight: float = 0.0):
+def refine(data, cells: dict | None = None, target_weight: float = 1.0):
     """The uniform refinement of ``data`` carrying the same piecewise-linear fields (see the
     module docstring): a new ``Data`` with the original points first, the new points after
     them, every float per-point tensor interpolated, ``boundary`` true at midpoints of boundary
@@ -189,9 +195,9 @@ def refine(data, cells: dict | None = None, target_weight: float = 0.0):
 
     ``loss_weight`` is ``(1 - t) w_orig + t w_refined`` with ``t = target_weight`` in [0, 1],
     ``w_orig`` the original weights at the original points (0 at the new ones) and
-    ``w_refined`` the refined mesh's own weights: ``t = 0`` (default) counts the original nodes
-    only, ``t = 1`` measures the error against the piecewise-linear target function with the
-    refined mesh's quadrature (the interpolated targets at the new points count).
+    ``w_refined`` the refined mesh's own weights: ``t = 1`` (default) measures the error
+    against the piecewise-linear target function with the refined mesh's quadrature (the
+    interpolated targets at the new points count), ``t = 0`` counts the original nodes only.
 
     Raises:
         DataError: ``data`` is not :func:`refinable` or has no ``weight``.
@@ -294,13 +300,13 @@ class AugmentedDataset(torch.utils.data.Dataset):
         probability: ``refine``: chance that a sample is refined in an epoch (default 0.5);
             the others are given as they are (with ``loss_weight``, so that batches collate).
         target_weight: ``refine``: weight of the interpolated targets at the new points (see
-            :func:`refine`; default 0, the original nodes only).
+            :func:`refine`; default 1: the refined mesh's quadrature of the whole error).
 
     Call :meth:`set_epoch` before each epoch (the trainer does).
     """
 
     def __init__(self, base, fraction: float = 0.75, seed: int = 0, mode: str = "subsample",
-                 probability: float = 0.5, target_weight: float = 0.0):
+                 probability: float = 0.5, target_weight: float = 1.0):
         if not 0 < fraction <= 1:
             raise ConfigError(f"augment_fraction must be in (0, 1], got {fraction}")
         if not 0 <= probability <= 1:
@@ -383,7 +389,7 @@ def resolve_augment(augment: str, dataset, model: str | None = None) -> tuple[st
 
 
 def augmented(dataset, augment: str = "none", fraction: float = 0.75, seed: int = 0,
-              probability: float = 0.5, target_weight: float = 0.0):
+              probability: float = 0.5, target_weight: float = 1.0):
     """``dataset`` itself for ``augment="none"``, an :class:`AugmentedDataset` for
     ``"subsample"`` and ``"refine"``; ``"auto"`` is first resolved by :func:`resolve_augment`."""
     if augment == "auto":

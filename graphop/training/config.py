@@ -73,8 +73,8 @@ class TrainConfig:
         augment_probability: ``refine``: chance that a training sample is refined in an epoch,
             in [0, 1] (default 0.5).
         augment_target_weight: ``refine``: weight t in [0, 1] of the interpolated targets at
-            a refined sample's new points (default 0: the loss counts the original nodes only;
-            1: the refined mesh's quadrature of the error against the piecewise-linear target).
+            a refined sample's new points (default 1: the refined mesh's quadrature of the error
+            against the piecewise-linear target; 0: the loss counts the original nodes only).
         operator_store: keep every mesh's operators on disk in the user's cache directory and
             load them in later runs on the same data (default True; ``$GRAPHOP_OPERATOR_STORE``
             = ``off`` or a folder overrides; :mod:`graphop.layers.store`).
@@ -102,7 +102,7 @@ class TrainConfig:
     augment: str = "auto"
     augment_fraction: float = 0.75
     augment_probability: float = 0.5
-    augment_target_weight: float = 0.0
+    augment_target_weight: float = 1.0
     operator_store: bool = True
 
     # ------------------------------------------------------------------ API
