@@ -20,7 +20,7 @@ It also prints, for the first samples, how far each branch's output in each bloc
 between the 17 x 17 grid and the ``33<-17`` input on the shared nodes (relative L2), so that
 what the discretisation changes can be followed through the network.
 
-    python experiments/grid_transfer/same_input_check.py [EXPERIMENT] [--quick]
+    python experiments/grid_transfer/same_input_check.py [EXPERIMENT] [--quick] [--variants=A,B]
 
 (run the experiment first: it reads ``runs/experiments/EXPERIMENT[-quick]/<variant>-s<seed>/last.pt``
 and the experiment's test sets; about a minute per model on one core.)
@@ -116,6 +116,7 @@ def shared_rows(d_coarse, d_fine):
 def main():
     args = [a for a in sys.argv[1:] if not a.startswith("--")]
     quick = "--quick" in sys.argv
+    only = [a.split("=", 1)[1].split(",") for a in sys.argv[1:] if a.startswith("--variants=")]
     name = args[0] if args else "generalization_grid_darcy"
     cfg = load_experiment(REPO / "experiments" / name, quick=quick)
     base = REPO / "datasets" / "experiments"
@@ -126,6 +127,8 @@ def main():
                            cfg["inputs"], cfg["targets"])
     (n0, *fine) = sorted(sets)
     for vname in cfg["variants"]:
+        if only and vname not in only[0]:
+            continue
         for seed in cfg["seeds"]:
             run = REPO / "runs" / "experiments" / (name + ("-quick" if quick else "")) / f"{vname}-s{seed}"
             if not (run / "last.pt").exists():
