@@ -43,11 +43,12 @@ torch.set_num_threads(1)
 REPO = Path(__file__).resolve().parents[2]
 
 
-def nodal_grid(d, n):
-    """The [n, n] array of a sample's input on the n x n grid (index = position x (n - 1))."""
+def nodal_grid(d, n, field="x"):
+    """The [n, n] array of a sample's input (or another per-point ``field``) on the n x n grid
+    (index = position x (n - 1))."""
     ij = np.rint(d.pos.double().numpy() * (n - 1)).astype(int)
     out = np.zeros((n, n))
-    out[ij[:, 0], ij[:, 1]] = d.x[:, 0].double().numpy()
+    out[ij[:, 0], ij[:, 1]] = d[field][:, 0].double().numpy()
     return out
 
 
@@ -75,10 +76,8 @@ def interpolation_floor(d_coarse, d, n):
     """Relative L2 error on ``d``'s grid of the target's interpolant from the n x n nodes: what
     the coarse grid's exact nodal values leave unresolved at the new nodes."""
     t = np.linspace(0, 1, n)
-    ij = np.rint(d_coarse.pos.double().numpy() * (n - 1)).astype(int)
-    grid = np.zeros((n, n))
-    grid[ij[:, 0], ij[:, 1]] = d_coarse.y[:, 0].double().numpy()
-    u = torch.as_tensor(RegularGridInterpolator((t, t), grid)(d.pos.double().numpy()))[:, None]
+    f = RegularGridInterpolator((t, t), nodal_grid(d_coarse, n, "y"))
+    u = torch.as_tensor(f(d.pos.double().numpy()))[:, None]
     batch = torch.zeros(len(u), dtype=torch.long)
     return float(relative_l2(u, d.y.double(), d.weight.double(), batch, 1)[0])
 

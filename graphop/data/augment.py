@@ -350,9 +350,9 @@ def count_meshes(dataset, stop_at: int | None = None) -> int:
         if not isinstance(key, str):
             h = hashlib.blake2b(digest_size=16)
             h.update(d.pos.detach().cpu().contiguous().numpy().tobytes())
-            for name in sorted(k for k in d.keys() if _is_cell_key(k)):
-                h.update(name.encode())
-                h.update(d[name].detach().cpu().contiguous().numpy().tobytes())
+            for t, c in sorted(_sample_cells(d).items()):
+                h.update(t.encode())
+                h.update(np.ascontiguousarray(c).tobytes())
             key = h.hexdigest()
         seen.add(key)
         if stop_at is not None and len(seen) >= stop_at:
