@@ -34,10 +34,17 @@ from graphop.training.checkpoint import load_trained_model
 
 
 def _epoch_seconds(run_dir: Path) -> float:
-    """The training time of a finished run: the sum of its epochs' ``time_s`` in metrics.csv
-    (NaN without one)."""
+    """The training time of a finished run: ``train_seconds`` of its summary.json, or (runs
+    trained before the trainer recorded it) the sum of its epochs' ``time_s`` in metrics.csv;
+    NaN without either."""
     import csv
+    import json
 
+    summary = run_dir / "summary.json"
+    if summary.is_file():
+        seconds = json.loads(summary.read_text()).get("train_seconds")
+        if seconds is not None:
+            return float(seconds)
     f = run_dir / "metrics.csv"
     if not f.is_file():
         return float("nan")

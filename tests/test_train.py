@@ -1,5 +1,6 @@
 """Training mechanics: config, metric, normalisation, learning, exact resume (also from the
 middle of an epoch after a real signal), NaN handling, bad data."""
+import json
 import math
 import os
 import signal
@@ -128,6 +129,13 @@ def test_training_learns_and_writes_run_files(tmp_path):
         assert (run / f).is_file(), f
     assert any((run / "tb").glob("events.out.tfevents.*"))
     assert len((run / "metrics.csv").read_text().strip().splitlines()) == 26
+    # the summary records the training time: the epochs' times in metrics.csv, summed
+    import csv
+    with open(run / "metrics.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert s["train_seconds"] == pytest.approx(sum(float(r["time_s"]) for r in rows), rel=1e-3)
+    assert s["train_seconds"] > 0 and s["samples_per_s"] > 0
+    assert json.loads((run / "summary.json").read_text())["train_seconds"] == s["train_seconds"]
     with pytest.raises(ConfigError, match="already holds a training run"):
         Trainer(cfg, model=PointwiseMLP(width=32), datasets=_data())
 

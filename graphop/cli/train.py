@@ -119,6 +119,7 @@ def run(args) -> int:
     if trainer.info.is_main:
         best = summary["best_val_rel_l2"]
         print(f"graphop train: done, {summary['epochs_completed']} epochs, best validation rel_l2 "
-              f"{best:.4g} (epoch {summary['best_epoch']}); checkpoints in {summary['run_dir']}"
+              f"{best:.4g} (epoch {summary['best_epoch']}), {summary['train_seconds']:.0f} s of "
+              f"training; checkpoints in {summary['run_dir']}"
               if best is not None else "graphop train: done", flush=True)
     return 0

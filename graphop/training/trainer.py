@@ -35,6 +35,7 @@ import math
 import random
 import shutil
 import signal
+import statistics
 import sys
 import threading
 import time
@@ -548,7 +549,11 @@ class Trainer:
                "best_epoch": self.best_epoch, "final_train_loss": last.get("train_loss"),
                "final_val_rel_l2": last.get("val_rel_l2"), "n_train": self.n_train,
                "n_val": self.n_val, "n_parameters": self.n_parameters, "model": self.model_config,
-               "world_size": self.info.world_size}
+               "world_size": self.info.world_size,
+               # training time over all epochs, resumed ones included (validation not counted)
+               "train_seconds": float(sum(h["time_s"] for h in self.history)),
+               "samples_per_s": (float(statistics.median(h["samples_per_s"] for h in self.history))
+                                 if self.history else None)}
         if self.info.is_main:
             (self.run_dir / "summary.json").write_text(json.dumps(out, indent=2, default=str))
         return out
