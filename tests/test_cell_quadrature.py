@@ -167,6 +167,42 @@ def test_a_torus_and_a_3d_cloud_use_the_nodes_a_planar_cloud_its_triangles():
         torch.testing.assert_close(nodal(x, cloud3), conv(x, cloud3))
 
 
+def test_one_triangulation_serves_every_operator_of_a_cloud(monkeypatch):
+    """DISCO, the mollified gradient and the grid encoder of one planar cloud share one
+    triangulation (memoised by content key, cleared with the cache), and give the operators
+    that fresh triangulations give."""
+    import graphop.layers.sparse as sparse
+    from graphop.layers.sparse import operator_cache
+
+    pts = torch.rand(600, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    cloud = Data(pos=pts, weight=torch.full((600,), 1 / 600, dtype=torch.float64))
+    x = torch.sin(3 * pts[:, :1])
+    calls = []
+    real = sparse.triangulate_cloud
+    monkeypatch.setattr(sparse, "triangulate_cloud", lambda p: calls.append(1) or real(p))
+    layers = _layers("cells")
+
+    def run():
+        operator_cache.clear()
+        with torch.no_grad():
+            return _outputs(layers, cloud, x)
+
+    first = run()
+    assert len(calls) == 1
+    operator_cache.clear()
+    alone = {"encoder": lambda: torch.cat(layers["encoder"](x, cloud), 1).reshape(1, 2, -1),
+             "disco": lambda: layers["disco"](x, cloud),
+             "mollifier": lambda: layers["mollifier"].smooth(x, cloud)}
+    for name, out in alone.items():                # each alone, after a cleared cache
+        with torch.no_grad():
+            torch.testing.assert_close(out(), first[name], rtol=0, atol=0)
+        operator_cache.clear()
+    assert len(calls) == 1 + len(layers)
+    q = graph_set(cloud, need_weight=True, cells=True).quadrature(0)
+    with pytest.raises(ValueError):               # shared by every build: read-only
+        q[0][0, 0] = 1.0
+
+
 @pytest.mark.parametrize("bad", ["lumped", None, 1])
 def test_quadrature_option_is_checked(bad):
     from graphop.errors import InputError

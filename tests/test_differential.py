@@ -267,6 +267,35 @@ def test_mollifier_gradient_is_the_exact_gradient_of_the_discrete_mollified_fiel
     assert np.isfinite(row_l1).all() and row_l1.max() < bound
 
 
+@pytest.mark.parametrize("periodic,interp,out", [(None, False, False), (None, True, False),
+                                                  (1.0, False, False), (None, False, True)])
+def test_chunked_mollifier_gradient_equals_one_piece(periodic, interp, out):
+    """Large gradient builds go in blocks of output rows (sharing one k-d tree of the source
+    points); the blocks must stack to exactly the matrix of one piece, on a torus, with an
+    interpolation from nodes (the cell quadrature) and at other output points."""
+    import scipy.sparse as sp
+
+    from graphop.layers.stencil import mollifier_gradient_matrix
+
+    rng = np.random.default_rng(5)
+    P = rng.random((900, 2))
+    w = rng.uniform(0.5, 1.5, 900) / 900
+    B = None
+    if interp:                                 # each point a convex mix of 3 of 200 "nodes"
+        cols = rng.integers(0, 200, (900, 3))
+        vals = rng.dirichlet(np.ones(3), 900)
+        B = sp.csr_matrix((vals.ravel(), (np.repeat(np.arange(900), 3), cols.ravel())),
+                          shape=(900, 200))
+    X = rng.random((333, 2)) if out else None
+    kw = dict(periodic=periodic, pos_out=X, interp=B)
+    whole = mollifier_gradient_matrix(P, w, 0.12, chunk_pairs=np.inf, **kw)
+    chunked = mollifier_gradient_matrix(P, w, 0.12, chunk_pairs=3000, **kw)
+    assert chunked.shape == whole.shape and chunked.nnz == whole.nnz > 0
+    np.testing.assert_array_equal(chunked.indptr, whole.indptr)
+    np.testing.assert_array_equal(chunked.indices, whole.indices)
+    np.testing.assert_allclose(chunked.data, whole.data, rtol=1e-12, atol=1e-12 * abs(whole.data).max())
+
+
 def test_kernel_gradient_branch_is_as_mesh_independent_as_disco():
     """The differential branch on L-shape meshes of 2000 points against 12,000 (a smooth input;
     output compared at the 2000-point mesh's nodes), smoothing radius 0.0696 (the auto radius

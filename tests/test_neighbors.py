@@ -2,7 +2,8 @@
 import numpy as np
 import pytest
 
-from graphop.geometry.neighbors import knn_distances, radius_neighbors
+from graphop.errors import InputError
+from graphop.geometry.neighbors import PointTree, knn_distances, radius_neighbors
 
 
 def _brute(x, y, r, box=None):
@@ -71,6 +72,28 @@ def test_radius_periodic_equals_minimum_image_brute_force(box):
     shifted = radius_neighbors(x + b * 3, y - b, radius=0.15, periodic=box)
     assert np.array_equal(shifted.indices, nb.indices)
     np.testing.assert_allclose(shifted.offsets, nb.offsets, atol=1e-9)
+
+
+@pytest.mark.parametrize("box", [None, 1.0, (1.0, 2.0)])
+def test_point_tree_search_equals_plain_search(box):
+    """A prebuilt PointTree (reused by chunked builds) finds the same pairs, offsets and
+    distances as a search that builds its own tree, on blocks of queries; a tree built for
+    another box is refused."""
+    rng = np.random.default_rng(4)
+    b = np.ones(2) if box is None else np.broadcast_to(np.asarray(box, dtype=float), (2,))
+    x, y = rng.random((240, 2)) * b, rng.random((300, 2)) * b - 0.3 * b   # y partly outside
+    tree = PointTree(y, periodic=box)
+    assert len(tree) == 300
+    for a in (0, 100, 200):
+        ref = radius_neighbors(x[a:a + 100], y, radius=0.15, periodic=box)
+        got = radius_neighbors(x[a:a + 100], tree, radius=0.15, periodic=box)
+        np.testing.assert_array_equal(got.indptr, ref.indptr)
+        np.testing.assert_array_equal(got.indices, ref.indices)
+        np.testing.assert_array_equal(got.offsets, ref.offsets)
+        np.testing.assert_array_equal(got.distances, ref.distances)
+    other = 2.0 if box is not None else 1.0
+    with pytest.raises(InputError, match="PointTree was built with periodic"):
+        radius_neighbors(x, tree, radius=0.15, periodic=other)
 
 
 def test_duplicates_and_no_cap_on_neighbours():

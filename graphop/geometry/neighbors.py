@@ -19,7 +19,7 @@ from scipy.spatial import cKDTree
 
 from graphop.errors import GraphopWarning, InputError
 
-__all__ = ["Neighborhood", "radius_neighbors", "knn_distances", "box_size", "count_pairs",
+__all__ = ["Neighborhood", "PointTree", "radius_neighbors", "knn_distances", "box_size", "count_pairs",
            "check_radius_operator"]
 
 
@@ -68,13 +68,39 @@ def box_size(periodic, d: int):
     return box
 
 
+class PointTree:
+    """Source points (wrapped into the periodic box) with their k-d tree, built once for many
+    :func:`radius_neighbors` queries: a chunked operator build asks for the neighbours of one
+    block of output rows at a time among the same source points, and rebuilding the tree for
+    every block cost more than the searches (2D cell quadrature at 1M points: 7M quadrature
+    points, a tree of ~4 s, rebuilt for each of ~100 blocks).
+
+    Args:
+        points: [N, d] source points.
+        periodic: box size (scalar or per axis) for a torus, as in :func:`radius_neighbors`.
+    """
+
+    def __init__(self, points, periodic=None):
+        y = _as_points(points, "source")
+        self.box = box_size(periodic, y.shape[1])
+        self.points = y if self.box is None else np.mod(y, self.box)
+        self.tree = cKDTree(self.points, boxsize=self.box)
+
+    def __len__(self) -> int:
+        return len(self.points)
+
+    def __repr__(self) -> str:
+        return f"PointTree({len(self)} points in {self.points.shape[1]}D, periodic={self.box})"
+
+
 def radius_neighbors(query, source=None, radius: float = 1.0, *, periodic=None,
                      include_self: bool = True) -> Neighborhood:
     """All pairs (i, j) with ``|source[j] - query[i]| <= radius``, as CSR.
 
     Args:
         query: [M, d] query points x_i.
-        source: [N, d] source points y_j (default: ``query``).
+        source: [N, d] source points y_j (default: ``query``), or a :class:`PointTree` of
+            them built with the same ``periodic`` (its tree is reused).
         radius: search radius in the points' units (> 0).
         periodic: box size (scalar or per axis) for a torus [0, L)^d; coordinates are wrapped
             into the box and distances use the minimum image.
@@ -87,16 +113,21 @@ def radius_neighbors(query, source=None, radius: float = 1.0, *, periodic=None,
         raise InputError(f"radius must be a positive finite number, got {radius}")
     same = source is None
     x = _as_points(query, "query")
-    y = x if same else _as_points(source, "source")
+    tree_y = source if isinstance(source, PointTree) else None
+    y = x if same else (tree_y.points if tree_y is not None else _as_points(source, "source"))
     if y.shape[1] != x.shape[1]:
         raise InputError(f"query has dimension {x.shape[1]} but source has {y.shape[1]}")
     d = x.shape[1]
     box = box_size(periodic, d)
+    if tree_y is not None and not (box is None and tree_y.box is None or (
+            box is not None and tree_y.box is not None and np.array_equal(box, tree_y.box))):
+        raise InputError(f"the PointTree was built with periodic={tree_y.box}, the search asks "
+                         f"for periodic={box}")
     if box is not None:
         if np.any(radius >= box / 2):
             raise InputError(f"radius {radius} must be below half the periodic box {box}")
         x = np.mod(x, box)
-        y = x if same else np.mod(y, box)
+        y = x if same else (y if tree_y is not None else np.mod(y, box))
     if same:
         # query_pairs finds each unordered pair once (i < j), the fastest search in cKDTree
         pairs = cKDTree(x, boxsize=box).query_pairs(radius, output_type="ndarray")
@@ -106,7 +137,8 @@ def radius_neighbors(query, source=None, radius: float = 1.0, *, periodic=None,
             ar = np.arange(len(x), dtype=np.int64)
             rows, cols = np.concatenate([rows, ar]), np.concatenate([cols, ar])
     else:
-        tree_x, tree_y = cKDTree(x, boxsize=box), cKDTree(y, boxsize=box)
+        tree_x = cKDTree(x, boxsize=box)
+        tree_y = cKDTree(y, boxsize=box) if tree_y is None else tree_y.tree
         # every pair within the radius (zero distances included), in linear memory
         res = tree_x.sparse_distance_matrix(tree_y, radius, output_type="ndarray")
         rows, cols = res["i"].astype(np.int64), res["j"].astype(np.int64)

@@ -59,7 +59,8 @@ import torch
 from scipy.spatial import cKDTree
 from torch import nn
 
-from graphop.geometry.neighbors import box_size, check_radius_operator, radius_neighbors
+from graphop.geometry.neighbors import (PointTree, box_size, check_radius_operator,
+                                        radius_neighbors)
 from graphop.layers.basis import KernelBasis, make_basis
 from graphop.layers.sparse import (apply_operator, cached_operator, check_features, csr_from_coo,
                                    graph_set, n_points, quadrature_mode, stack_rows)
@@ -225,7 +226,8 @@ def disco_matrix(pos_out, pos_in, weight_in, radius: float, basis: KernelBasis, 
     if chunk >= n_out:
         m = rows(radius_neighbors(pos_out, None if same else pos_in, radius, periodic=periodic))
     else:
-        m = stack_rows([rows(radius_neighbors(pos_out[a:a + chunk], pos_in, radius,
+        tree = PointTree(pos_in, periodic)         # one tree for every block of rows
+        m = stack_rows([rows(radius_neighbors(pos_out[a:a + chunk], tree, radius,
                                               periodic=periodic))
                         for a in range(0, n_out, chunk)])
     if cells:

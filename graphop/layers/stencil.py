@@ -71,7 +71,7 @@ import scipy.sparse as sp
 from scipy.spatial import cKDTree
 
 from graphop.errors import InputError, MeshError
-from graphop.geometry.neighbors import knn_distances, radius_neighbors
+from graphop.geometry.neighbors import PointTree, knn_distances, radius_neighbors
 from graphop.layers.sparse import csr_from_coo
 
 __all__ = ["stencil_offsets", "local_scale", "stencil_matrix", "stencil_info", "grow_until_well_posed",
@@ -340,12 +340,21 @@ def mollifier_gradient_matrix(pos, weight, radius: float, periodic=None, pos_out
     n_pairs = len(out) * min(len(pos), 1 + len(pos) * (2 * radius) ** pos.shape[1])
     if n_pairs > chunk_pairs and len(out) > 1:
         step = max(1, int(len(out) * chunk_pairs / n_pairs))
-        return _stack([mollifier_gradient_matrix(pos, weight, radius, periodic, out[a:a + step],
-                                                 interp, chunk_pairs=np.inf)
-                       for a in range(0, len(out), step)])
+        tree = PointTree(pos, periodic)             # one tree for every block of rows
+        return _stack([_gradient_rows(pos, weight, radius, periodic, out[a:a + step], interp,
+                                      tree) for a in range(0, len(out), step)])
+    return _gradient_rows(pos, weight, radius, periodic, out if pos_out is not None else None,
+                          interp, None)
+
+
+def _gradient_rows(pos, weight, radius, periodic, pos_out, interp, tree) -> sp.csr_matrix:
+    """The rows of :func:`mollifier_gradient_matrix` at ``pos_out`` (None: at ``pos``, the
+    symmetric search), searching ``tree`` (a :class:`PointTree` of ``pos``) when given."""
+    out = pos if pos_out is None else pos_out
     w = np.asarray(weight, dtype=np.float64)
     d = pos.shape[1]
-    nb = radius_neighbors(out, None if pos_out is None else pos, float(radius), periodic=periodic)
+    source = None if pos_out is None else (pos if tree is None else tree)
+    nb = radius_neighbors(out, source, float(radius), periodic=periodic)
     rows = nb.rows()
     q = np.maximum(0.0, 1.0 - (nb.distances / radius) ** 2)
     wj = w[nb.indices]
