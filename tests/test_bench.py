@@ -36,3 +36,21 @@ def test_bench_train_large_case_reports_build_step_and_memory():
         assert r["peak_rss_gib"] > 0.05 and r["supports"]["disco_radius"] > 0
     text = format_result("train", res)
     assert "large" in text and "2d_1500" in text and "step_s" in text
+
+
+def test_grid_rounds_keep_medians_and_each_rounds_ratio():
+    """The grid case alternates graphop and the peers; what it reports is the median of every
+    number over the rounds, each ratio's rounds beside it, and a peer's message as it came."""
+    from graphop.bench.layers import format_result
+    from graphop.bench.train import _median_rounds
+
+    rounds = [{"local_gno_samples_s": 10.0, "local_gno_params": 5, "global_vs_fno": 1.3},
+              {"local_gno_samples_s": 30.0, "local_gno_params": 5, "global_vs_fno": 0.9},
+              {"local_gno_samples_s": 20.0, "local_gno_params": 5, "global_vs_fno": 1.0}]
+    out = _median_rounds(rounds)
+    assert out["local_gno_samples_s"] == 20.0 and out["local_gno_params"] == 5
+    assert out["global_vs_fno"] == 1.0 and out["global_vs_fno_rounds"] == [1.3, 0.9, 1.0]
+    assert "local_gno_samples_s_rounds" not in out
+    msg = _median_rounds([{"neuralop": "not importable"}, {"neuralop": "not importable"}])
+    assert msg == {"neuralop": "not importable"}
+    assert "global_vs_fno_rounds  1.3, 0.9, 1" in format_result("train", {"grid_16": out})

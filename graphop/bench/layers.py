@@ -343,6 +343,8 @@ def format_result(name: str, result: dict) -> str:
     def fmt(v):
         if isinstance(v, float):
             return f"{v:.4g}"
+        if isinstance(v, (list, tuple)):
+            return ", ".join(fmt(x) for x in v)
         if isinstance(v, dict):
             return ", ".join(f"{k}: {'yes' if x is True else 'NO' if x is False else fmt(x)}"
                              for k, x in v.items())
