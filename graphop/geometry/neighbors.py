@@ -19,8 +19,8 @@ from scipy.spatial import cKDTree
 
 from graphop.errors import GraphopWarning, InputError
 
-__all__ = ["Neighborhood", "PointTree", "radius_neighbors", "knn_distances", "box_size", "count_pairs",
-           "check_radius_operator"]
+__all__ = ["Neighborhood", "PointTree", "radius_neighbors", "knn_distances", "box_size",
+           "count_pairs", "check_radius_operator"]
 
 
 @dataclass(frozen=True)
@@ -119,8 +119,8 @@ def radius_neighbors(query, source=None, radius: float = 1.0, *, periodic=None,
         raise InputError(f"query has dimension {x.shape[1]} but source has {y.shape[1]}")
     d = x.shape[1]
     box = box_size(periodic, d)
-    if tree_y is not None and not (box is None and tree_y.box is None or (
-            box is not None and tree_y.box is not None and np.array_equal(box, tree_y.box))):
+    if tree_y is not None and not ((box is None) == (tree_y.box is None)
+                                   and (box is None or np.array_equal(box, tree_y.box))):
         raise InputError(f"the PointTree was built with periodic={tree_y.box}, the search asks "
                          f"for periodic={box}")
     if box is not None:

@@ -344,7 +344,7 @@ def check_features(x, n: int, channels: int, layer: str) -> None:
 class OperatorCache:
     """The process-wide LRU of operators, keyed by content (see the module docstring).
 
-    Holds three things, all cleared by :meth:`clear`:
+    Holds, all cleared by :meth:`clear`:
 
     * per-geometry values (a :class:`SparseOperator`, or anything with ``nbytes``), evicted
       least recently used first while their bytes exceed ``max_bytes``;
@@ -352,6 +352,9 @@ class OperatorCache:
       ``max_batches``, counted in the same byte budget;
     * the memo of content keys (by tensor identity and in-place version), so a training loop
       that reuses the same ``Data`` objects does not rehash them every step;
+    * the cell quadratures of the most recent graphs (:meth:`quadrature`), so that a
+      geometry's DISCO, mollifier and encoder builds triangulate and place quadrature points
+      once; outside the byte budget, bounded by :data:`QUADRATURE_CACHE_BYTES`;
     * optionally ``store``, a disk tier (:class:`graphop.layers.store.OperatorStore`, attached
       by ``graphop train``) asked before building a per-geometry operator and given what is
       built; :meth:`clear` leaves the files alone.
