@@ -38,7 +38,6 @@ def _epoch_seconds(run_dir: Path) -> float:
     trained before the trainer recorded it) the sum of its epochs' ``time_s`` in metrics.csv;
     NaN without either."""
     import csv
-    import json
 
     summary = run_dir / "summary.json"
     if summary.is_file():

@@ -115,7 +115,8 @@ def shared_rows(d_coarse, d_fine):
 def main():
     args = [a for a in sys.argv[1:] if not a.startswith("--")]
     quick = "--quick" in sys.argv
-    only = [a.split("=", 1)[1].split(",") for a in sys.argv[1:] if a.startswith("--variants=")]
+    only = next((a.split("=", 1)[1].split(",") for a in sys.argv[1:]
+                 if a.startswith("--variants=")), None)
     name = args[0] if args else "generalization_grid_darcy"
     cfg = load_experiment(REPO / "experiments" / name, quick=quick)
     base = REPO / "datasets" / "experiments"
@@ -126,7 +127,7 @@ def main():
                            cfg["inputs"], cfg["targets"])
     (n0, *fine) = sorted(sets)
     for vname in cfg["variants"]:
-        if only and vname not in only[0]:
+        if only and vname not in only:
             continue
         for seed in cfg["seeds"]:
             run = REPO / "runs" / "experiments" / (name + ("-quick" if quick else "")) / f"{vname}-s{seed}"

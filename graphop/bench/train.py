@@ -31,9 +31,9 @@ where they are installed and every ratio measured in the same run.
     peak resident memory and bytes per point. Sizes: 10k and 100k by default, or ``--points``.
 
 Numbers are medians of ``repeats`` epochs (steps in (c)) after a warm-up; in (a) graphop and
-the peers alternate for :data:`GRID_ROUNDS` rounds and the medians over the rounds are kept. Not a test: nothing
-fails when a target is missed. The machine's other load changes absolute numbers; the ratios
-are measured back to back.
+the peers alternate for :data:`GRID_ROUNDS` rounds and the medians over the rounds are kept.
+Not a test: nothing fails when a target is missed. The machine's other load changes absolute
+numbers; the ratios are measured back to back.
 """
 from __future__ import annotations
 

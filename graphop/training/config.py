@@ -155,9 +155,11 @@ class TrainConfig:
                 raise ConfigError(f"config key {name!r} must be {rule}, got {getattr(self, name)!r}")
         if self.optimizer not in ("adamw", "adam", "sgd"):
             raise ConfigError(f"optimizer must be adamw, adam or sgd, got {self.optimizer!r}")
-        if self.augment not in ("auto", "none", "subsample", "refine"):
-            raise ConfigError(f"augment must be auto, none, subsample or refine, got "
-                              f"{self.augment!r}")
+        from graphop.data.augment import AUGMENTATIONS   # the one list of modes
+
+        if self.augment not in AUGMENTATIONS:
+            raise ConfigError(f"augment must be {', '.join(AUGMENTATIONS[:-1])} or "
+                              f"{AUGMENTATIONS[-1]}, got {self.augment!r}")
         if not 0 <= self.augment_probability <= 1:
             raise ConfigError(f"config key 'augment_probability' must be in [0, 1], got "
                               f"{self.augment_probability!r}")
