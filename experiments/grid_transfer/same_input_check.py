@@ -89,7 +89,7 @@ def branches(model, norm, d):
     latent = None
     if getattr(model, "encoder", None) is not None:
         latent = (model.encoder, model.decoder, model.encoder.operator(b),
-                  model.decoder.operator(b), False)
+                  model.decoder.operator(b), model.periodic)
     outs = []
     for i, blk in enumerate(model.blocks):
         parts = {"h": h, "W": blk.linear(h)}
