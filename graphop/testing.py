@@ -357,7 +357,7 @@ def nested_clouds(levels: int = 3, n0: int = 200, factor: int = 4, dim: int = 2,
 
 
 def check_model_refinement(model, meshes, field, max_ratio: float = 0.8,
-                           max_growth: float = 1.5) -> dict:
+                           max_growth: float = 1.5, periodic=None) -> dict:
     """A model with fixed parameters gives converging outputs on nested meshes.
 
     Args:
@@ -370,12 +370,19 @@ def check_model_refinement(model, meshes, field, max_ratio: float = 0.8,
             be below this (:func:`check_refinement_convergence`).
         max_growth: nothing blows up: ``max |out|`` on every mesh is at most ``max_growth`` x
             that on the coarsest.
+        periodic: the torus box (scalar or [d]) when the meshes are clouds of a torus: set
+            as ``data.periodic`` (the model must be built with ``periodic=True``).
     Returns:
         ``{"n_points", "peaks", "differences", "ratios"}``.
     """
     outs, peaks = [], []
     for m in meshes:
         data = m.to_data(dtype=torch.float64)
+        if periodic is not None:
+            d = m.points.shape[1]
+            data.periodic = torch.tensor(np.broadcast_to(np.asarray(periodic, np.float64),
+                                                         (d,)).tolist(),
+                                         dtype=torch.float64).reshape(1, d)
         data.x = torch.as_tensor(np.asarray(field(m.points), dtype=np.float64)).reshape(
             m.n_points, -1)
         with torch.no_grad():

@@ -142,11 +142,14 @@ def test_a_batch_of_different_meshes_gives_each_mesh_its_own_cells(kind):
     assert float((nodal["disco"] - whole["disco"]).abs().max()) > 1e-3
 
 
-def test_a_torus_and_a_3d_cloud_use_the_nodes_a_planar_cloud_its_triangles():
+def test_a_3d_cloud_uses_the_nodes_a_planar_cloud_its_triangles_a_torus_its_cells():
     m = mesh_domain("square", 200, seed=0)
     d = m.to_data(dtype=torch.float64)
     d.periodic = torch.tensor([[1.0, 1.0]], dtype=torch.float64)
-    assert graph_set(d, need_weight=True, cells=True).quadrature(0) is None
+    g = graph_set(d, need_weight=True, cells=True)
+    assert g.quadrature(0, torus=False) is None          # "cells-except-torus": the nodes
+    x_t, w_t, _ = g.quadrature(0)                          # the mesh's cells on the torus
+    assert float(w_t.sum()) == pytest.approx(m.measure, rel=1e-6)
     cloud = Data(pos=d.pos, weight=d.weight)
     # a planar cloud: the filtered Delaunay triangles of its points (here the mesh's own)
     x_q, w_q, B = graph_set(cloud, need_weight=True, cells=True).quadrature(0)
@@ -159,8 +162,11 @@ def test_a_torus_and_a_3d_cloud_use_the_nodes_a_planar_cloud_its_triangles():
     conv = DISCOConv(1, 2, 0.2, bias=False).double()
     nodal = DISCOConv(1, 2, 0.2, bias=False, quadrature="points").double()
     nodal.load_state_dict(conv.state_dict())
+    legacy = DISCOConv(1, 2, 0.2, bias=False, quadrature="cells-except-torus").double()
+    legacy.load_state_dict(conv.state_dict())
     with torch.no_grad():
-        torch.testing.assert_close(conv(x, d), nodal(x, d))          # the torus
+        torch.testing.assert_close(legacy(x, d), nodal(x, d))        # the torus, as before v4
+        assert float((conv(x, d) - nodal(x, d)).abs().max()) > 1e-4
         mesh = m.to_data(dtype=torch.float64)
         assert float((conv(x, mesh) - nodal(x, mesh)).abs().max()) > 1e-4
         torch.testing.assert_close(conv(x, cloud), conv(x, mesh), rtol=1e-3, atol=1e-6)

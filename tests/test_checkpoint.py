@@ -190,3 +190,41 @@ def test_a_version_2_checkpoint_keeps_its_plain_encoder_average(tmp_path):
     # a version-3 checkpoint is read as written
     ck3 = load_checkpoint(save_checkpoint(tmp_path / "v3.pt", state))
     assert "encoder_floor" not in ck3["model_config"]
+
+
+def test_a_version_3_checkpoint_keeps_nodal_sums_on_a_torus(tmp_path):
+    """Up to version 3, ``quadrature="cells"`` summed over the nodes on a torus; version 4
+    triangulates torus clouds. An older checkpoint is rebuilt with ``"cells-except-torus"``,
+    so on a torus cloud it gives what it was trained to give (the nodal sums), not the new
+    default's function."""
+    from torch_geometric.data import Data
+
+    from graphop.models import build_model
+    from graphop.models.local_gno import LocalGNO
+
+    torch.manual_seed(0)
+    tiny = dict(width=4, n_layers=1, latent_shape=(8, 8), modes=(3, 3), disco_radius=0.2,
+                encoder_radius=0.2, periodic=True)
+    new = LocalGNO(1, 1, **tiny)
+    legacy = LocalGNO(1, 1, quadrature="cells-except-torus", **tiny)
+    legacy.load_state_dict(new.state_dict())
+    state = _state(PointwiseMLP())
+    state.update(model_config=new.config, model=new.state_dict())
+    path = save_checkpoint(tmp_path / "v3.pt", state)
+    raw = torch.load(path, weights_only=True)
+    raw["version"] = 3
+    torch.save(raw, path)
+    ck = load_checkpoint(path)
+    assert ck["model_config"]["quadrature"] == "cells-except-torus"
+    assert ck["model_config"]["disco_kwargs"]["quadrature"] == "cells-except-torus"
+    model = build_model(ck["model_config"])
+    load_model_state(model, ck)
+    pts = torch.rand(500, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    data = Data(pos=pts.float(), weight=torch.full((500,), 1 / 500),
+                x=torch.sin(6.28 * pts[:, :1]).float(), periodic=torch.tensor([[1.0, 1.0]]))
+    with torch.no_grad():
+        torch.testing.assert_close(model(data), legacy(data))
+        assert float((model(data) - new(data)).abs().max()) > 1e-4
+    # a version-4 checkpoint is read as written
+    ck4 = load_checkpoint(save_checkpoint(tmp_path / "v4.pt", state))
+    assert ck4["model_config"]["quadrature"] == "cells"

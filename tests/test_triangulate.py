@@ -144,3 +144,87 @@ def test_the_default_model_on_a_cloud_of_a_meshs_nodes():
         ref = _gno()(mesh)
         e_cells, e_points = rel(_gno()(cloud), ref), rel(_gno("points")(cloud), ref)
     assert e_cells < 0.12 and e_points > 1.5 * e_cells
+
+
+# ---------------------------------------------------------------------------- tori
+def _torus_cloud(kind, n, seed=0):
+    rng = np.random.default_rng(seed)
+    if kind == "uniform":
+        return rng.uniform(0, 2 * np.pi, (n, 2)), 2 * np.pi
+    if kind == "graded":                              # density varies ~100x along x
+        u = rng.random((n, 2))
+        return np.c_[u[:, 0] ** 3, u[:, 1]], 1.0
+    m = int(round(np.sqrt(n)))                        # a regular grid: every square cocircular
+    g = np.arange(m) / m
+    x, y = np.meshgrid(g, g)
+    return np.c_[x.ravel(), y.ravel()], 1.0
+
+
+@pytest.mark.parametrize("kind", ["uniform", "grid", "graded"])
+@pytest.mark.parametrize("n", [64, 4096])
+def test_a_torus_cloud_is_tiled_once(kind, n):
+    """The periodic triangulation covers the torus once: on a uniform cloud or a grid it has
+    exactly 2N triangles (Euler's formula on the torus: T = 2V), their unwrapped areas are
+    positive and sum to the box's area (a missing or doubled triangle would show), and the
+    hat functions' integrals (the lumped mass) sum to it too."""
+    from graphop.geometry.cells import interpolating_quadrature
+    from graphop.geometry.triangulate import triangulate_periodic
+
+    p, L = _torus_cloud(kind, n)
+    t = triangulate_periodic(p, L)
+    assert len({tuple(sorted(r)) for r in t.tolist()}) == len(t)
+    x, w, B = interpolating_quadrature(p, {"triangle": t}, box=L)
+    assert ((x >= 0) & (x < L)).all() and (w > 0).all()
+    if kind == "graded":          # the filter drops a few slivers where the density changes
+        assert 2 * n * 0.99 <= len(t) <= 2 * n
+        assert w.sum() == pytest.approx(L * L, rel=2e-3)
+    else:
+        assert len(t) == 2 * n
+        assert w.sum() == pytest.approx(L * L, rel=1e-12)
+    assert (B.T @ w).sum() == pytest.approx(w.sum(), rel=1e-12)
+
+
+def test_a_torus_triangulation_moves_with_the_cloud():
+    """Translating the cloud around the torus (and wrapping it) gives the same triangles, and
+    their quadrature integrates a smooth periodic function to second order where the nodal
+    1/N sums of a random cloud are a Monte Carlo estimate."""
+    from graphop.geometry.cells import interpolating_quadrature
+    from graphop.geometry.triangulate import triangulate_periodic
+
+    p, L = _torus_cloud("uniform", 2000, seed=3)
+    same = {tuple(sorted(r)) for r in triangulate_periodic(p, L).tolist()}
+    moved = np.mod(p + np.array([2.5, -4.0]), L)
+    assert {tuple(sorted(r)) for r in triangulate_periodic(moved, L).tolist()} == same
+
+    def f(q):
+        return np.exp(np.sin(q[:, 0])) * (1 + np.cos(q[:, 1]) ** 2)
+    from scipy.special import i0
+    exact = 2 * np.pi * i0(1.0) * 3 * np.pi        # int e^sin x dx * int 1 + cos^2 y dy
+    errors = []
+    for n in (1000, 4000, 16000):
+        q, _ = _torus_cloud("uniform", n, seed=n)
+        x, w, B = interpolating_quadrature(q, {"triangle": triangulate_periodic(q, L)}, box=L)
+        errors.append(abs(w @ (B @ f(q)) - exact) / exact)
+        nodal = abs(f(q).mean() * L * L - exact) / exact
+    assert errors[2] < 0.15 * errors[0] and errors[2] < 2e-5   # ~ N^-1 (h^2)
+    assert errors[2] < 0.1 * nodal                     # Monte Carlo: ~ N^-1/2 (here 1.1e-3)
+
+
+def test_a_torus_mesh_s_cells_cross_the_seam():
+    """A torus mesh whose cells join nodes across the seam (a periodic grid's triangles) is
+    integrated over those cells unwrapped: the weights sum to the box and the quadrature
+    points lie in the box."""
+    from graphop.geometry.cells import interpolating_quadrature
+
+    m, L = 8, 2.0
+    i, j = np.meshgrid(np.arange(m), np.arange(m), indexing="ij")
+    pts = np.c_[i.ravel(), j.ravel()] * (L / m)
+    v = lambda a, b: (a % m) * m + (b % m)  # noqa: E731
+    tri = np.concatenate([np.c_[v(i, j).ravel(), v(i + 1, j).ravel(), v(i + 1, j + 1).ravel()],
+                          np.c_[v(i, j).ravel(), v(i + 1, j + 1).ravel(), v(i, j + 1).ravel()]])
+    x, w, B = interpolating_quadrature(pts, {"triangle": tri}, box=L)
+    assert w.sum() == pytest.approx(L * L, rel=1e-12)
+    np.testing.assert_allclose(np.asarray(B.T @ w).ravel(), (L / m) ** 2, rtol=1e-12)
+    assert ((x >= 0) & (x < L)).all()
+    # without the box the seam's cells are long slivers across the whole grid
+    assert interpolating_quadrature(pts, {"triangle": tri})[1].sum() > 1.5 * L * L

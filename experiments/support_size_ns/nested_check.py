@@ -5,10 +5,14 @@ its points (weights 1/P, a Monte Carlo cloud of the training density), and how m
 block's branches (hooked outputs) change at the shared points between the two for the same
 input function.
 
-    python experiments/support_size_ns/nested_check.py VARIANT [SEED] [N]
+    python experiments/support_size_ns/nested_check.py VARIANT [SEED] [N] [QUADRATURE]
 
 Needs ``runs/experiments/support_size_ns/VARIANT-sSEED/last.pt`` (a full-configuration run,
 e.g. by ``generalization_resolution/run_one.py``). Prints the mean over the N samples.
+QUADRATURE (optional) rebuilds the trained model with another ``quadrature`` for every layer
+(``cells``: the periodic triangulation of checkpoint version 4; a model trained before it
+loads as ``cells-except-torus``, nodal sums on the torus), to see what the discretisation
+alone changes with the same parameters.
 """
 import sys
 from pathlib import Path
@@ -44,7 +48,18 @@ def main():
     cfg = runner.load_experiment(repo / "experiments" / "support_size_ns")
     _, _, sets, _ = runner._cached_data(cfg, repo / "datasets" / "experiments")
     run = repo / "runs" / "experiments" / "support_size_ns" / f"{variant}-s{seed}" / "last.pt"
-    model, norm, _ = load_trained_model(run)
+    model, norm, ckpt = load_trained_model(run)
+    if len(sys.argv) > 4:
+        from graphop.models import build_model
+        from graphop.training.checkpoint import load_model_state
+
+        q = sys.argv[4]
+        cfg = dict(ckpt["model_config"], quadrature=q)
+        for key in ("disco_kwargs", "diff_kwargs"):
+            if isinstance(cfg.get(key), dict):
+                cfg[key] = {**cfg[key], "quadrature": q}
+        model = build_model(cfg)
+        load_model_state(model, ckpt)
     model.eval()
     captured = {}
 
@@ -80,7 +95,8 @@ def main():
             moves.setdefault(k, []).append(
                 float((c_full[k][idx] - c_part[k]).norm() / c_part[k].norm()))
     e_full, e_part, moved = np.mean(rows, axis=0)
-    print(f"{variant} seed {seed}, {len(rows)} samples: error {e_full:.4f} on the "
+    quad = model.config.get("quadrature") if hasattr(model, "config") else "?"
+    print(f"{variant} seed {seed} (quadrature {quad}), {len(rows)} samples: error {e_full:.4f} on the "
           f"{n}-point clouds, {e_part:.4f} on nested {n // 4}-point subsets; outputs at the "
           f"shared points differ by {moved:.4f}")
     for k, v in moves.items():

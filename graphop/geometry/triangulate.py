@@ -17,12 +17,25 @@ a gap much wider than the spacing around them: a re-entrant corner, a hole, the 
 two bodies, and the flat slivers along the hull of a random cloud. Gaps narrower than about
 ``alpha`` spacings are bridged: the cloud does not say whether they are part of the domain.
 
+A cloud on a flat torus [0, L1) x [0, L2) (``triangulate_periodic``) has no hull: its
+triangles are those of the Delaunay triangulation of the torus, found as the Delaunay triangles
+of the points and their periodic images within a margin of the box, each kept once (the copy
+in which its lowest-numbered vertex is the original point), with the same filter. The images
+are taken as far as the filter can reach (the circumdisk of a kept triangle lies within
+2 alpha h_max of each of its vertices; at most one box length), so every kept triangle is a
+Delaunay triangle of the torus. Points in a degenerate position (a regular grid: four points
+on a circle) are moved by a tiny amount that is the same for all images of a point before the
+triangulation (the coordinates of the triangles are not), so that every copy of a square is
+cut along the same diagonal and the triangles tile the torus once.
+
 Only planar clouds are triangulated: in 3D, Delaunay tetrahedra of a random cloud include flat
 slivers everywhere in the interior, which the filter cannot tell from a gap, and on surfaces
 (the sphere) graphop's layers work in tangent frames; both keep nodal sums.
 
 Shapes:
-    points [N, 2] -> triangles [M, 3] (indices into points), or None.
+    points [N, 2] -> triangles [M, 3] (indices into points), or None; on a torus the
+    triangles' vertices are points of the box, and an edge joins the nearest images of its
+    ends (:func:`graphop.geometry.cells.interpolating_quadrature` with ``box``).
 """
 from __future__ import annotations
 
@@ -30,12 +43,26 @@ import numpy as np
 
 from graphop.geometry.neighbors import knn_distances
 
-__all__ = ["CLOUD_ALPHA", "CLOUD_K", "triangulate_cloud"]
+__all__ = ["CLOUD_ALPHA", "CLOUD_K", "triangulate_cloud", "triangulate_periodic"]
 
 #: largest circumradius of a kept triangle, in local spacings (see the module docstring)
 CLOUD_ALPHA = 3.0
 #: the local spacing is the distance to the k-th nearest other point
 CLOUD_K = 6
+
+
+def _circumradius_filter(p: np.ndarray, tri: np.ndarray, h: np.ndarray, alpha: float):
+    """(keep mask, signed doubled area, circumradius) of the triangles ``tri`` of the coordinates ``p``:
+    kept when the circumradius is at most ``alpha`` times the mean spacing ``h`` of its
+    vertices (``h`` indexed like ``tri``)."""
+    a, b, c = p[tri[:, 0]], p[tri[:, 1]], p[tri[:, 2]]
+    cross = (b - a)[:, 0] * (c - a)[:, 1] - (b - a)[:, 1] * (c - a)[:, 0]
+    la = np.linalg.norm(b - c, axis=1)
+    lb = np.linalg.norm(a - c, axis=1)
+    lc = np.linalg.norm(a - b, axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        radius = la * lb * lc / (2.0 * np.abs(cross))
+    return np.isfinite(radius) & (radius <= alpha * h.mean(axis=1)), cross, radius
 
 
 def triangulate_cloud(points, alpha: float = CLOUD_ALPHA, k: int = CLOUD_K):
@@ -63,16 +90,75 @@ def triangulate_cloud(points, alpha: float = CLOUD_ALPHA, k: int = CLOUD_K):
         return None
     if len(tri) == 0:
         return None
-    a, b, c = p[tri[:, 0]], p[tri[:, 1]], p[tri[:, 2]]
-    cross = (b - a)[:, 0] * (c - a)[:, 1] - (b - a)[:, 1] * (c - a)[:, 0]
-    la = np.linalg.norm(b - c, axis=1)
-    lb = np.linalg.norm(a - c, axis=1)
-    lc = np.linalg.norm(a - b, axis=1)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        radius = la * lb * lc / (2.0 * np.abs(cross))
     h = knn_distances(p, min(k, len(p) - 1))[:, -1]
-    keep = np.isfinite(radius) & (radius <= alpha * h[tri].mean(axis=1))
+    keep, cross, _ = _circumradius_filter(p, tri, h[tri], alpha)
     tri = tri[keep]
     flip = cross[keep] < 0
     tri[flip] = tri[flip][:, [0, 2, 1]]
     return tri if len(tri) else None
+
+
+#: the move of a point in a degenerate position before the periodic triangulation, in units of
+#: its local spacing (module docstring); the triangles' coordinates are not moved
+PERIODIC_JITTER = 1e-7
+
+
+def triangulate_periodic(points, box, alpha: float = CLOUD_ALPHA, k: int = CLOUD_K):
+    """Filtered Delaunay triangles of a point cloud on the flat torus [0, L1) x [0, L2)
+    (module docstring).
+
+    Args:
+        points: [N, 2] coordinates (wrapped into the box first).
+        box: the torus lengths (a scalar or [2]).
+        alpha, k: the filter, as in :func:`triangulate_cloud`.
+
+    Returns:
+        [M, 3] int64 triangles (indices into points, each triangle of the torus once,
+        counter-clockwise once its vertices are unwrapped to the nearest images of the first),
+        or None when the points span no triangle. On a cloud so coarse that the filter's
+        margin exceeds the box, triangles whose circumradius reaches L / 4 are left out too
+        (they could wrap around the torus).
+    """
+    from scipy.spatial import Delaunay, QhullError
+
+    from graphop.geometry.cells import wrap_into_box
+
+    p = np.asarray(points, dtype=np.float64)
+    if p.ndim != 2 or p.shape[1] != 2 or len(p) < 3:
+        return None
+    L = np.broadcast_to(np.asarray(box, dtype=np.float64), (2,)).copy()
+    p = wrap_into_box(p, L)
+    n = len(p)
+    h = knn_distances(p, min(k, n - 1), periodic=L)[:, -1]
+    margin = min(2.0 * alpha * float(h.max()) * 1.01, float(L.min()))
+    # the points and their images within the margin; images [i] < n are the points themselves
+    idx, shifts = [np.arange(n)], [np.zeros((n, 2))]
+    for ox in (-1, 0, 1):
+        for oy in (-1, 0, 1):
+            if ox == oy == 0:
+                continue
+            q = p + L * np.array([ox, oy])
+            inside = ((q > -margin) & (q < L + margin)).all(axis=1)
+            idx.append(np.flatnonzero(inside))
+            shifts.append(np.broadcast_to(L * np.array([ox, oy]), (int(inside.sum()), 2)))
+    orig = np.concatenate(idx)
+    real = p[orig] + np.concatenate(shifts)
+    jitter = np.random.default_rng(0).uniform(-1.0, 1.0, (n, 2)) * (PERIODIC_JITTER * h)[:, None]
+    try:
+        tri = Delaunay(real + jitter[orig]).simplices.astype(np.int64)
+    except (QhullError, ValueError):
+        return None
+    if len(tri) == 0:
+        return None
+    o = orig[tri]
+    distinct = (o[:, 0] != o[:, 1]) & (o[:, 1] != o[:, 2]) & (o[:, 0] != o[:, 2])
+    lowest = np.argmin(o, axis=1)
+    canonical = tri[np.arange(len(tri)), lowest] < n        # the copy whose lowest is original
+    keep, cross, radius = _circumradius_filter(real, tri, h[o], alpha)
+    # a Delaunay triangle of the torus when its circumdisk lies within the images (2 R <=
+    # margin), and unwrapped by nearest images when every edge is below L / 2 (R < L / 4)
+    keep &= distinct & canonical & (2.0 * radius <= margin) & (radius < 0.25 * L.min())
+    out = o[keep]
+    flip = cross[keep] < 0
+    out[flip] = out[flip][:, [0, 2, 1]]
+    return out if len(out) else None

@@ -94,7 +94,8 @@ from torch import nn
 
 from graphop.errors import ConfigError, GraphopWarning, InputError
 from graphop.layers.sparse import (apply_operator, cached_operator, check_features, fold_matmul,
-                                   graph_set, n_points, quadrature_mode)
+                                   graph_set, n_points, quadrature_mode,
+                                   uses_cells)
 from graphop.layers.stencil import (MAX_GROWTH, mollifier_gradient_matrix, mollifier_matrix,
                                     stencil_info, stencil_offsets)
 
@@ -129,9 +130,10 @@ class DifferentialConv(nn.Module):
             docstring. Without smoothing, and on the sphere, the stencil is used.
         quadrature: how the mollifier integrates: ``"cells"`` (default: on a mesh with cells,
             the piecewise-linear function of the nodal values at interior points of every
-            cell, a planar cloud over its filtered Delaunay triangles; 3D clouds, tori and
-            the sphere use the nodes) or ``"points"`` (the nodes with
-            ``data.weight``, before checkpoint version 3); see :mod:`graphop.layers.sparse`.
+            cell, a planar cloud over its filtered Delaunay triangles, on a torus too; 3D
+            clouds and the sphere use the nodes), ``"points"`` (the nodes with
+            ``data.weight``, before checkpoint version 3) or ``"cells-except-torus"`` (nodes
+            on a torus, before version 4); see :mod:`graphop.layers.sparse`.
 
     Call: ``conv(x, data)`` with ``data`` a ``Data``/``Batch`` holding ``pos`` [N, d]
     (``periodic`` [1, d] for tori), and ``weight`` [N] when ``smoothing_radius`` is set.
@@ -248,7 +250,7 @@ class DifferentialConv(nn.Module):
         rho = self.smoothing_radius
         if rho is None:
             return None
-        cells = self.quadrature == "cells" and self.manifold == "plane"
+        cells = uses_cells(self.quadrature) and self.manifold == "plane"
         g = graph_set(data, need_weight=True, what="data", cells=cells)
 
         def build(p_out, p_in, w_in, periodic, same, interp=None):
@@ -277,7 +279,7 @@ class DifferentialConv(nn.Module):
         """``(SparseOperator, fold)`` of grad M_rho [N d, N] (d rows per point) for this
         geometry, from the cache; see :func:`graphop.layers.stencil.mollifier_gradient_matrix`."""
         rho = self.smoothing_radius
-        cells = self.quadrature == "cells"
+        cells = uses_cells(self.quadrature)
         g = graph_set(data, need_weight=True, what="data", cells=cells)
         if g.pos.shape[1] != self.dim:
             raise InputError(f"DifferentialConv: data.pos is {g.pos.shape[1]}D but the layer was "

@@ -63,7 +63,8 @@ from graphop.geometry.neighbors import (PointTree, box_size, check_radius_operat
                                         radius_neighbors)
 from graphop.layers.basis import KernelBasis, make_basis
 from graphop.layers.sparse import (apply_operator, cached_operator, check_features, csr_from_coo,
-                                   graph_set, n_points, quadrature_mode, stack_rows)
+                                   graph_set, n_points, quadrature_mode, stack_rows,
+                                   uses_cells)
 from graphop.errors import InputError
 
 __all__ = ["DISCOConv", "disco_matrix", "ball_fraction", "NORMALIZE", "normalize_mode"]
@@ -255,9 +256,10 @@ class DISCOConv(nn.Module):
             point's east/north tangent frame (:mod:`graphop.layers.disco_sphere`).
         quadrature: ``"cells"`` (default: on a mesh with cells, integrate the piecewise-linear
             function of the nodal values at interior points of every cell, a planar point
-            cloud over its filtered Delaunay triangles; 3D clouds and tori use the nodes) or
-            ``"points"`` (the nodes with ``data.weight``, graphop's DISCO before checkpoint
-            version 3); see :mod:`graphop.layers.sparse`. The sphere always uses the nodes.
+            cloud over its filtered Delaunay triangles, on a torus too; 3D clouds use the
+            nodes), ``"points"`` (the nodes with ``data.weight``, graphop's DISCO before
+            checkpoint version 3) or ``"cells-except-torus"`` (nodes on a torus, before
+            version 4); see :mod:`graphop.layers.sparse`. The sphere always uses the nodes.
 
     Call: ``conv(x, data, out=None)``; ``data`` is a ``Data``/``Batch`` with ``pos`` [N, d] and
     ``weight`` [N] (and ``periodic`` [1, d] for tori); ``out`` (optional) another Data/Batch
@@ -311,7 +313,7 @@ class DISCOConv(nn.Module):
 
     def operator(self, data, out=None):
         """``(SparseOperator, fold)`` for this geometry, from the process-wide cache."""
-        cells = self.quadrature == "cells" and self.manifold == "plane"
+        cells = uses_cells(self.quadrature) and self.manifold == "plane"
         g_in = graph_set(data, need_weight=True, what="data", cells=cells)
         g_out = None if out is None else graph_set(out, need_weight=False, what="out")
         d = g_in.pos.shape[1]

@@ -70,7 +70,7 @@ from torch import nn
 
 from graphop.geometry.neighbors import radius_neighbors
 from graphop.layers.sparse import (SparseOperator, batch_operator, fold_matmul, graph_set,
-                                   quadrature_mode)
+                                   quadrature_mode, uses_cells)
 from graphop.errors import GraphopWarning, InputError
 
 __all__ = ["LatentGrid", "GridEncoder", "GridDecoder", "encoder_matrix", "decoder_matrix",
@@ -252,8 +252,9 @@ class GridEncoder(_GridOperator):
             0.5; 0 gives the plain average, graphop's encoder before checkpoint version 3).
         quadrature: ``"cells"`` (default: on a mesh with cells, integrate the piecewise-linear
             function of the nodal values at interior points of every cell, a planar point
-            cloud over its filtered Delaunay triangles; 3D clouds and tori use the nodes) or
-            ``"points"`` (the nodes with ``data.weight``, before checkpoint version 3); see
+            cloud over its filtered Delaunay triangles, on a torus too; 3D clouds use the
+            nodes), ``"points"`` (the nodes with ``data.weight``, before checkpoint version 3)
+            or ``"cells-except-torus"`` (nodes on a torus, before version 4); see
             :mod:`graphop.layers.sparse`.
 
     Shapes: x [N, C] -> (grid [B, C, *latent_shape], occupancy [B, 1, *latent_shape]).
@@ -281,11 +282,12 @@ class GridEncoder(_GridOperator):
         (block diagonal over a batch of different meshes) with its occupancy as ``extra``."""
         grid = self.grid(data)
         r = self.radius_for(grid)
-        g = graph_set(data, need_weight=True, what="data", cells=self.quadrature == "cells")
+        g = graph_set(data, need_weight=True, what="data", cells=uses_cells(self.quadrature))
 
         def build(b):
             p, w, _ = g.slice(b)
-            quad = g.quadrature(b) if self.quadrature == "cells" else None
+            quad = (g.quadrature(b, torus=self.quadrature == "cells")
+                    if uses_cells(self.quadrature) else None)
             if quad is None:
                 mat, occ = encoder_matrix(p, w, grid, r, self.outside, self.floor)
             else:

@@ -21,8 +21,12 @@ lists (:mod:`graphop.models.gnn`). This module holds what they share:
   (:func:`graphop.geometry.cells.interpolating_quadrature`): an operator built at those points
   and weights, ``A_q [n_out L, Q]``, times the interpolation ``B [Q, n_in]``. A planar point
   cloud is integrated over the filtered Delaunay triangles of its points
-  (:mod:`graphop.geometry.triangulate`); 3D clouds, surfaces without cells and tori use
-  ``"points"``: the nodes with ``data.weight``.
+  (:mod:`graphop.geometry.triangulate`), a planar cloud on a torus over those of the torus
+  (:func:`graphop.geometry.triangulate.triangulate_periodic`), and a torus mesh's cells across
+  the seam are unwrapped to the nearest images; 3D clouds and surfaces without cells use
+  ``"points"``: the nodes with ``data.weight``. ``"cells-except-torus"`` is ``"cells"`` with
+  nodal sums on every torus: what ``"cells"`` did up to checkpoint version 3, kept for the
+  models trained then.
 * :class:`OperatorCache` and its one instance :data:`operator_cache`: an LRU bounded in bytes
   (``GRAPHOP_CACHE_BYTES``, default the larger of 4 GiB and 40% of the memory available when
   graphop is imported), keyed by content and the operator's parameters, with
@@ -55,11 +59,11 @@ import torch
 
 from graphop.errors import GraphopWarning, InputError
 from graphop.geometry.cells import interpolating_quadrature
-from graphop.geometry.triangulate import triangulate_cloud
+from graphop.geometry.triangulate import triangulate_cloud, triangulate_periodic
 from graphop.memory import available_memory, env_bytes, format_bytes
 
 __all__ = ["SparseOperator", "BlockList", "OperatorCache", "operator_cache", "GraphSet", "graph_set",
-           "QUADRATURE", "quadrature_mode", "batch_operator", "cached_operator", "fold_matmul",
+           "QUADRATURE", "quadrature_mode", "uses_cells", "batch_operator", "cached_operator", "fold_matmul",
            "apply_operator", "csr_from_coo", "stack_rows", "block_diagonal", "check_features",
            "n_points"]
 
@@ -558,12 +562,12 @@ class GraphSet:
         w = None if self.weight is None else self.weight[lo:hi].detach().cpu().double().numpy()
         return p, w, self.periodic[b]
 
-    def quadrature(self, b: int):
+    def quadrature(self, b: int, torus: bool = True):
         """:meth:`quadrature_of` graph b, memoised by the graph's content key in
         :data:`operator_cache` (:meth:`OperatorCache.quadrature`): the DISCO, mollifier and
         encoder builds of one geometry share one triangulation and one set of quadrature
         points (at 100k random points the three triangulations alone took 9.7 s)."""
-        if not self.with_cells or self.periodic[b] is not None:
+        if not self.with_cells or (self.periodic[b] is not None and not torus):
             return None
         _ = self.cells                              # sets _cells_unknown on a bare batch
         key = (self.keys[b], self._cells_unknown) if self.keys else None
@@ -577,19 +581,21 @@ class GraphSet:
         themselves with :data:`NODE_WEIGHT` times their weights, so that a ball around a node
         is never empty, however small. A planar graph without cells (a bare 2D point cloud)
         is integrated over the filtered Delaunay triangles of its points
-        (:func:`graphop.geometry.triangulate.triangulate_cloud`). None: no cells of dimension
-        >= 2 (nor a triangulable 2D cloud), a torus (cells across the seam), or a set made
-        without cells."""
-        if not self.with_cells or self.periodic[b] is not None:
+        (:func:`graphop.geometry.triangulate.triangulate_cloud`). On a torus the cells are
+        unwrapped across the seam and the quadrature points wrapped into the box, and a planar
+        cloud is triangulated as a cloud of the torus
+        (:func:`graphop.geometry.triangulate.triangulate_periodic`). None: no cells of
+        dimension >= 2 (nor a triangulable 2D cloud), or a set made without cells."""
+        if not self.with_cells:
             return None
-        p, w, _ = self.slice(b)
+        p, w, box = self.slice(b)
         cells = None if self.cells is None else self.cells[b]
         if cells is None and p.shape[1] == 2 and not self._cells_unknown:
-            tri = triangulate_cloud(p)
+            tri = triangulate_cloud(p) if box is None else triangulate_periodic(p, box)
             cells = None if tri is None else {"triangle": tri}
         if cells is None:
             return None
-        quad = interpolating_quadrature(p, cells)
+        quad = interpolating_quadrature(p, cells, box=box)
         if quad is None:
             return None
         x, wq, B = quad
@@ -718,11 +724,17 @@ def graph_set(data, *, need_weight: bool, what: str = "data", cells: bool = Fals
 
 
 #: how integral operators integrate over a graph (module docstring)
-QUADRATURE = ("cells", "points")
+QUADRATURE = ("cells", "points", "cells-except-torus")
+
+
+def uses_cells(quadrature: str) -> bool:
+    """True when a ``quadrature`` mode integrates over cells on some graphs."""
+    return quadrature != "points"
 
 
 def quadrature_mode(quadrature) -> str:
-    """Validate a ``quadrature`` option: ``"cells"`` or ``"points"``."""
+    """Validate a ``quadrature`` option: ``"cells"``, ``"points"`` or ``"cells-except-torus"``
+    (module docstring)."""
     if quadrature not in QUADRATURE:
         raise InputError(f"quadrature must be one of {QUADRATURE}, got {quadrature!r}")
     return str(quadrature)
@@ -791,7 +803,8 @@ def cached_operator(kind: str, params: tuple, g_in: GraphSet, g_out: GraphSet | 
     def make(b):
         p_in, w_in, per = g_in.slice(b)
         p_out = p_in if same else g_out.slice(b)[0]
-        quad = g_in.quadrature(b) if quadrature == "cells" else None
+        quad = (g_in.quadrature(b, torus=quadrature == "cells") if uses_cells(quadrature)
+                else None)
         if quad is None:
             m, L = build(p_out, p_in, w_in, per, same)
         else:

@@ -52,9 +52,10 @@ Args:
     quadrature: how the integral operators (grid encoder, DISCO, the differential branch's
         mollifier) integrate: ``"cells"`` (default: on meshes with cells, the piecewise-linear
         function of the nodal values at interior points of every cell, planar point clouds
-        over their filtered Delaunay triangles; 3D clouds, tori and the sphere use the nodes)
-        or ``"points"`` (the nodes with their quadrature weights, as before checkpoint
-        version 3). See :mod:`graphop.layers.sparse`.
+        over their filtered Delaunay triangles, on a torus too; 3D clouds and the sphere use
+        the nodes), ``"points"`` (the nodes with their quadrature weights, as before
+        checkpoint version 3) or ``"cells-except-torus"`` (nodes on a torus, as before
+        version 4). See :mod:`graphop.layers.sparse`.
     encoder_floor: the grid encoder's averaging denominator is at least this fraction of its
         kernel mass (default 0.5; :class:`graphop.layers.latent.GridEncoder`). 0 is the plain
         local average of checkpoints before version 3, which is discontinuous in the mesh at

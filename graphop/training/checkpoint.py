@@ -45,7 +45,7 @@ __all__ = ["FORMAT", "VERSION", "save_checkpoint", "load_checkpoint", "resolve_c
            "remove_stale_temporaries"]
 
 FORMAT = "graphop-checkpoint"
-VERSION = 3
+VERSION = 4
 _PLAIN = (bool, int, float, str, type(None))
 
 
@@ -220,7 +220,10 @@ def _upgrade(state: dict) -> None:
     encoder was the plain local average (``encoder_floor=0``) and every integral operator summed
     over the nodes (``quadrature="points"``), and the differential branch applied its stencil
     to the mollified field (``diff_kwargs["gradient"] = "stencil"``); version 3 records all
-    three (defaults 0.5, ``"cells"``, ``"kernel"``)."""
+    three (defaults 0.5, ``"cells"``, ``"kernel"``). Versions up to 3: ``"cells"`` summed over
+    the nodes on a torus; version 4 integrates a torus over its cells (a planar cloud over its
+    periodic triangulation), so older ``"cells"`` models become ``"cells-except-torus"``
+    (identical off the torus)."""
     mc = state["model_config"]
     version = int(state.get("version", 0))
     if not isinstance(mc, dict):
@@ -233,6 +236,12 @@ def _upgrade(state: dict) -> None:
             mc.setdefault("encoder_floor", 0.0)
         if mc.get("name") == "local_gno" and "diff" in (mc.get("branches") or ()):
             mc["diff_kwargs"] = {"gradient": "stencil", **(mc.get("diff_kwargs") or {})}
+    if version < 4 and mc.get("name") in ("local_gno", "gino", "disco_only"):
+        if mc.get("quadrature", "cells") == "cells":
+            mc["quadrature"] = "cells-except-torus"
+        for key in ("disco_kwargs", "diff_kwargs"):
+            if isinstance(mc.get(key), dict) and mc[key].get("quadrature") == "cells":
+                mc[key] = {**mc[key], "quadrature": "cells-except-torus"}
 
 
 def _model_name(cfg) -> str:
