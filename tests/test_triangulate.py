@@ -228,3 +228,20 @@ def test_a_torus_mesh_s_cells_cross_the_seam():
     assert ((x >= 0) & (x < L)).all()
     # without the box the seam's cells are long slivers across the whole grid
     assert interpolating_quadrature(pts, {"triangle": tri})[1].sum() > 1.5 * L * L
+
+
+def test_a_torus_cloud_too_coarse_to_tile_keeps_nodal_sums():
+    """Duplicates and near-duplicates still tile the torus; a handful of points or a line of
+    points cannot, and give None (nodal sums) rather than a partial cover."""
+    from graphop.geometry.cells import interpolating_quadrature
+    from graphop.geometry.triangulate import triangulate_periodic
+    from graphop.testing import near_duplicate_points
+
+    rng = np.random.default_rng(0)
+    base = rng.random((500, 2))
+    for p in (np.r_[base, base[:50]], np.mod(near_duplicate_points(), 1.0)):
+        t = triangulate_periodic(p, 1.0)
+        assert interpolating_quadrature(p, {"triangle": t}, box=1.0)[1].sum() == \
+            pytest.approx(1.0, rel=1e-6)
+    assert triangulate_periodic(rng.random((5, 2)), 1.0) is None
+    assert triangulate_periodic(np.c_[np.linspace(0, 0.9, 10), np.zeros(10)], 1.0) is None

@@ -98,6 +98,11 @@ def triangulate_cloud(points, alpha: float = CLOUD_ALPHA, k: int = CLOUD_K):
     return tri if len(tri) else None
 
 
+#: a torus cloud whose kept triangles cover less than this fraction of the box is not
+#: triangulated (None: it keeps nodal sums); a Monte Carlo cloud of a few dozen points or more
+#: covers all of it
+PERIODIC_MIN_COVER = 0.98
+
 #: the move of a point in a degenerate position before the periodic triangulation, in units of
 #: its local spacing (module docstring); the triangles' coordinates are not moved
 PERIODIC_JITTER = 1e-7
@@ -115,9 +120,9 @@ def triangulate_periodic(points, box, alpha: float = CLOUD_ALPHA, k: int = CLOUD
     Returns:
         [M, 3] int64 triangles (indices into points, each triangle of the torus once,
         counter-clockwise once its vertices are unwrapped to the nearest images of the first),
-        or None when the points span no triangle. On a cloud so coarse that the filter's
-        margin exceeds the box, triangles whose circumradius reaches L / 4 are left out too
-        (they could wrap around the torus).
+        or None when the kept triangles cover less than :data:`PERIODIC_MIN_COVER` of the
+        torus (a cloud of a handful of points, all collinear, or so coarse that triangles
+        whose circumradius reaches L / 4, which could wrap around the torus, are left out).
     """
     from scipy.spatial import Delaunay, QhullError
 
@@ -161,4 +166,7 @@ def triangulate_periodic(points, box, alpha: float = CLOUD_ALPHA, k: int = CLOUD
     out = o[keep]
     flip = cross[keep] < 0
     out[flip] = out[flip][:, [0, 2, 1]]
-    return out if len(out) else None
+    # a torus has no outside: a cloud whose triangles miss part of it is too coarse to tile
+    if 0.5 * np.abs(cross[keep]).sum() < PERIODIC_MIN_COVER * float(np.prod(L)):
+        return None
+    return out
