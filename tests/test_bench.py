@@ -1,6 +1,8 @@
 """The benchmark runs end to end at a small size and reports its headline keys (not timed)."""
 import json
 
+import pytest
+
 import torch
 
 from graphop.cli import main
@@ -54,3 +56,18 @@ def test_grid_rounds_keep_medians_and_each_rounds_ratio():
     msg = _median_rounds([{"neuralop": "not importable"}, {"neuralop": "not importable"}])
     assert msg == {"neuralop": "not importable"}
     assert "global_vs_fno_rounds  1.3, 0.9, 1" in format_result("train", {"grid_16": out})
+
+
+def test_bench_train_runs_on_the_device_it_is_given_and_refuses_a_missing_one():
+    """``device`` reaches every case (here the CPU, named explicitly: the large case's worker
+    reports it); a device this machine lacks fails before any work, with the reason."""
+    from graphop.bench.train import bench_train
+    from graphop.errors import GraphopError
+
+    res = bench_train(cases=("large",), n_points=1200, repeats=1, progress=False, device="cpu")
+    assert res["device"] == "cpu" and res["large"]["2d_1200"]["device"] == "cpu"
+    with pytest.raises(GraphopError, match="unknown device"):
+        bench_train(cases=("large",), device="tpu", progress=False)
+    if not torch.cuda.is_available():
+        with pytest.raises(GraphopError, match="CUDA is not available"):
+            bench_train(cases=("large",), device="cuda", progress=False)

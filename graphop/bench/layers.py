@@ -255,7 +255,9 @@ def bench_layers(n_points: int = 100_000, batch: int = 4, channels: int = 32,
     ``disco_vs_floor_time_ratio`` (DISCO time / floor time) and ``build_seconds`` (best of two
     cold builds of the DISCO operator: neighbour search, basis, CSR, transpose, float32 copies).
     """
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    from graphop.training.distributed import resolve_device
+
+    device = resolve_device(device or "auto")           # a clear error for a missing GPU
     log = (lambda s: print(s, file=sys.stderr, flush=True)) if progress else (lambda s: None)
     log(f"graphop bench layers: meshing {n_points} points")
     mesh = _square_mesh(n_points, seed)

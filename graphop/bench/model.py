@@ -133,7 +133,9 @@ def bench_model(n_points: int = 20_000, batch: int = 8, width: int = 64, n_layer
 
     from graphop.models import build_model, resolve_supports
 
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    from graphop.training.distributed import resolve_device
+
+    device = str(resolve_device(device or "auto"))      # a clear error for a missing GPU
     log = (lambda *a: print(*a, file=sys.stderr, flush=True)) if progress else (lambda *a: None)
     mesh = _mesh(n_points)
     pos = mesh.points

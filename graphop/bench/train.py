@@ -32,6 +32,10 @@ where they are installed and every ratio measured in the same run.
 
 Numbers are medians of ``repeats`` epochs (steps in (c)) after a warm-up; in (a) graphop and
 the peers alternate for :data:`GRID_ROUNDS` rounds and the medians over the rounds are kept.
+``device`` (default: CUDA when available) runs every setting there: models, batches and
+operators on the device, CUDA synchronised at the end of every timed epoch or step; in (c) the
+peak is the device's (``torch.cuda.max_memory_allocated``) besides the process's resident
+memory. ``experiments/device_check.sh`` runs it with the CUDA tests and ``bench layers``.
 Not a test: nothing fails when a target is missed. The machine's other load changes absolute
 numbers; the ratios are measured back to back.
 """
@@ -55,21 +59,30 @@ NEURALOP_MODES = (12, 12)
 GRAPHOP_MODES = (6, 7)
 
 
-def _epochs(step_epoch, repeats: int) -> tuple[float, float]:
-    """(first epoch time, median of ``repeats`` further epochs) in seconds."""
+def _sync(device) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _epochs(step_epoch, repeats: int, device="cpu") -> tuple[float, float]:
+    """(first epoch time, median of ``repeats`` further epochs) in seconds; CUDA is
+    synchronised before every clock reading."""
+    _sync(device)
     t = time.perf_counter()
     step_epoch()
+    _sync(device)
     first = time.perf_counter() - t
     ts = []
     for _ in range(repeats):
         t = time.perf_counter()
         step_epoch()
+        _sync(device)
         ts.append(time.perf_counter() - t)
     return first, statistics.median(ts)
 
 
 # ---------------------------------------------------------------------------- neuraloperator
-def _peer_grid(n: int, repeats: int) -> dict:
+def _peer_grid(n: int, repeats: int, device="cpu") -> dict:
     """samples/s of neuraloperator FNO and LocalNO on an n x n grid (needs ``import neuralop``)."""
     import warnings
 
@@ -79,6 +92,7 @@ def _peer_grid(n: int, repeats: int) -> dict:
     warnings.simplefilter("ignore")
     g = torch.Generator().manual_seed(0)
     x, y = torch.randn(SAMPLES, 1, n, n, generator=g), torch.randn(SAMPLES, 1, n, n, generator=g)
+    x, y = x.to(device), y.to(device)
     out = {}
     makers = {
         "neuralop_fno": lambda: FNO(n_modes=NEURALOP_MODES, in_channels=1, out_channels=1,
@@ -89,11 +103,11 @@ def _peer_grid(n: int, repeats: int) -> dict:
     }
     for name, make in makers.items():
         torch.manual_seed(0)
-        model = make()
+        model = make().to(device)
         opt = torch.optim.Adam(model.parameters(), 1e-3)
 
         def epoch():
-            perm = torch.randperm(SAMPLES)
+            perm = torch.randperm(SAMPLES, device=device)
             for i in range(0, SAMPLES, BATCH):
                 idx = perm[i:i + BATCH]
                 loss = torch.nn.functional.mse_loss(model(x[idx]), y[idx])
@@ -101,13 +115,13 @@ def _peer_grid(n: int, repeats: int) -> dict:
                 loss.backward()
                 opt.step()
 
-        _, t = _epochs(epoch, repeats)
+        _, t = _epochs(epoch, repeats, device)
         out[f"{name}_samples_s"] = SAMPLES / t
         out[f"{name}_params"] = sum(p.numel() for p in model.parameters())
     return out
 
 
-def _peer(n: int, repeats: int) -> dict:
+def _peer(n: int, repeats: int, device="cpu") -> dict:
     try:
         import neuralop  # noqa: F401
         from neuralop.models.local_no import LocalNO  # noqa: F401
@@ -119,14 +133,15 @@ def _peer(n: int, repeats: int) -> dict:
         with tempfile.TemporaryDirectory() as tmp:
             dst = os.path.join(tmp, "out.json")
             proc = subprocess.run([python, os.path.abspath(__file__), "--peer-worker", str(n),
-                                   str(repeats), dst, str(torch.get_num_threads())],
+                                   str(repeats), dst, str(torch.get_num_threads()),
+                                   str(device)],
                                   capture_output=True, text=True)
             if proc.returncode != 0:
                 tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
                 return {"neuralop": f"worker failed: {' | '.join(tail)}"}
             with open(dst) as fh:
                 return json.load(fh)
-    return _peer_grid(n, repeats)
+    return _peer_grid(n, repeats, device)
 
 
 # ---------------------------------------------------------------------------- graphop
@@ -154,17 +169,19 @@ def _model(samples, branches, n_grid=None, checkpoint_blocks: bool = False, **ex
     return build_model(resolve_supports(cfg, samples))
 
 
-def _graphop_epochs(model, samples, repeats, clear_first: bool = False):
+def _graphop_epochs(model, samples, repeats, clear_first: bool = False, device="cpu"):
     from torch_geometric.loader import DataLoader
 
     from graphop.layers.sparse import operator_cache
 
+    model.to(device)
     opt = torch.optim.Adam(model.parameters(), 1e-3)
     loader = DataLoader(samples, batch_size=BATCH, shuffle=True,
                         generator=torch.Generator().manual_seed(0))
 
     def epoch():
         for b in loader:
+            b = b.to(device)
             loss = torch.nn.functional.mse_loss(model(b), b.y)
             opt.zero_grad()
             loss.backward()
@@ -172,7 +189,7 @@ def _graphop_epochs(model, samples, repeats, clear_first: bool = False):
 
     if clear_first:
         operator_cache.clear()
-    return _epochs(epoch, repeats)
+    return _epochs(epoch, repeats, device)
 
 
 #: graphop and the peers are measured in this many alternating rounds (graphop, peers,
@@ -181,7 +198,7 @@ def _graphop_epochs(model, samples, repeats, clear_first: bool = False):
 GRID_ROUNDS = 2
 
 
-def _grid_case(n: int, repeats: int, log, rounds: int = GRID_ROUNDS) -> dict:
+def _grid_case(n: int, repeats: int, log, rounds: int = GRID_ROUNDS, device="cpu") -> dict:
     from graphop.geometry.domains import structured_square
 
     samples = _samples([structured_square(n)], np.random.default_rng(0))
@@ -196,11 +213,11 @@ def _grid_case(n: int, repeats: int, log, rounds: int = GRID_ROUNDS) -> dict:
                                 ("global", ("global",), {})):
             log(f"  grid {n}x{n}, round {r + 1}/{rounds}: graphop {name}")
             model = _model(samples, br, n_grid=n, **extra)
-            _, t = _graphop_epochs(model, samples, repeats)
+            _, t = _graphop_epochs(model, samples, repeats, device=device)
             res[f"{name}_samples_s"] = SAMPLES / t
             res[f"{name}_params"] = sum(p.numel() for p in model.parameters())
         log(f"  grid {n}x{n}, round {r + 1}/{rounds}: neuraloperator FNO and LocalNO")
-        res.update(_peer(n, repeats))
+        res.update(_peer(n, repeats, device))
         if "neuralop_local_no_samples_s" in res:
             res["local_gno_vs_local_no"] = (res["local_gno_samples_s"]
                                             / res["neuralop_local_no_samples_s"])
@@ -227,7 +244,7 @@ def _median_rounds(per_round: list) -> dict:
     return out
 
 
-def _meshes_case(repeats: int, log, n_points: int = 1000) -> dict:
+def _meshes_case(repeats: int, log, n_points: int = 1000, device="cpu") -> dict:
     from graphop.geometry.domains import mesh_domain
 
     meshes = [mesh_domain("square", n_points, seed=i, perturb=0.3) for i in range(SAMPLES)]
@@ -237,18 +254,19 @@ def _meshes_case(repeats: int, log, n_points: int = 1000) -> dict:
             log(f"  {SAMPLES} samples on {len(ms)} meshes: graphop {name}")
             samples = _samples(ms, np.random.default_rng(1))
             model = _model(samples, br)
-            cold, warm = _graphop_epochs(model, samples, repeats, clear_first=True)
+            cold, warm = _graphop_epochs(model, samples, repeats, clear_first=True,
+                                         device=device)
             res[f"{name}_{case}_cold_samples_s"] = SAMPLES / cold
             res[f"{name}_{case}_warm_samples_s"] = SAMPLES / warm
             if case == "per_sample":
-                res[f"{name}_per_sample_cold_store_samples_s"] = SAMPLES / _from_store(model,
-                                                                                     samples)
+                res[f"{name}_per_sample_cold_store_samples_s"] = SAMPLES / _from_store(
+                    model, samples, device)
         res[f"{name}_warm_vs_shared"] = (res[f"{name}_per_sample_warm_samples_s"]
                                          / res[f"{name}_shared_warm_samples_s"])
     return res
 
 
-def _from_store(model, samples) -> float:
+def _from_store(model, samples, device="cpu") -> float:
     """Seconds of a cold epoch (empty memory cache) whose operators come from an
     :class:`~graphop.layers.store.OperatorStore` filled by an earlier epoch: a second run."""
     from graphop.layers.sparse import operator_cache
@@ -258,8 +276,8 @@ def _from_store(model, samples) -> float:
     with tempfile.TemporaryDirectory() as tmp:
         operator_cache.store = OperatorStore(tmp)
         try:
-            _graphop_epochs(model, samples, 1, clear_first=True)        # builds and writes
-            cold, _ = _graphop_epochs(model, samples, 1, clear_first=True)   # loads
+            _graphop_epochs(model, samples, 1, True, device)            # builds and writes
+            cold, _ = _graphop_epochs(model, samples, 1, True, device)  # loads
         finally:
             operator_cache.store = old
     return cold
@@ -277,7 +295,8 @@ def _peak_rss() -> float:
     return float("nan")
 
 
-def _large_worker(n: int, dim: int, repeats: int, checkpoint: bool = True) -> dict:
+def _large_worker(n: int, dim: int, repeats: int, checkpoint: bool = True,
+                  device="cpu") -> dict:
     from graphop.geometry.mesh import Mesh
     from graphop.layers.sparse import operator_cache
 
@@ -289,6 +308,8 @@ def _large_worker(n: int, dim: int, repeats: int, checkpoint: bool = True) -> di
 
     data = mesh_to_sample(mesh, ["a"], ["u"])
     model = _model([data], ("global", "disco", "diff"), checkpoint_blocks=checkpoint)
+    model.to(device)
+    data = data.to(device)
     opt = torch.optim.Adam(model.parameters(), 1e-3)
 
     def step():
@@ -301,25 +322,32 @@ def _large_worker(n: int, dim: int, repeats: int, checkpoint: bool = True) -> di
     t = time.perf_counter()
     with torch.no_grad():
         model(data)                 # builds every operator
+    _sync(device)
     first = time.perf_counter() - t
     t = time.perf_counter()
     with torch.no_grad():
         model(data)
+    _sync(device)
     fwd = time.perf_counter() - t
     ts = []
     for _ in range(1 + repeats):
         t = time.perf_counter()
         step()
+        _sync(device)
         ts.append(time.perf_counter() - t)
     peak = _peak_rss()
-    return {"points": n, "dim": dim, "build_s": max(first - fwd, 0.0),
+    extra = {}
+    if torch.device(device).type == "cuda":
+        extra["peak_device_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+    return {**extra, "points": n, "dim": dim, "device": str(device),
+            "build_s": max(first - fwd, 0.0),
             "step_s": statistics.median(ts[1:]), "peak_rss_gib": peak / 2**30,
             "bytes_per_point": (peak - rss0) / n, "operator_cache_gib": operator_cache.nbytes / 2**30,
             "checkpoint_blocks": checkpoint,
             "supports": {k: model.config.get(k) for k in ("disco_radius", "encoder_radius")}}
 
 
-def _large_case(sizes, dims, repeats: int, log) -> dict:
+def _large_case(sizes, dims, repeats: int, log, device="cpu") -> dict:
     res = {}
     for dim in dims:
         for n in sizes:
@@ -328,7 +356,7 @@ def _large_case(sizes, dims, repeats: int, log) -> dict:
                 dst = os.path.join(tmp, "out.json")
                 proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--large-worker",
                                        str(n), str(dim), str(repeats), dst,
-                                       str(torch.get_num_threads())],
+                                       str(torch.get_num_threads()), str(device)],
                                       capture_output=True, text=True)
                 if proc.returncode != 0:
                     tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
@@ -346,23 +374,28 @@ def bench_train(n_points: int | None = None, repeats: int | None = None, device=
     """Run the settings of the module docstring; a nested dict of numbers and ratios.
 
     ``n_points``: the size of the ``large`` setting (default: 10k and 100k, 2D and 3D).
-    ``device``: only the CPU is measured here (a CUDA run is the device script's job)."""
+    ``device``: where every setting runs (default: CUDA when available, else the CPU)."""
     repeats = 3 if repeats is None else int(repeats)
+    from graphop.training.distributed import resolve_device
+
+    device = str(resolve_device(device or "auto"))   # a bad name fails here, before any work
 
     def log(msg):
         if progress:
             print(msg, file=sys.stderr, flush=True)
 
-    res = {"threads": torch.get_num_threads(), "batch": BATCH, "samples": SAMPLES,
-           "width": WIDTH, "layers": LAYERS}
+    res = {"device": device, "threads": torch.get_num_threads(), "batch": BATCH,
+           "samples": SAMPLES, "width": WIDTH, "layers": LAYERS}
+    if device.startswith("cuda"):
+        res["gpu"] = torch.cuda.get_device_name(torch.device(device))
     if "grid" in cases:
         for n in (16, 32):
-            res[f"grid_{n}"] = _grid_case(n, repeats, log)
+            res[f"grid_{n}"] = _grid_case(n, repeats, log, device=device)
     if "meshes" in cases:
-        res["meshes"] = _meshes_case(repeats, log)
+        res["meshes"] = _meshes_case(repeats, log, device=device)
     if "large" in cases:
         sizes = [n_points] if n_points else [10_000, 100_000]
-        res["large"] = _large_case(sizes, (2, 3), max(1, repeats - 1), log)
+        res["large"] = _large_case(sizes, (2, 3), max(1, repeats - 1), log, device)
     return res
 
 
@@ -371,10 +404,11 @@ if __name__ == "__main__":
         n, reps, dst, threads = int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], int(sys.argv[5])
         torch.set_num_threads(threads)
         with open(dst, "w") as fh:
-            json.dump(_peer_grid(n, reps), fh)
+            json.dump(_peer_grid(n, reps, sys.argv[6] if len(sys.argv) > 6 else "cpu"), fh)
     elif len(sys.argv) >= 2 and sys.argv[1] == "--large-worker":
         n, dim, reps, dst, threads = (int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]),
                                       sys.argv[5], int(sys.argv[6]))
         torch.set_num_threads(threads)
         with open(dst, "w") as fh:
-            json.dump(_large_worker(n, dim, reps), fh)
+            json.dump(_large_worker(n, dim, reps, device=sys.argv[7] if len(sys.argv) > 7
+                                    else "cpu"), fh)
