@@ -2,11 +2,12 @@
 
 Nested irregular triangle meshes of the unit square (218 / 808 / 3150 points), nested uniform
 random clouds (300 / 1200 / 4800 points, k-NN quadrature weights) of the square and of the
-periodic unit torus, for a smooth input and for a piecewise-constant input with a jump. Radii are explicit and resolved by the coarsest level:
-DISCO radius 0.2 (~30 points per ball on the coarsest mesh), encoder radius 0.2 (>= 2 coarsest
-spacings), smoothing radius 0.15. ``diff_scale=0.1`` (instead of the default 0.02) makes the
-differential branch strong enough that the unsmoothed branch's 1/h growth shows within three
-levels; at 0.02 it shows at about 16x more points.
+periodic unit torus, for a smooth input and for a piecewise-constant input with a jump. Radii
+are explicit and resolved by the coarsest level: DISCO radius 0.2 (~30 points per ball on the
+coarsest mesh), encoder radius 0.2 (>= 2 coarsest spacings), smoothing radius 0.15.
+``diff_scale=0.1`` (instead of the default 0.02) makes the differential branch strong enough
+that the unsmoothed branch's 1/h growth shows within three levels; at 0.02 it shows at about
+16x more points.
 """
 import numpy as np
 import pytest

@@ -96,7 +96,8 @@ def main():
                 float((c_full[k][idx] - c_part[k]).norm() / c_part[k].norm()))
     e_full, e_part, moved = np.mean(rows, axis=0)
     quad = model.config.get("quadrature") if hasattr(model, "config") else "?"
-    print(f"{variant} seed {seed} (quadrature {quad}), {len(rows)} samples: error {e_full:.4f} on the "
+    print(f"{variant} seed {seed} (quadrature {quad}), {len(rows)} samples: error "
+          f"{e_full:.4f} on the "
           f"{n}-point clouds, {e_part:.4f} on nested {n // 4}-point subsets; outputs at the "
           f"shared points differ by {moved:.4f}")
     for k, v in moves.items():

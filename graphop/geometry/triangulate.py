@@ -52,9 +52,9 @@ CLOUD_K = 6
 
 
 def _circumradius_filter(p: np.ndarray, tri: np.ndarray, h: np.ndarray, alpha: float):
-    """(keep mask, signed doubled area, circumradius) of the triangles ``tri`` of the coordinates ``p``:
-    kept when the circumradius is at most ``alpha`` times the mean spacing ``h`` of its
-    vertices (``h`` indexed like ``tri``)."""
+    """(keep mask, signed doubled area, circumradius) of the triangles ``tri`` of the
+    coordinates ``p``: kept when the circumradius is at most ``alpha`` times the mean spacing
+    ``h`` of its vertices (``h`` indexed like ``tri``)."""
     a, b, c = p[tri[:, 0]], p[tri[:, 1]], p[tri[:, 2]]
     cross = (b - a)[:, 0] * (c - a)[:, 1] - (b - a)[:, 1] * (c - a)[:, 0]
     la = np.linalg.norm(b - c, axis=1)

@@ -63,9 +63,9 @@ from graphop.geometry.triangulate import triangulate_cloud, triangulate_periodic
 from graphop.memory import available_memory, env_bytes, format_bytes
 
 __all__ = ["SparseOperator", "BlockList", "OperatorCache", "operator_cache", "GraphSet", "graph_set",
-           "QUADRATURE", "quadrature_mode", "uses_cells", "batch_operator", "cached_operator", "fold_matmul",
-           "apply_operator", "csr_from_coo", "stack_rows", "block_diagonal", "check_features",
-           "n_points"]
+           "QUADRATURE", "quadrature_mode", "uses_cells", "batch_operator", "cached_operator",
+           "fold_matmul", "apply_operator", "csr_from_coo", "stack_rows", "block_diagonal",
+           "check_features", "n_points"]
 
 
 # ---------------------------------------------------------------------------- the operator
