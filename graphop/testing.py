@@ -379,10 +379,9 @@ def check_model_refinement(model, meshes, field, max_ratio: float = 0.8,
     for m in meshes:
         data = m.to_data(dtype=torch.float64)
         if periodic is not None:
-            d = m.points.shape[1]
-            data.periodic = torch.tensor(np.broadcast_to(np.asarray(periodic, np.float64),
-                                                         (d,)).tolist(),
-                                         dtype=torch.float64).reshape(1, d)
+            from graphop.geometry.neighbors import box_size
+
+            data.periodic = torch.from_numpy(box_size(periodic, m.points.shape[1]))[None]
         data.x = torch.as_tensor(np.asarray(field(m.points), dtype=np.float64)).reshape(
             m.n_points, -1)
         with torch.no_grad():

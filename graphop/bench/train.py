@@ -52,16 +52,13 @@ import time
 import numpy as np
 import torch
 
+from graphop.bench.layers import _sync
+
 __all__ = ["bench_train"]
 
 WIDTH, LAYERS, BATCH, SAMPLES = 32, 4, 8, 64
 NEURALOP_MODES = (12, 12)
 GRAPHOP_MODES = (6, 7)
-
-
-def _sync(device) -> None:
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def _epochs(step_epoch, repeats: int, device="cpu") -> tuple[float, float]:
@@ -375,9 +372,9 @@ def bench_train(n_points: int | None = None, repeats: int | None = None, device=
 
     ``n_points``: the size of the ``large`` setting (default: 10k and 100k, 2D and 3D).
     ``device``: where every setting runs (default: CUDA when available, else the CPU)."""
-    repeats = 3 if repeats is None else int(repeats)
     from graphop.training.distributed import resolve_device
 
+    repeats = 3 if repeats is None else int(repeats)
     device = str(resolve_device(device or "auto"))   # a bad name fails here, before any work
 
     def log(msg):

@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from graphop.geometry.neighbors import knn_distances
+from graphop.geometry.neighbors import box_size, knn_distances
 
 __all__ = ["CLOUD_ALPHA", "CLOUD_K", "triangulate_cloud", "triangulate_periodic"]
 
@@ -131,7 +131,7 @@ def triangulate_periodic(points, box, alpha: float = CLOUD_ALPHA, k: int = CLOUD
     p = np.asarray(points, dtype=np.float64)
     if p.ndim != 2 or p.shape[1] != 2 or len(p) < 3:
         return None
-    L = np.broadcast_to(np.asarray(box, dtype=np.float64), (2,)).copy()
+    L = box_size(box, 2)
     p = wrap_into_box(p, L)
     n = len(p)
     h = knn_distances(p, min(k, n - 1), periodic=L)[:, -1]

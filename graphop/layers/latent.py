@@ -286,8 +286,7 @@ class GridEncoder(_GridOperator):
 
         def build(b):
             p, w, _ = g.slice(b)
-            quad = (g.quadrature(b, torus=self.quadrature == "cells")
-                    if uses_cells(self.quadrature) else None)
+            quad = g.quadrature(b, self.quadrature)
             if quad is None:
                 mat, occ = encoder_matrix(p, w, grid, r, self.outside, self.floor)
             else:

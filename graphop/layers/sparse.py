@@ -562,12 +562,14 @@ class GraphSet:
         w = None if self.weight is None else self.weight[lo:hi].detach().cpu().double().numpy()
         return p, w, self.periodic[b]
 
-    def quadrature(self, b: int, torus: bool = True):
-        """:meth:`quadrature_of` graph b, memoised by the graph's content key in
-        :data:`operator_cache` (:meth:`OperatorCache.quadrature`): the DISCO, mollifier and
-        encoder builds of one geometry share one triangulation and one set of quadrature
-        points (at 100k random points the three triangulations alone took 9.7 s)."""
-        if not self.with_cells or (self.periodic[b] is not None and not torus):
+    def quadrature(self, b: int, mode: str = "cells"):
+        """:meth:`quadrature_of` graph b under the ``quadrature`` option ``mode`` (None for
+        ``"points"``, and for a torus under ``"cells-except-torus"``), memoised by the graph's
+        content key in :data:`operator_cache` (:meth:`OperatorCache.quadrature`): the DISCO,
+        mollifier and encoder builds of one geometry share one triangulation and one set of
+        quadrature points (at 100k random points the three triangulations alone took 9.7 s)."""
+        if (not self.with_cells or not uses_cells(mode)
+                or (self.periodic[b] is not None and mode != "cells")):
             return None
         _ = self.cells                              # sets _cells_unknown on a bare batch
         key = (self.keys[b], self._cells_unknown) if self.keys else None
@@ -803,8 +805,7 @@ def cached_operator(kind: str, params: tuple, g_in: GraphSet, g_out: GraphSet | 
     def make(b):
         p_in, w_in, per = g_in.slice(b)
         p_out = p_in if same else g_out.slice(b)[0]
-        quad = (g_in.quadrature(b, torus=quadrature == "cells") if uses_cells(quadrature)
-                else None)
+        quad = g_in.quadrature(b, quadrature)
         if quad is None:
             m, L = build(p_out, p_in, w_in, per, same)
         else:
