@@ -91,3 +91,31 @@ def test_float64_on_the_gpu_matches_float64_on_the_cpu_closely():
     out_c, _, _ = _step(model, batch)
     out_g, _, _ = _step(model.cuda(), batch.cuda())
     np.testing.assert_allclose(out_g.numpy(), out_c.numpy(), rtol=1e-9, atol=1e-10)
+
+
+def test_a_warm_step_never_synchronises_with_the_host():
+    """A batch moved by ``to_device`` (its geometry kept on the host) whose operators are cached:
+    a forward and backward pass makes no synchronising CUDA call (no read back of positions,
+    graph offsets or torus box, no copy of the encoder's occupancy or of the box per step)."""
+    import warnings
+
+    from graphop.layers.sparse import to_device
+
+    meshes, torus = _samples()
+    for data, periodic in ((meshes, False), ([torus], True)):
+        model = _model(periodic=periodic).cuda()
+        for _ in range(2):                      # builds, copies to the device; then warm
+            batch = to_device(Batch.from_data_list(data), "cuda")
+            model(batch).square().mean().backward()
+        torch.cuda.synchronize()
+        batch = to_device(Batch.from_data_list(data), "cuda")
+        torch.cuda.synchronize()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode("warn")
+            try:
+                model(batch).square().mean().backward()
+            finally:
+                torch.cuda.set_sync_debug_mode("default")
+        syncs = [str(w.message) for w in caught if "synchroniz" in str(w.message)]
+        assert not syncs, syncs[:3]

@@ -31,6 +31,8 @@ import time
 import numpy as np
 import torch
 
+from graphop.layers.sparse import to_device
+
 __all__ = ["bench_model"]
 
 
@@ -145,7 +147,7 @@ def bench_model(n_points: int = 20_000, batch: int = 8, width: int = 64, n_layer
         d.x = torch.sin(4 * d.pos[:, :1]) * (k + 1)
         d.y = torch.cos(3 * d.x)
         datas.append(d)
-    data = Batch.from_data_list(datas).to(device)
+    data = to_device(Batch.from_data_list(datas), device)
     res = {"device": str(device), "n_points": int(len(pos)), "batch": batch, "width": width,
            "n_layers": n_layers, "latent_shape": "x".join(map(str, latent_shape)),
            "modes": "x".join(map(str, modes)), "threads": torch.get_num_threads()}

@@ -53,6 +53,7 @@ import numpy as np
 import torch
 
 from graphop.bench.layers import _sync
+from graphop.layers.sparse import to_device
 
 __all__ = ["bench_train"]
 
@@ -178,7 +179,7 @@ def _graphop_epochs(model, samples, repeats, clear_first: bool = False, device="
 
     def epoch():
         for b in loader:
-            b = b.to(device)
+            b = to_device(b, device)
             loss = torch.nn.functional.mse_loss(model(b), b.y)
             opt.zero_grad()
             loss.backward()
@@ -306,7 +307,7 @@ def _large_worker(n: int, dim: int, repeats: int, checkpoint: bool = True,
     data = mesh_to_sample(mesh, ["a"], ["u"])
     model = _model([data], ("global", "disco", "diff"), checkpoint_blocks=checkpoint)
     model.to(device)
-    data = data.to(device)
+    data = to_device(data, device)
     opt = torch.optim.Adam(model.parameters(), 1e-3)
 
     def step():

@@ -21,6 +21,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from graphop.layers.sparse import to_device
+
 __all__ = ["write_report", "format_results"]
 
 
@@ -167,7 +169,7 @@ def _sample_figure(res, sets, keep, test, path):
         d = wrap(sets[test])[0]
         dev = next(model.parameters()).device
         model.eval()
-        p = normalizer.decode(model(normalizer.encode(d.to(dev))))
+        p = normalizer.decode(model(normalizer.encode(to_device(d, dev))))
         preds[v] = p.reshape(p.shape[0], -1)[:, 0].double().cpu().numpy()
     n = 1 + len(preds)
     fig, axes = plt.subplots(2, n, figsize=(2.6 * n, 5.2), squeeze=False)

@@ -45,6 +45,7 @@ import torch
 import yaml
 
 from graphop.errors import ConfigError, GraphopError
+from graphop.layers.sparse import to_device
 
 __all__ = ["load_experiment", "validate_experiment", "match_parameters", "count_parameters",
            "run_experiment", "list_experiments", "EXPERIMENT_KEYS", "VARIANT_KEYS"]
@@ -322,7 +323,7 @@ def evaluate_errors(model, normalizer, dataset, max_points: int = 16384) -> np.n
     errs, group, count = [], [], 0
 
     def flush():
-        batch = Batch.from_data_list(group).to(dev)
+        batch = to_device(Batch.from_data_list(group), dev)
         pred = normalizer.decode(model(normalizer.encode(batch)))
         w = getattr(batch, "weight_true", None)
         w = batch.weight if w is None else w

@@ -34,6 +34,7 @@ from graphop.data.sample import channel_names, describe
 from graphop.data.progress import progress as _progress
 from graphop.errors import DataError
 from graphop.inference.predict import predict_data
+from graphop.layers.sparse import to_device
 from graphop.training.checkpoint import load_trained_model
 from graphop.training.metrics import relative_l2
 
@@ -88,7 +89,7 @@ def evaluate_dataset(model, normalizer, dataset, device="cpu", batch_size: int =
     loader = DataLoader(NormalizedDataset(dataset, normalizer), batch_size=batch_size, shuffle=False)
     out, i0 = [], 0
     for batch in _progress(loader, desc=desc, unit="batch", enabled=progress):
-        batch = batch.to(device)
+        batch = to_device(batch, device)
         pred = normalizer.decode(model(batch))
         err = relative_l2(pred, batch.y.to(pred.dtype), batch.weight, batch.batch,
                           batch.num_graphs).cpu().double()

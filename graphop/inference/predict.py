@@ -26,6 +26,7 @@ import torch
 from graphop.training.checkpoint import load_trained_model
 from graphop.data.sample import mesh_to_sample, split_channels
 from graphop.errors import ConfigError, DataError
+from graphop.layers.sparse import to_device
 from graphop.training.metrics import relative_l2
 from graphop.data.normalize import check_sample
 
@@ -35,7 +36,7 @@ __all__ = ["predict_data", "predict_mesh", "predict_file"]
 @torch.no_grad()
 def predict_data(model, normalizer, data, device="cpu") -> torch.Tensor:
     """Physical-unit prediction [N, out] of a trained model for one ``Data``/``Batch``."""
-    enc = normalizer.encode(data).to(device)
+    enc = to_device(normalizer.encode(data), device)
     return normalizer.decode(model(enc)).cpu()
 
 
@@ -52,7 +53,7 @@ def predict_mesh(model, normalizer, mesh, inputs, targets, device="cpu", periodi
     check_sample(data)
     enc = normalizer.encode(data)
     _warn_supports(model, enc, str(mesh.source))
-    enc = enc.to(device)
+    enc = to_device(enc, device)
     pred = normalizer.decode(model(enc)).cpu()
     rel = float(relative_l2(pred, data.y, data.weight)) if has_truth else None
     return split_channels(pred.double().numpy(), list(targets)), rel

@@ -25,6 +25,7 @@ import torch
 from graphop.data.normalize import check_sample
 from graphop.data.sample import mesh_to_sample
 from graphop.errors import DataError
+from graphop.layers.sparse import to_device
 from graphop.training.metrics import relative_l2
 
 __all__ = ["frame_stems", "rollout_mesh", "rollout_files", "plot_rollout"]
@@ -76,7 +77,7 @@ def rollout_mesh(model, normalizer, mesh, inputs, targets, steps: int | None = N
         names = [f"{s}{k0 + k}" for s in stems]
         data = mesh_to_sample(state, list(inputs), names, require_targets=True)
         check_sample(data)
-        pred = normalizer.decode(model(normalizer.encode(data).to(device))).cpu()
+        pred = normalizer.decode(model(to_device(normalizer.encode(data), device))).cpu()
         errors.append(float(relative_l2(pred, data.y, data.weight)))
         p = pred.double().numpy()
         state = state.with_point_data(**{n: p[:, j] for j, n in enumerate(inputs)})

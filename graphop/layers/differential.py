@@ -177,6 +177,7 @@ class DifferentialConv(nn.Module):
                                  f"or None, got {smoothing_radius!r}")
         self.smoothing_radius = rho
         self.offsets = stencil_offsets(kernel_size, dim)       # validates kernel_size
+        self._offsets_on = {}        # the offsets as a tensor per (device, dtype)
         self.in_channels, self.out_channels = in_channels, out_channels
         if spacing_neighbours is not None and int(spacing_neighbours) < 1:
             raise InputError(f"DifferentialConv: spacing_neighbours must be >= 1, got "
@@ -318,8 +319,11 @@ class DifferentialConv(nn.Module):
     def limit_directions(self) -> torch.Tensor:
         """The limit operator as [d, C, O]: D f -> sum_k G[k] d f / d x_k with
         ``G[k, c, o] = sum_l theta[l, c, o] s_l[k]``."""
-        s = torch.as_tensor(np.asarray(self.offsets), dtype=self.weight.dtype,
-                            device=self.weight.device)
+        key = (self.weight.device, self.weight.dtype)
+        s = self._offsets_on.get(key)
+        if s is None:        # copied once per device: on a GPU a copy per step is a sync
+            s = self._offsets_on[key] = torch.as_tensor(np.asarray(self.offsets), dtype=key[1],
+                                                        device=key[0])
         return torch.einsum("lk,lco->kco", s, self.weight)
 
     def extra_repr(self) -> str:

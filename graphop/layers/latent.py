@@ -70,7 +70,7 @@ from torch import nn
 
 from graphop.geometry.neighbors import radius_neighbors
 from graphop.layers.sparse import (SparseOperator, batch_operator, fold_matmul, graph_set,
-                                   quadrature_mode, uses_cells)
+                                   host_geometry, quadrature_mode, uses_cells)
 from graphop.errors import GraphopWarning, InputError
 
 __all__ = ["LatentGrid", "GridEncoder", "GridDecoder", "encoder_matrix", "decoder_matrix",
@@ -215,7 +215,8 @@ def decoder_matrix(pos, grid: LatentGrid):
 
 def periodic_box(data, d: int):
     """The torus lengths [d] of ``data.periodic`` (shared by every sample), or None."""
-    per = getattr(data, "periodic", None)
+    host = host_geometry(data)
+    per = getattr(data, "periodic", None) if host is None else host.periodic
     if per is None:
         return None
     per = torch.as_tensor(per).detach().cpu().double().reshape(-1, d).numpy()
@@ -308,7 +309,7 @@ class GridEncoder(_GridOperator):
         out = fold_matmul(op, fold, x)  # [B*G, C]
         B, C = out.shape[0] // G, x.shape[1]
         grid = out.reshape(B, G, C).transpose(1, 2).reshape(B, C, *self.latent_shape)
-        occ = torch.as_tensor(op.extra, dtype=x.dtype, device=x.device).reshape(-1, G)
+        occ = op.extra_on(x.device, x.dtype).reshape(-1, G)
         occ = occ.expand(B, G) if fold > 1 else occ
         return grid, occ.reshape(B, 1, *self.latent_shape)
 

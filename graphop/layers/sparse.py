@@ -14,7 +14,10 @@ lists (:mod:`graphop.models.gnn`). This module holds what they share:
   contraction with ``theta [L, C, O]`` as one dense GEMM per block; no copy of the features.
 * :func:`graph_set`: the graphs of a ``Data``/``Batch`` with a content key per graph (a sha256
   digest of positions, weights and periodic box, and of the cells when an integral operator
-  integrates over them).
+  integrates over them). On a GPU, :func:`to_device` moves a batch after
+  :func:`tag_geometry` has kept its geometry on the host (:class:`HostGeometry`): the keys,
+  graph offsets, torus box and the operator builds then read the host copy, so a training step
+  whose operators are cached reads nothing back from the device.
 * Quadrature of the integral operators (DISCO, the grid encoder, the mollifier),
   ``quadrature=``: ``"cells"`` (default) integrates the piecewise-linear function that the
   nodal values define, with interior points of every cell
@@ -65,7 +68,8 @@ from graphop.memory import available_memory, env_bytes, format_bytes
 __all__ = ["SparseOperator", "BlockList", "OperatorCache", "operator_cache", "GraphSet", "graph_set",
            "QUADRATURE", "quadrature_mode", "uses_cells", "batch_operator", "cached_operator",
            "fold_matmul", "apply_operator", "csr_from_coo", "stack_rows", "block_diagonal",
-           "check_features", "n_points"]
+           "check_features", "n_points", "HostGeometry", "tag_geometry", "host_geometry",
+           "to_device"]
 
 
 # ---------------------------------------------------------------------------- the operator
@@ -132,9 +136,11 @@ class SparseOperator:
                 return sum(size(t) for t in m)
             if m is self.matrix or m is self._transpose:
                 return 0
-            if torch.is_tensor(m):
+            if torch.is_tensor(m) and m.layout == torch.sparse_csr:
                 return sum(t.numel() * t.element_size()
                            for t in (m.values(), m.col_indices(), m.crow_indices()))
+            if torch.is_tensor(m):
+                return m.numel() * m.element_size()
             return m.data.nbytes + m.indices.nbytes + m.indptr.nbytes
         m = self.matrix
         own = m.data.nbytes + m.indices.nbytes + m.indptr.nbytes
@@ -170,6 +176,14 @@ class SparseOperator:
         if key not in self._copies:
             self._copies[key] = (_to_torch(self.matrix, device, dtype),
                                  _to_torch(self.transpose_csr(), device, dtype))
+        return self._copies[key]
+
+    def extra_on(self, device, dtype) -> torch.Tensor:
+        """``extra`` as a tensor on ``device`` in ``dtype``, copied once (not once per step:
+        on a GPU every copy from the host is a synchronisation)."""
+        key = ("extra", torch.device(device), dtype)
+        if key not in self._copies:
+            self._copies[key] = torch.as_tensor(self.extra, dtype=dtype, device=device)
         return self._copies[key]
 
     def prepare(self, device, dtype) -> None:
@@ -270,6 +284,10 @@ class BlockList:
     @property
     def nnz(self) -> int:
         return sum(b.nnz for b in self.blocks)
+
+    def extra_on(self, device, dtype) -> torch.Tensor:
+        """The stacked ``extra`` on ``device`` (a new batch of meshes: copied each time)."""
+        return torch.as_tensor(self.extra, dtype=dtype, device=device)
 
     def matmul(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[0] != self.n_in:
@@ -659,12 +677,134 @@ def _graph_cells(data, ptr: list, names: list) -> list | None:
     return [c or None for c in out]
 
 
+class HostGeometry:
+    """The geometry of a Data/Batch kept on the host while the batch itself moves to a device.
+
+    :func:`graph_set` needs the positions, weights, cells, graph offsets and torus box of a batch
+    on the host: to key its operators (a sha256 digest per graph) and, on a cache miss, to build
+    them. Read from a batch on a GPU, each of those is a copy back to the host and a
+    synchronisation, several per training step. :func:`tag_geometry` keeps the CPU tensors of
+    a batch before it moves (:func:`to_device` does both), and every later read goes to them.
+
+    The tag binds, the first time it is read, to the tensors the batch then holds (identity and
+    in-place version counter; their shapes must match the host copies), and is dropped, so that
+    the batch is read as before, as soon as one of them is replaced or modified in place. It
+    cannot see a change made between the tag and that first read: tag a batch immediately before
+    moving it, as :func:`to_device` does.
+
+    Args:
+        data: a Data or Batch on the CPU.
+    """
+
+    #: the attribute of the Data/Batch that holds its tag (PyG keeps an attribute with a leading
+    #: underscore beside its tensors, not among them: ``.to()`` and ``copy.copy`` keep it,
+    #: ``keys()`` and collation never see it)
+    ATTR = "_graphop_host"
+
+    def __init__(self, data):
+        pos = getattr(data, "pos", None)
+        if not torch.is_tensor(pos) or pos.device.type != "cpu":
+            raise InputError("tag_geometry: data.pos must be a tensor on the CPU (tag a batch "
+                             "before moving it to a device)")
+        self.pos = pos
+        w = getattr(data, "weight", None)
+        self.weight = w if torch.is_tensor(w) else None
+        self.ptr = _graph_offsets(data, pos.shape[0], "data")
+        per = getattr(data, "periodic", None)
+        self.periodic = None if per is None else torch.as_tensor(per, dtype=torch.float64)
+        self.cell_names = _cell_keys(data)
+        self.cells = {k: data[k] for k in self.cell_names}
+        self._slice_dict = getattr(data, "_slice_dict", None)
+        self._inc_dict = getattr(data, "_inc_dict", None)
+        self._host_versions = [t._version for t in self._host()]
+        self._bound = None
+
+    def _host(self) -> list:
+        return [t for t in (self.pos, self.weight, *self.cells.values()) if torch.is_tensor(t)]
+
+    @staticmethod
+    def _live(data, names) -> list:
+        out = []
+        for k in ("pos", "weight", *names):
+            t = getattr(data, k, None)
+            if torch.is_tensor(t):
+                out.append(t)
+        return out
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        return self.cells[name]
+
+    def matches(self, data) -> bool:
+        """True while ``data`` still holds the tensors this tag describes (binds on first call)."""
+        live = self._live(data, self.cell_names)
+        if self._bound is None:
+            host = self._host()
+            if ([t._version for t in host] != self._host_versions or len(live) != len(host)
+                    or any(a.shape != b.shape for a, b in zip(live, host))):
+                return False
+            self._bound = ([weakref.ref(t) for t in live], [t._version for t in live])
+            return True
+        refs, versions = self._bound
+        return len(refs) == len(live) and all(r() is t and t._version == v
+                                              for r, t, v in zip(refs, live, versions))
+
+    def __repr__(self) -> str:
+        return (f"HostGeometry({len(self.ptr) - 1} graphs, {self.pos.shape[0]} points, "
+                f"bound={self._bound is not None})")
+
+
+def tag_geometry(data):
+    """Keep the geometry of ``data`` (on the CPU) on the host (:class:`HostGeometry`); returns
+    ``data``."""
+    setattr(data, HostGeometry.ATTR, HostGeometry(data))
+    return data
+
+
+def host_geometry(data) -> HostGeometry | None:
+    """The valid :class:`HostGeometry` of ``data``, or None (never tagged, or a tensor it
+    describes was replaced or modified in place since: the stale tag is dropped)."""
+    tag = getattr(data, HostGeometry.ATTR, None)
+    if not isinstance(tag, HostGeometry):
+        return None
+    if tag.matches(data):
+        return tag
+    try:
+        delattr(data, HostGeometry.ATTR)
+    except (AttributeError, KeyError):
+        pass
+    return None
+
+
+def to_device(data, device, non_blocking: bool = False):
+    """``data.to(device)``, tagged first (:func:`tag_geometry`) when it moves from the CPU to
+    another device, so that the operators' keys and builds never read the device copy."""
+    device = torch.device(device)
+    pos = getattr(data, "pos", None)
+    if device.type != "cpu" and torch.is_tensor(pos) and pos.device.type == "cpu":
+        tag_geometry(data)
+    return data.to(device, non_blocking=non_blocking)
+
+
+def _graph_offsets(data, n: int, what: str) -> list:
+    """The graph offsets of ``data`` as a list ``[0, n_0, n_0 + n_1, ..., n]``."""
+    ptr = getattr(data, "ptr", None)
+    if ptr is not None:
+        return [int(v) for v in ptr.tolist()]
+    b = getattr(data, "batch", None)
+    if b is None:
+        return [0, n]
+    if len(b) and bool((b[1:] < b[:-1]).any()):
+        raise InputError(f"{what}.batch must be sorted (samples stored contiguously)")
+    return [0] + torch.bincount(b.cpu()).cumsum(0).tolist()
+
+
 def graph_set(data, *, need_weight: bool, what: str = "data", cells: bool = False) -> GraphSet:
     """Validate ``data`` (Data or Batch) and split it into graphs with content keys.
 
     Keys are sha256 digests of each graph's positions (+ weights, + periodic box, + its cells
     when ``cells=True``, for :meth:`GraphSet.quadrature`); they are memoised in
-    :data:`operator_cache` by tensor identity and in-place version counter.
+    :data:`operator_cache` by tensor identity and in-place version counter. A batch tagged by
+    :func:`tag_geometry` (:func:`to_device`) is read from its host copy.
     """
     pos = getattr(data, "pos", None)
     if pos is None:
@@ -673,8 +813,10 @@ def graph_set(data, *, need_weight: bool, what: str = "data", cells: bool = Fals
         raise InputError(f"{what}.pos must be a tensor [N, d] with d in (1, 2, 3), "
                          f"got {tuple(getattr(pos, 'shape', ()))}")
     n = pos.shape[0]
-    weight = getattr(data, "weight", None) if need_weight else None
+    host = host_geometry(data)
+    weight = None
     if need_weight:
+        weight = getattr(data, "weight", None) if host is None else host.weight
         if weight is None:
             raise InputError(f"{what} has no 'weight' (quadrature weights [N]); "
                              "build it with Mesh.to_data() or Mesh.from_points()")
@@ -682,15 +824,11 @@ def graph_set(data, *, need_weight: bool, what: str = "data", cells: bool = Fals
             weight = weight[:, 0]
         if weight.shape != (n,):
             raise InputError(f"{what}.weight must have shape [{n}], got {tuple(weight.shape)}")
-    ptr = getattr(data, "ptr", None)
-    if ptr is None:
-        b = getattr(data, "batch", None)
-        if b is not None and len(b) and bool((b[1:] < b[:-1]).any()):
-            raise InputError(f"{what}.batch must be sorted (samples stored contiguously)")
-        ptr = [0, n] if b is None else [0] + torch.bincount(b.cpu()).cumsum(0).tolist()
+    if host is None:
+        ptr = _graph_offsets(data, n, what)
+        per, source = getattr(data, "periodic", None), data
     else:
-        ptr = ptr.tolist()
-    per = getattr(data, "periodic", None)
+        pos, ptr, per, source = host.pos, host.ptr, host.periodic, host
     if per is None:
         periodic = [None] * (len(ptr) - 1)
     else:
@@ -700,11 +838,11 @@ def graph_set(data, *, need_weight: bool, what: str = "data", cells: bool = Fals
         if len(per) != len(ptr) - 1:
             raise InputError(f"{what}.periodic has {len(per)} rows for {len(ptr) - 1} graphs")
         periodic = [tuple(float(v) for v in row) for row in per]
-    names = _cell_keys(data) if cells else []
+    names = (_cell_keys(data) if host is None else host.cell_names) if cells else []
     tensors = ((pos,) if weight is None else (pos, weight)) + tuple(
-        data[k] for k in names if torch.is_tensor(data[k]))
+        source[k] for k in names if torch.is_tensor(source[k]))
     gs = GraphSet(pos, ptr, [], periodic, weight,
-                  (lambda: _graph_cells(data, ptr, names)) if names else None,
+                  (lambda: _graph_cells(source, ptr, names)) if names else None,
                   with_cells=bool(cells))
 
     def cell_arrays(b):

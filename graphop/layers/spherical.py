@@ -305,7 +305,7 @@ class SphereEncoder(nn.Module):
         out = fold_matmul(op, fold, x)                                  # [B*G, C]
         B, C = out.shape[0] // G, x.shape[1]
         grid = out.reshape(B, G, C).transpose(1, 2).reshape(B, C, *self.latent_shape)
-        occ = torch.as_tensor(op.extra, dtype=x.dtype, device=x.device).reshape(-1, G)
+        occ = op.extra_on(x.device, x.dtype).reshape(-1, G)
         occ = occ.expand(B, G) if fold > 1 else occ
         return grid, occ.reshape(B, 1, *self.latent_shape)
 

@@ -49,7 +49,11 @@ def point_features(data, dim: int, in_channels: int, periodic: bool, model: str)
                          "periodic=False" if box is not None else
                          "the model was built with periodic=True but data has no 'periodic' box")
     if box is not None:
-        ang = pos * torch.as_tensor(2 * math.pi / box, dtype=pos.dtype, device=pos.device)
+        # the box's scales as Python numbers: a tensor made from them would be a copy to the
+        # device (and a synchronisation) at every step
+        scale = [2 * math.pi / float(v) for v in box]
+        ang = (pos * scale[0] if all(v == scale[0] for v in scale)
+               else torch.stack([pos[:, k] * scale[k] for k in range(dim)], dim=1))
         pfeat = torch.cat([torch.sin(ang), torch.cos(ang)], dim=1)
     else:
         pfeat = pos

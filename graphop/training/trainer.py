@@ -49,6 +49,7 @@ from graphop.training.config import ConfigError, TrainConfig, load_config
 from graphop.training.distributed import EpochSampler, all_reduce_sum, setup
 from graphop.errors import DataError, GraphopError
 from graphop.training.metrics import relative_l2_loss
+from graphop.layers.sparse import to_device
 from graphop.data.augment import AugmentedDataset, augmented
 from graphop.data.normalize import NormalizedDataset, Normalizer, check_sample
 from graphop.data.progress import progress, write
@@ -437,7 +438,7 @@ class Trainer:
                        unit="batch", enabled=cfg.progress and self.info.is_main, lines=0)
         t0 = time.perf_counter()
         for b, batch in enumerate(self._loader(self.train_set, True), start=self.step_in_epoch):
-            batch = batch.to(self.device)
+            batch = to_device(batch, self.device)
             err = relative_l2_loss(self.normalizer.decode(self.model(batch)), batch, reduction="none")
             loss = err.mean()
             det = err.detach()
@@ -484,7 +485,7 @@ class Trainer:
         self.module.eval()
         acc = torch.zeros(2, dtype=torch.float64, device=self.device)
         for batch in self._loader(self.val_set, False):
-            batch = batch.to(self.device)
+            batch = to_device(batch, self.device)
             err = relative_l2_loss(self.normalizer.decode(self.module(batch)), batch, reduction="none")
             acc[0] += err.double().sum()
             acc[1] += err.numel()
