@@ -145,3 +145,97 @@ def test_off_means_off(tmp_path, monkeypatch):
     store = attach_operator_store(TrainConfig())
     assert store is not None and store.root.parent == tmp_path
     ops.operator_cache.store = None
+
+
+def test_operators_prebuilt_in_worker_processes_are_what_the_first_epoch_loads(tmp_path,
+                                                                               monkeypatch):
+    """prebuild_workers=2: two processes build every distinct geometry's operators into the
+    store before the first epoch; the training process then builds none (every operator
+    loaded) and trains exactly as a run that built them itself."""
+    from trainkit import make_samples
+
+    from graphop.training.config import TrainConfig
+    from graphop.training.trainer import Trainer
+
+    train, val = make_samples(9, n=80), make_samples(2, n=80, seed=40)
+    model = {"name": "local_gno", "width": 8, "n_layers": 2, "latent_shape": [8, 8],
+             "modes": [3, 3]}
+    results = {}
+    for workers in ("0", "2"):
+        monkeypatch.setenv("GRAPHOP_OPERATOR_STORE", str(tmp_path / f"store{workers}"))
+        ops.operator_cache.clear()
+        cfg = TrainConfig(data="mem", inputs=["a"], targets=["u"], epochs=1, batch_size=3,
+                          out=str(tmp_path / workers), progress=False, model=dict(model),
+                          prebuild_workers=workers)
+        trainer = Trainer(cfg, datasets=(train, val))
+        assert len(ops.operator_cache) == 0              # nothing built in this process yet
+        summary = trainer.fit()
+        store = ops.operator_cache.store
+        results[workers] = (summary["final_train_loss"], store.loads, store.saves,
+                            len(list(store.root.glob("*.npz"))))
+    ops.operator_cache.store = None
+    loss0, loads0, saves0, files0 = results["0"]
+    loss2, loads2, saves2, files2 = results["2"]
+    assert saves0 > 0 and loads0 == 0
+    assert saves2 == 0 and loads2 == saves0 and files2 == files0
+    assert loss2 == pytest.approx(loss0, rel=1e-6)
+
+
+def test_distinct_geometries_and_the_auto_rule():
+    from trainkit import make_samples
+
+    from graphop.training.config import ConfigError, TrainConfig
+    from graphop.training.prebuild import MIN_GEOMETRIES, auto_workers, distinct_samples
+
+    a, b = make_samples(2, n=60)
+    c = a.clone()
+    c.x = c.x + 1.0                          # other fields, same geometry
+    assert len(distinct_samples([[a, b, c], [b]])) == 2
+    assert auto_workers(100, threads=1) == 0
+    assert auto_workers(MIN_GEOMETRIES - 1, threads=4) == 0
+    assert auto_workers(100, threads=2) == 2
+    for bad in ("-1", "two", "1.5"):
+        with pytest.raises(ConfigError, match="prebuild_workers"):
+            TrainConfig(data="x", targets=["u"], prebuild_workers=bad).validate()
+    assert TrainConfig(data="x", targets=["u"], prebuild_workers=3).validate().prebuild_workers == "3"
+
+
+@pytest.mark.parametrize("min_seconds", [None, 0.0])
+def test_auto_prebuilds_only_what_is_slow_to_build(tmp_path, monkeypatch, capsys, min_seconds):
+    """``prebuild_workers: auto`` with 2 threads and 32 small meshes: the first geometry is
+    built in the training process and timed; these build in well under MIN_SECONDS, so nothing
+    is prebuilt. With the threshold at 0 the other 31 go to 2 workers, and the training process
+    stores only the first one's operators and loads every other."""
+    from trainkit import make_samples
+
+    from graphop.training import prebuild
+    from graphop.training.config import TrainConfig
+    from graphop.training.trainer import Trainer
+
+    if min_seconds is not None:
+        monkeypatch.setattr(prebuild, "MIN_SECONDS", min_seconds)
+    monkeypatch.setenv("GRAPHOP_OPERATOR_STORE", str(tmp_path / "store"))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        train, val = make_samples(30, n=40), make_samples(2, n=40, seed=70)
+        ops.operator_cache.clear()
+        cfg = TrainConfig(data="mem", inputs=["a"], targets=["u"], epochs=1, batch_size=8,
+                          out=str(tmp_path / "run"), progress=False,
+                          model={"name": "local_gno", "width": 4, "n_layers": 1,
+                                 "latent_shape": [6, 6], "modes": [2, 2]})
+        trainer = Trainer(cfg, datasets=(train, val))
+        per_geometry = ops.operator_cache.store.saves
+        trainer.fit()
+    finally:
+        torch.set_num_threads(threads)
+    store = ops.operator_cache.store
+    ops.operator_cache.store = None
+    printed = capsys.readouterr().out
+    assert per_geometry > 0                               # the first geometry, timed
+    if min_seconds is None:
+        assert "built or loaded in" not in printed
+        assert store.loads == 0 and store.saves == 32 * per_geometry
+    else:
+        assert "operators of 31 geometries built or loaded in 2 processes" in printed
+        assert store.saves == per_geometry and store.loads == 31 * per_geometry

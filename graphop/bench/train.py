@@ -23,6 +23,10 @@ where they are installed and every ratio measured in the same run.
     dataset small enough to stay cached). Ratio ``warm / shared``. ``cold_store``: a cold
     epoch whose operators are loaded from an operator store (:mod:`graphop.layers.store`)
     written by an earlier epoch, what a second ``graphop train`` on the same data sees.
+    ``cold_prebuilt`` (with 2 or more CPUs): the operators built first by
+    :mod:`graphop.training.prebuild` in one process per CPU (at most 8) into an empty store,
+    then a cold epoch that loads them, samples/s over both (a first ``graphop train`` epoch
+    with ``prebuild_workers``); ratio ``cold_prebuilt_vs_cold``.
 (c) ``large``: one sample of N uniform random points in the unit square (2D) or cube (3D),
     k-NN quadrature weights, batch 1, LocalGNO width 32 with its defaults and
     ``checkpoint_blocks=True`` (each block's activations recomputed in the backward pass
@@ -259,6 +263,17 @@ def _meshes_case(repeats: int, log, n_points: int = 1000, device="cpu") -> dict:
             if case == "per_sample":
                 res[f"{name}_per_sample_cold_store_samples_s"] = SAMPLES / _from_store(
                     model, samples, device)
+                workers = min(os.cpu_count() or 1, 8)
+                if workers >= 2:
+                    log(f"  {SAMPLES} samples on {len(ms)} meshes: graphop {name}, operators "
+                        f"prebuilt in {workers} processes")
+                    t_pre, t_epoch = _prebuilt(model, samples, workers, device)
+                    res[f"{name}_per_sample_cold_prebuilt_samples_s"] = SAMPLES / (t_pre + t_epoch)
+                    res[f"{name}_prebuild_s"] = t_pre
+                    res["prebuild_workers"] = workers
+                    res[f"{name}_cold_prebuilt_vs_cold"] = (
+                        res[f"{name}_per_sample_cold_prebuilt_samples_s"]
+                        / res[f"{name}_per_sample_cold_samples_s"])
         res[f"{name}_warm_vs_shared"] = (res[f"{name}_per_sample_warm_samples_s"]
                                          / res[f"{name}_shared_warm_samples_s"])
     return res
@@ -279,6 +294,29 @@ def _from_store(model, samples, device="cpu") -> float:
         finally:
             operator_cache.store = old
     return cold
+
+
+def _prebuilt(model, samples, workers: int, device="cpu") -> tuple[float, float]:
+    """``(prebuild seconds, cold epoch seconds)``: every geometry's operators built by
+    :func:`graphop.training.prebuild.prebuild_operators` in ``workers`` processes into an empty
+    store, then an epoch with an empty memory cache that loads them: a first ``graphop train``
+    epoch with ``prebuild_workers``."""
+    from graphop.layers.sparse import operator_cache
+    from graphop.layers.store import OperatorStore
+    from graphop.training.prebuild import prebuild_operators
+
+    old = operator_cache.store
+    with tempfile.TemporaryDirectory() as tmp:
+        operator_cache.store = OperatorStore(tmp)
+        try:
+            operator_cache.clear()
+            t = time.perf_counter()
+            prebuild_operators(model.config, samples, workers)
+            t_pre = time.perf_counter() - t
+            cold, _ = _graphop_epochs(model, samples, 1, True, device)
+        finally:
+            operator_cache.store = old
+    return t_pre, cold
 
 
 def _peak_rss() -> float:

@@ -78,6 +78,13 @@ class TrainConfig:
         operator_store: keep every mesh's operators on disk in the user's cache directory and
             load them in later runs on the same data (default True; ``$GRAPHOP_OPERATOR_STORE``
             = ``off`` or a folder overrides; :mod:`graphop.layers.store`).
+        prebuild_workers: ``auto`` or a number of processes that build the operators of every
+            distinct training and validation geometry into the operator store before the first
+            epoch (:mod:`graphop.training.prebuild`); 0 builds them during the first epoch.
+            ``auto`` (default): the torch threads given (``graphop --threads``), at most 8,
+            when that is at least 2, the data has at least 32 geometries and the first one's
+            operators take long enough to build that the rest would take 4 s or more,
+            else 0.
     """
 
     data: str = ""
@@ -104,6 +111,7 @@ class TrainConfig:
     augment_probability: float = 0.5
     augment_target_weight: float = 1.0
     operator_store: bool = True
+    prebuild_workers: str = "auto"
 
     # ------------------------------------------------------------------ API
     @classmethod
@@ -153,6 +161,10 @@ class TrainConfig:
         for name, ok, rule in checks:
             if not ok:
                 raise ConfigError(f"config key {name!r} must be {rule}, got {getattr(self, name)!r}")
+        self.prebuild_workers = str(self.prebuild_workers).strip()
+        if self.prebuild_workers != "auto" and not self.prebuild_workers.isdigit():
+            raise ConfigError(f"config key 'prebuild_workers' must be auto or an integer >= 0, "
+                              f"got {self.prebuild_workers!r}")
         if self.optimizer not in ("adamw", "adam", "sgd"):
             raise ConfigError(f"optimizer must be adamw, adam or sgd, got {self.optimizer!r}")
         from graphop.data.augment import AUGMENTATIONS   # the one list of modes

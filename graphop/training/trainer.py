@@ -39,6 +39,7 @@ import statistics
 import sys
 import threading
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -47,7 +48,7 @@ import torch
 from graphop.training.checkpoint import load_checkpoint, load_model_state, rng_state, save_checkpoint, set_rng_state
 from graphop.training.config import ConfigError, TrainConfig, load_config
 from graphop.training.distributed import EpochSampler, all_reduce_sum, setup
-from graphop.errors import DataError, GraphopError
+from graphop.errors import DataError, GraphopError, GraphopWarning
 from graphop.training.metrics import relative_l2_loss
 from graphop.layers.sparse import to_device
 from graphop.data.augment import AugmentedDataset, augmented
@@ -175,6 +176,7 @@ class Trainer:
         self.optimizer, self.scheduler = self._make_optimizer()
         self._make_loaders(train, val)
         self._restore_progress(ckpt)
+        self._prebuild(train)
         self._stop_signal = None
         self._prepare_run_dir(ckpt, overwrite)
 
@@ -308,6 +310,54 @@ class Trainer:
         self.sampler = EpochSampler(self.train_set, world, rank, seed=self.cfg.seed)
         self.val_set = NormalizedDataset(
             torch.utils.data.Subset(val, list(range(rank, len(val), world))), self.normalizer)
+
+    def _prebuild(self, train) -> None:
+        """A fresh run's operators for every distinct training and validation geometry, built
+        before the first epoch in ``prebuild_workers`` processes into the operator store
+        (:mod:`graphop.training.prebuild`); skipped with one process, under DDP, without the
+        store, or for a model that its config does not rebuild."""
+        from graphop.layers.sparse import operator_cache
+        from graphop.models import build_model
+        from graphop.training.prebuild import (MIN_GEOMETRIES, MIN_SECONDS, auto_workers,
+                                               distinct_samples, prebuild_operators,
+                                               probe_seconds)
+
+        cfg = self.cfg
+        if (self.info.distributed or operator_cache.store is None or self.epoch > 0
+                or self.step_in_epoch > 0 or cfg.prebuild_workers == "0"):
+            return
+        wanted = auto_workers(MIN_GEOMETRIES) if cfg.prebuild_workers == "auto" \
+            else int(cfg.prebuild_workers)
+        if wanted < 1:
+            return
+        try:
+            build_model(self.model_config)
+        except Exception:                  # a model given to Trainer that its config cannot make
+            return
+        samples = distinct_samples([NormalizedDataset(train, self.normalizer), self.val_set])
+        auto = cfg.prebuild_workers == "auto"
+        workers = auto_workers(len(samples)) if auto else min(wanted, len(samples))
+        if workers < 1:
+            return
+        if auto:                           # worth the workers' start? time the first geometry
+            first = probe_seconds(self.module, samples[0], self.device)
+            if first * len(samples) < MIN_SECONDS:
+                return
+            samples = samples[1:]
+        bar = progress(total=len(samples), desc="building operators", unit="mesh",
+                       enabled=cfg.progress and self.info.is_main)
+        try:
+            res = prebuild_operators(self.model_config, samples, workers, progress=bar)
+        except Exception as exc:           # the training builds what is missing itself
+            warnings.warn(f"building operators in {workers} processes failed "
+                          f"({type(exc).__name__}: {exc}); the first epoch builds them",
+                          GraphopWarning, stacklevel=2)
+            return
+        finally:
+            bar.close()
+        print(f"graphop train: operators of {res['geometries']} geometries built or loaded in "
+              f"{res['workers']} processes in {res['seconds']:.1f} s (prebuild_workers: "
+              f"{cfg.prebuild_workers})", flush=True)
 
     def _restore_progress(self, ckpt) -> None:
         """Epoch, position in the epoch, history, best metric, optimizer, scheduler and RNG
