@@ -286,8 +286,9 @@ class BlockList:
         return sum(b.nnz for b in self.blocks)
 
     def extra_on(self, device, dtype) -> torch.Tensor:
-        """The stacked ``extra`` on ``device`` (a new batch of meshes: copied each time)."""
-        return torch.as_tensor(self.extra, dtype=dtype, device=device)
+        """The stacked ``extra`` on ``device``: the blocks' device copies (each made once)
+        concatenated there, so a new batch of cached meshes copies nothing from the host."""
+        return torch.cat([b.extra_on(device, dtype) for b in self.blocks])
 
     def matmul(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[0] != self.n_in:
