@@ -271,3 +271,56 @@ def test_a_yaml_value_of_the_wrong_type_names_its_key(tmp_path):
         load_config(p)
     cfg = load_config(None, {"data": "d", "targets": ["u"]}, ["model.width=16"]).validate()
     assert cfg.model["width"] == 16 and isinstance(cfg.model["width"], int)
+
+
+@pytest.mark.parametrize("case", ["nan", "signal", "resume"])
+def test_checks_read_one_step_late_behave_the_same(tmp_path, case):
+    """The GPU path reads each step's loss numbers one step late (no wait for the forward pass
+    in every step). Forced on the CPU (``_lagged_checks``): a diverged loss names the same
+    batch and keeps the same checkpoints, a signal stops after the same batch, and the loss
+    curve of a run equals the one read at once."""
+    if case == "nan":
+        t = Trainer(_cfg(tmp_path, "nan", epochs=5), model=PointwiseMLP(), datasets=_data())
+        t._lagged_checks = True
+        t.fit(stop_at=2)
+        best, last = (tmp_path / "nan" / "best.pt").read_bytes(), (tmp_path / "nan" / "last.pt").read_bytes()
+        with torch.no_grad():
+            for p in t.module.parameters():
+                p.mul_(1e30)
+        with pytest.raises(TrainingDiverged, match=r"became (nan|inf) at epoch 3, batch 1"):
+            t.fit()
+        assert (tmp_path / "nan" / "best.pt").read_bytes() == best
+        assert (tmp_path / "nan" / "last.pt").read_bytes() == last
+    elif case == "signal":
+        model = _model(dropout=0.1)
+        calls = {"n": 0}
+
+        def send_sigterm(module, inputs, output):
+            calls["n"] += module.training
+            if module.training and calls["n"] == 3 + 2:
+                os.kill(os.getpid(), signal.SIGTERM)
+
+        hook = model.register_forward_hook(send_sigterm)
+        t = Trainer(_cfg(tmp_path, "sig", epochs=3), model=model, datasets=_data())
+        t._lagged_checks = True
+        with pytest.raises(TrainingInterrupted, match=r"SIGTERM in epoch 2 after batch 2/3"):
+            t.fit()
+        hook.remove()
+        assert (t.epoch, t.step_in_epoch) == (1, 2)
+        full = Trainer(_cfg(tmp_path, "full", epochs=3), model=_model(dropout=0.1),
+                       datasets=_data())
+        full.fit()
+        resumed = Trainer.resume(tmp_path / "sig", model=PointwiseMLP(dropout=0.1),
+                                 datasets=_data())
+        resumed._lagged_checks = True
+        resumed.fit()                      # the interrupted epoch's two batches were counted
+        assert np.allclose([h["train_loss"] for h in full.history],
+                           [h["train_loss"] for h in resumed.history], rtol=1e-6)
+    else:
+        runs = []
+        for lagged in (False, True):
+            t = Trainer(_cfg(tmp_path, f"r{lagged}"), model=_model(dropout=0.1), datasets=_data())
+            t._lagged_checks = lagged
+            t.fit()
+            runs.append([h["train_loss"] for h in t.history])
+        assert np.allclose(runs[0], runs[1], rtol=1e-12, atol=0)

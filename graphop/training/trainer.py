@@ -178,6 +178,8 @@ class Trainer:
         self._restore_progress(ckpt)
         self._prebuild(train)
         self._stop_signal = None
+        #: check each step's loss one step late, as on a GPU, on any device (for tests)
+        self._lagged_checks = False
         self._prepare_run_dir(ckpt, overwrite)
 
     # ------------------------------------------------------------------ construction steps
@@ -487,47 +489,92 @@ class Trainer:
         bar = progress(total=steps, initial=self.step_in_epoch, desc=f"epoch {e + 1}/{cfg.epochs}",
                        unit="batch", enabled=cfg.progress and self.info.is_main, lines=0)
         t0 = time.perf_counter()
-        for b, batch in enumerate(self._loader(self.train_set, True), start=self.step_in_epoch):
-            batch = to_device(batch, self.device)
-            err = relative_l2_loss(self.normalizer.decode(self.model(batch)), batch, reduction="none")
-            loss = err.mean()
-            det = err.detach()
-            stats = torch.stack([torch.nan_to_num(det.sum(), 0.0, 0.0, 0.0),
-                                 torch.tensor(float(det.numel()), device=det.device),
-                                 (~torch.isfinite(det)).any().to(det.dtype),
-                                 torch.tensor(1.0 if self._stop_signal else 0.0, device=det.device)
-                                 ]).double().to(self.device)
-            all_reduce_sum(stats)
-            if stats[2] > 0:
-                bad = "nan" if bool(torch.isnan(loss)) or not bool(torch.isinf(loss)) else "inf"
-                src = getattr(batch, "source", None)
+        # a step's numbers (loss sum, count, non-finite, stop) are read on the host one step
+        # late on a GPU (copied without waiting, read while the next step runs), at once
+        # elsewhere: reading them at once would make every GPU step wait for its forward pass
+        lag = self.device.type == "cuda" or self._lagged_checks
+        pending = None
+        acc = {"loss_sum": loss_sum, "count": count}
+
+        def settle(item):
+            """Check one step's numbers (raises if its loss was not finite) and add them up."""
+            st, event, bb, src = item
+            if event is not None:
+                event.synchronize()
+            st = st.tolist()
+            if st[2] > 0:
+                bad = "nan" if st[4] > 0 else "inf"
                 which = f" (samples: {', '.join(map(str, src))[:200]})" if isinstance(src, list) else ""
                 best = (f"best checkpoint {self.run_dir / 'best.pt'} (epoch {self.best_epoch}, "
                         f"val rel_l2 {self.best_metric:.4g}) is kept" if self.best_epoch
                         else "no checkpoint was written")
                 raise TrainingDiverged(
-                    f"training loss became {bad} at epoch {e + 1}, batch {b + 1}{which}; stopped. "
+                    f"training loss became {bad} at epoch {e + 1}, batch {bb + 1}{which}; stopped. "
                     f"{best}; lower the learning rate (lr={cfg.lr:g}) or set grad_clip")
+            acc["loss_sum"] += st[0]
+            acc["count"] += st[1]
+            return st[3] > 0
+
+        def record():
+            elapsed = t_before + time.perf_counter() - t0
+            self.partial = {"loss_sum": acc["loss_sum"], "count": acc["count"], "time_s": elapsed}
+            if acc["count"] > 0:
+                bar.set_postfix(loss=f"{acc['loss_sum'] / acc['count']:.4g}",
+                                samples_s=f"{acc['count'] / max(elapsed, 1e-9):.1f}")
+
+        for b, batch in enumerate(self._loader(self.train_set, True), start=self.step_in_epoch):
+            batch = to_device(batch, self.device)
+            err = relative_l2_loss(self.normalizer.decode(self.model(batch)), batch, reduction="none")
+            loss = err.mean()
+            det = err.detach()
+            # made on the device (fills, no copies from the host)
+            stats = torch.stack([torch.nan_to_num(det.sum(), 0.0, 0.0, 0.0).double(),
+                                 torch.full((), float(det.numel()), dtype=torch.float64,
+                                            device=det.device),
+                                 (~torch.isfinite(det)).any().double(),
+                                 torch.full((), 1.0 if self._stop_signal else 0.0,
+                                            dtype=torch.float64, device=det.device),
+                                 torch.isnan(det).any().double()])
+            all_reduce_sum(stats)
+            src = getattr(batch, "source", None)
+            if lag:
+                host = torch.empty(5, dtype=torch.float64,
+                                   pin_memory=self.device.type == "cuda")
+                host.copy_(stats, non_blocking=True)
+                event = None
+                if self.device.type == "cuda":
+                    event = torch.cuda.Event()
+                    event.record()
+                # the previous step is checked before this one updates the weights
+                stop = pending is not None and settle(pending)
+                pending = (host, event, b, src)
+            else:
+                stop = settle((stats, None, b, src))
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(self.module.parameters(), cfg.grad_clip)
             self.optimizer.step()
-            loss_sum += float(stats[0])
-            count += float(stats[1])
             self.step_in_epoch = b + 1
-            elapsed = t_before + time.perf_counter() - t0
-            self.partial = {"loss_sum": loss_sum, "count": count, "time_s": elapsed}
             bar.update(1)
-            bar.set_postfix(loss=f"{loss_sum / count:.4g}",
-                            samples_s=f"{count / max(elapsed, 1e-9):.1f}")
-            if stats[3] > 0:
+            # one process reads its own signal flag; processes of a DDP job agree through stats
+            stop = stop or (not self.info.distributed and self._stop_signal is not None)
+            if stop and pending is not None:   # the checkpoint holds every finished step
+                stop = settle(pending) or stop
+                pending = None
+            record()
+            if stop:
                 bar.close()
                 self._interrupt(f"in epoch {e + 1} after batch {b + 1}/{steps}")
+        if pending is not None and settle(pending):      # the epoch's last step
+            record()
+            bar.close()
+            self._interrupt(f"in epoch {e + 1} after batch {self.step_in_epoch}/{steps}")
+        record()
         bar.close()
         elapsed = t_before + time.perf_counter() - t0
-        return {"train_loss": loss_sum / max(count, 1.0), "time_s": elapsed,
-                "samples_per_s": count / max(elapsed, 1e-9)}
+        return {"train_loss": acc["loss_sum"] / max(acc["count"], 1.0), "time_s": elapsed,
+                "samples_per_s": acc["count"] / max(elapsed, 1e-9)}
 
     @torch.no_grad()
     def validate(self) -> float:
