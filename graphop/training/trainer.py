@@ -470,7 +470,9 @@ class Trainer:
         from torch_geometric.loader import DataLoader
 
         g = torch.Generator().manual_seed(self.cfg.seed)
-        kw = dict(batch_size=self.local_bs, num_workers=self.cfg.num_workers, generator=g)
+        # pinned batches on a GPU: their copy to the device does not wait (to_device below)
+        kw = dict(batch_size=self.local_bs, num_workers=self.cfg.num_workers, generator=g,
+                  pin_memory=self.device.type == "cuda")
         if shuffle:
             return DataLoader(dataset, sampler=self.sampler, **kw)
         return DataLoader(dataset, shuffle=False, **kw)
@@ -523,7 +525,7 @@ class Trainer:
                                 samples_s=f"{acc['count'] / max(elapsed, 1e-9):.1f}")
 
         for b, batch in enumerate(self._loader(self.train_set, True), start=self.step_in_epoch):
-            batch = to_device(batch, self.device)
+            batch = to_device(batch, self.device, non_blocking=lag)
             err = relative_l2_loss(self.normalizer.decode(self.model(batch)), batch, reduction="none")
             loss = err.mean()
             det = err.detach()
