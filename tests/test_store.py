@@ -200,42 +200,45 @@ def test_distinct_geometries_and_the_auto_rule():
     assert TrainConfig(data="x", targets=["u"], prebuild_workers=3).validate().prebuild_workers == "3"
 
 
-@pytest.mark.parametrize("min_seconds", [None, 0.0])
-def test_auto_prebuilds_only_what_is_slow_to_build(tmp_path, monkeypatch, capsys, min_seconds):
-    """``prebuild_workers: auto`` with 2 threads and 32 small meshes: the first geometry is
-    built in the training process and timed; these build in well under MIN_SECONDS, so nothing
-    is prebuilt. With the threshold at 0 the other 31 go to 2 workers, and the training process
-    stores only the first one's operators and loads every other."""
+@pytest.mark.parametrize("probe", [0.01, 1.0])
+def test_auto_prebuilds_only_what_is_slow_to_build(tmp_path, monkeypatch, capsys, probe):
+    """``prebuild_workers: auto`` with 2 threads and 32 meshes: the first two geometries are
+    built in the training process and the second is timed (here the timing is fixed at
+    ``probe`` seconds, so the rule, not the machine's load, decides). 32 x 0.01 s < MIN_SECONDS:
+    nothing is prebuilt. 32 x 1 s: the other 30 go to 2 workers, and the training process
+    stores only the first two geometries' operators and loads every other."""
     from trainkit import make_samples
 
     from graphop.training import prebuild
     from graphop.training.config import TrainConfig
     from graphop.training.trainer import Trainer
 
-    if min_seconds is not None:
-        monkeypatch.setattr(prebuild, "MIN_SECONDS", min_seconds)
+    real = prebuild.probe_seconds
+    monkeypatch.setattr(prebuild, "probe_seconds", lambda *a: real(*a) * 0 + probe)
     monkeypatch.setenv("GRAPHOP_OPERATOR_STORE", str(tmp_path / "store"))
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        train, val = make_samples(30, n=40), make_samples(2, n=40, seed=70)
+        train, val = make_samples(30, n=60), make_samples(2, n=60, seed=70)
         ops.operator_cache.clear()
         cfg = TrainConfig(data="mem", inputs=["a"], targets=["u"], epochs=1, batch_size=8,
                           out=str(tmp_path / "run"), progress=False,
                           model={"name": "local_gno", "width": 4, "n_layers": 1,
-                                 "latent_shape": [6, 6], "modes": [2, 2]})
+                                 "latent_shape": [6, 6], "modes": [2, 2],
+                                 "disco_radius": 0.3, "encoder_radius": 0.3})
         trainer = Trainer(cfg, datasets=(train, val))
-        per_geometry = ops.operator_cache.store.saves
+        probed = ops.operator_cache.store.saves
         trainer.fit()
     finally:
         torch.set_num_threads(threads)
     store = ops.operator_cache.store
     ops.operator_cache.store = None
     printed = capsys.readouterr().out
-    assert per_geometry > 0                               # the first geometry, timed
-    if min_seconds is None:
+    per_geometry = probed // 2                       # the two probed geometries, built here
+    assert per_geometry > 0 and probed == 2 * per_geometry
+    if probe < prebuild.MIN_SECONDS / 32:
         assert "built or loaded in" not in printed
         assert store.loads == 0 and store.saves == 32 * per_geometry
     else:
-        assert "operators of 31 geometries built or loaded in 2 processes" in printed
-        assert store.saves == per_geometry and store.loads == 31 * per_geometry
+        assert "operators of 30 geometries built or loaded in 2 processes" in printed
+        assert store.saves == 2 * per_geometry and store.loads == 30 * per_geometry

@@ -82,9 +82,9 @@ class TrainConfig:
             distinct training and validation geometry into the operator store before the first
             epoch (:mod:`graphop.training.prebuild`); 0 builds them during the first epoch.
             ``auto`` (default): the torch threads given (``graphop --threads``), at most 8,
-            when that is at least 2, the data has at least 32 geometries and the first one's
-            operators take long enough to build that the rest would take 4 s or more,
-            else 0.
+            when that is at least 2, the data has at least 32 geometries and one geometry's
+            operators take long enough to build (timed on the second) that all of them would
+            take 4 s or more, else 0.
     """
 
     data: str = ""

@@ -13,9 +13,10 @@ Rules:
 * Only with the store on (the workers hand their operators over through it), for a model
   that :func:`graphop.models.build_model` rebuilds from its config, and for at least
   :data:`MIN_GEOMETRIES` distinct geometries (a dataset whose samples share a few meshes builds
-  them in the first batches anyway). ``auto`` also times the first geometry's build in the
-  training process and prebuilds the rest only when all of them would take at least
-  :data:`MIN_SECONDS` (a global-only model's operators build faster than workers start).
+  them in the first batches anyway). ``auto`` also builds the first two geometries in the
+  training process, times the second (the first pays the process's one-time costs), and
+  prebuilds the rest only when all of them would take at least :data:`MIN_SECONDS` (a
+  global-only model's operators build faster than workers start).
 * Geometries are told apart by the content keys of :func:`graphop.layers.sparse.graph_set`;
   the samples are the ones the model sees (normalised, as the trainer's datasets give them).
 * Workers start the platform's way (fork on Linux, as torch's DataLoader workers do; where it
@@ -43,7 +44,7 @@ __all__ = ["prebuild_operators", "distinct_samples", "auto_workers", "probe_seco
 MIN_GEOMETRIES = 32
 
 #: ``auto`` prebuilds only when the operators of every geometry would take at least this long to
-#: build in the training process (estimated from the first geometry): the workers' start and the
+#: build in the training process (estimated from the second geometry, timed): the workers' start and the
 #: round trip through the store cost about a second. Measured with 64 ~1000-point meshes on 2
 #: processes: LocalGNO's operators (~13 s in the first epoch) 1.8x faster; the global-only
 #: model's encoder and decoder (~1 s) 0.6x, so not prebuilt.

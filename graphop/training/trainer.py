@@ -341,11 +341,12 @@ class Trainer:
         workers = auto_workers(len(samples)) if auto else min(wanted, len(samples))
         if workers < 1:
             return
-        if auto:                           # worth the workers' start? time the first geometry
-            first = probe_seconds(self.module, samples[0], self.device)
-            if first * len(samples) < MIN_SECONDS:
+        if auto:        # worth the workers' start? time the second geometry's build (the first
+            #             pays the process's one-time costs: imports, tables, first calls)
+            probe_seconds(self.module, samples[0], self.device)
+            if probe_seconds(self.module, samples[1], self.device) * len(samples) < MIN_SECONDS:
                 return
-            samples = samples[1:]
+            samples = samples[2:]
         bar = progress(total=len(samples), desc="building operators", unit="mesh",
                        enabled=cfg.progress and self.info.is_main)
         try:
