@@ -35,7 +35,7 @@ from concurrent.futures import ProcessPoolExecutor
 
 import torch
 
-from graphop.layers.sparse import graph_set, operator_cache
+from graphop.layers.sparse import graph_set, operator_cache, to_device
 
 __all__ = ["prebuild_operators", "distinct_samples", "auto_workers", "probe_seconds",
            "MIN_GEOMETRIES", "MIN_SECONDS"]
@@ -44,8 +44,8 @@ __all__ = ["prebuild_operators", "distinct_samples", "auto_workers", "probe_seco
 MIN_GEOMETRIES = 32
 
 #: ``auto`` prebuilds only when the operators of every geometry would take at least this long to
-#: build in the training process (estimated from the second geometry, timed): the workers' start and the
-#: round trip through the store cost about a second. Measured with 64 ~1000-point meshes on 2
+#: build in the training process (estimated from the second geometry, timed): the workers'
+#: start and the round trip through the store cost about a second. Measured with 64 ~1000-point meshes on 2
 #: processes: LocalGNO's operators (~13 s in the first epoch) 1.8x faster; the global-only
 #: model's encoder and decoder (~1 s) 0.6x, so not prebuilt.
 MIN_SECONDS = 4.0
@@ -78,16 +78,15 @@ def _init_worker(model_config, store_root, store_bytes):
     operator_cache.store = OperatorStore(store_root, max_bytes=store_bytes)
 
 
-def _build_chunk(samples) -> tuple[int, int]:
-    """Forward passes on ``samples``: ``(operators built or loaded, seconds)``."""
-    t = time.perf_counter()
+def _build_chunk(samples) -> int:
+    """Forward passes on ``samples``: the number of operators built or loaded."""
     before = operator_cache.misses
     with torch.no_grad():
         for s in samples:
             _MODEL(s)
     n = operator_cache.misses - before
     operator_cache.clear()
-    return n, time.perf_counter() - t
+    return n
 
 
 def prebuild_operators(model_config: dict, samples: list, workers: int, *, progress=None,
@@ -123,7 +122,7 @@ def prebuild_operators(model_config: dict, samples: list, workers: int, *, progr
     with ProcessPoolExecutor(workers, mp_context=mp.get_context(), initializer=_init_worker,
                              initargs=(model_config, str(store.root.parent),
                                        store.max_bytes)) as pool:
-        for (n, _), task in zip(pool.map(_build_chunk, tasks), tasks):
+        for n, task in zip(pool.map(_build_chunk, tasks), tasks):
             n_ops += n
             if progress is not None:
                 progress.update(len(task))
@@ -144,8 +143,6 @@ def probe_seconds(model, sample, device="cpu") -> float:
     """Seconds of a forward pass (no gradients) of ``model`` on ``sample`` with an empty
     in-memory cache for its geometry: the time to build (or load) its operators, measured in
     this process. The operators it builds stay cached and stored."""
-    from graphop.layers.sparse import to_device
-
     was = model.training
     model.eval()
     t = time.perf_counter()

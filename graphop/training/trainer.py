@@ -328,8 +328,9 @@ class Trainer:
         if (self.info.distributed or operator_cache.store is None or self.epoch > 0
                 or self.step_in_epoch > 0 or cfg.prebuild_workers == "0"):
             return
-        wanted = auto_workers(MIN_GEOMETRIES) if cfg.prebuild_workers == "auto" \
-            else int(cfg.prebuild_workers)
+        auto = cfg.prebuild_workers == "auto"
+        # before reading the data: would enough threads (or the number asked for) allow workers?
+        wanted = auto_workers(MIN_GEOMETRIES) if auto else int(cfg.prebuild_workers)
         if wanted < 1:
             return
         try:
@@ -337,7 +338,6 @@ class Trainer:
         except Exception:                  # a model given to Trainer that its config cannot make
             return
         samples = distinct_samples([NormalizedDataset(train, self.normalizer), self.val_set])
-        auto = cfg.prebuild_workers == "auto"
         workers = auto_workers(len(samples)) if auto else min(wanted, len(samples))
         if workers < 1:
             return
