@@ -71,3 +71,32 @@ def test_bench_train_runs_on_the_device_it_is_given_and_refuses_a_missing_one():
     if not torch.cuda.is_available():
         with pytest.raises(GraphopError, match="CUDA is not available"):
             bench_train(cases=("large",), device="cuda", progress=False)
+
+
+def test_peer_worker_runs_without_graphop(tmp_path, monkeypatch):
+    """The neuraloperator worker runs in another interpreter that has no graphop: the peers
+    module imports none of it. Here graphop is made unimportable in the worker; without
+    neuraloperator it must still get as far as saying so, with its own message."""
+    import subprocess
+    import sys
+
+    import graphop.bench.peers as peers
+
+    src, dst = tmp_path / "in.json", tmp_path / "out.json"
+    src.write_text(json.dumps({"kwargs": {}, "threads": 1}))
+    code = ("import runpy, sys; sys.modules['graphop'] = None; "
+            f"sys.argv = ['peers.py', 'grid', {str(src)!r}, {str(dst)!r}]; "
+            f"runpy.run_path({peers.__file__!r}, run_name='__main__')")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    if peers._importable():
+        pytest.skip("neuraloperator is importable here: the worker would run the real peer")
+    assert proc.returncode == 3, proc.stderr
+    assert "neuraloperator (with torch-harmonics) is not importable" in proc.stderr
+
+    # run_peer reports a failing worker and a missing interpreter as text, not an exception
+    monkeypatch.delenv("GRAPHOP_NEURALOP_PYTHON", raising=False)
+    assert "not importable" in peers.run_peer("grid", {})["neuralop"]
+    out = peers.run_peer("grid", {}, python=sys.executable)
+    assert out["neuralop"].startswith("worker failed:") and "not importable" in out["neuralop"]
+    with pytest.raises(ValueError, match="unknown peer"):
+        peers.run_peer("nope", {})

@@ -26,13 +26,13 @@ import gc
 import importlib
 import inspect
 import math
-import statistics
 import sys
 import time
 
 import numpy as np
 import torch
 
+from graphop.bench.peers import timed
 from graphop.errors import InputError
 
 __all__ = ["TARGETS", "run_target", "bench_layers", "naive_disco_class", "format_result"]
@@ -47,19 +47,8 @@ def _sync(device):
 def time_call(fn, device, repeats: int) -> tuple[float, float]:
     """(median of ``repeats`` timed calls, time of the first, warm-up call) in seconds. The first
     call also builds any cached operator; CUDA is synchronised around every call."""
-    _sync(device)
-    t = time.perf_counter()
-    fn()
-    _sync(device)
-    first = time.perf_counter() - t
-    ts = []
-    for _ in range(repeats):
-        _sync(device)
-        t = time.perf_counter()
-        fn()
-        _sync(device)
-        ts.append(time.perf_counter() - t)
-    return statistics.median(ts), first
+    first, median = timed(fn, device, repeats)
+    return median, first
 
 
 def _time(fn, device, repeats: int) -> float:

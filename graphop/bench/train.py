@@ -8,8 +8,9 @@ where they are installed and every ratio measured in the same run.
     the last, the same modes), supports ``auto`` (chosen from the mesh, as ``graphop train``
     does). Peers: neuraloperator ``FNO`` and ``LocalNO`` at the same width, modes, layers, batch
     and samples, on the same grids. They run in-process when ``import neuralop`` works, or in the
-    interpreter named by ``$GRAPHOP_NEURALOP_PYTHON`` (this file is its worker: neuraloperator's
-    pins may clash with graphop's, so a separate venv is the usual setup). Ratios:
+    interpreter named by ``$GRAPHOP_NEURALOP_PYTHON`` (:mod:`graphop.bench.peers`, which imports
+    nothing from graphop, is its worker: neuraloperator's pins may clash with graphop's, so a
+    separate venv is the usual setup). Ratios:
     ``local_gno / LocalNO`` and ``global / FNO`` (samples/s; > 1 means graphop is faster).
     The supports differ: graphop's ``auto`` DISCO radius spans about 3 grid spacings (about 30
     points per ball, what mesh-independent training needs), LocalNO's default cutoff one
@@ -57,6 +58,7 @@ import numpy as np
 import torch
 
 from graphop.bench.layers import _sync
+from graphop.bench.peers import run_peer, timed
 from graphop.layers.sparse import to_device
 
 __all__ = ["bench_train"]
@@ -66,84 +68,12 @@ NEURALOP_MODES = (12, 12)
 GRAPHOP_MODES = (6, 7)
 
 
-def _epochs(step_epoch, repeats: int, device="cpu") -> tuple[float, float]:
-    """(first epoch time, median of ``repeats`` further epochs) in seconds; CUDA is
-    synchronised before every clock reading."""
-    _sync(device)
-    t = time.perf_counter()
-    step_epoch()
-    _sync(device)
-    first = time.perf_counter() - t
-    ts = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        step_epoch()
-        _sync(device)
-        ts.append(time.perf_counter() - t)
-    return first, statistics.median(ts)
-
-
 # ---------------------------------------------------------------------------- neuraloperator
-def _peer_grid(n: int, repeats: int, device="cpu") -> dict:
-    """samples/s of neuraloperator FNO and LocalNO on an n x n grid (needs ``import neuralop``)."""
-    import warnings
-
-    from neuralop.models import FNO
-    from neuralop.models.local_no import LocalNO
-
-    warnings.simplefilter("ignore")
-    g = torch.Generator().manual_seed(0)
-    x, y = torch.randn(SAMPLES, 1, n, n, generator=g), torch.randn(SAMPLES, 1, n, n, generator=g)
-    x, y = x.to(device), y.to(device)
-    out = {}
-    makers = {
-        "neuralop_fno": lambda: FNO(n_modes=NEURALOP_MODES, in_channels=1, out_channels=1,
-                                    hidden_channels=WIDTH, n_layers=LAYERS),
-        "neuralop_local_no": lambda: LocalNO(n_modes=NEURALOP_MODES, in_channels=1,
-                                             out_channels=1, hidden_channels=WIDTH,
-                                             default_in_shape=(n, n), n_layers=LAYERS),
-    }
-    for name, make in makers.items():
-        torch.manual_seed(0)
-        model = make().to(device)
-        opt = torch.optim.Adam(model.parameters(), 1e-3)
-
-        def epoch():
-            perm = torch.randperm(SAMPLES, device=device)
-            for i in range(0, SAMPLES, BATCH):
-                idx = perm[i:i + BATCH]
-                loss = torch.nn.functional.mse_loss(model(x[idx]), y[idx])
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-
-        _, t = _epochs(epoch, repeats, device)
-        out[f"{name}_samples_s"] = SAMPLES / t
-        out[f"{name}_params"] = sum(p.numel() for p in model.parameters())
-    return out
-
-
 def _peer(n: int, repeats: int, device="cpu") -> dict:
-    try:
-        import neuralop  # noqa: F401
-        from neuralop.models.local_no import LocalNO  # noqa: F401
-    except Exception:   # noqa: BLE001 - any import failure means: not usable here
-        python = os.environ.get("GRAPHOP_NEURALOP_PYTHON")
-        if not python:
-            return {"neuralop": "not importable (set GRAPHOP_NEURALOP_PYTHON to a python that "
-                                "has neuraloperator and torch-harmonics)"}
-        with tempfile.TemporaryDirectory() as tmp:
-            dst = os.path.join(tmp, "out.json")
-            proc = subprocess.run([python, os.path.abspath(__file__), "--peer-worker", str(n),
-                                   str(repeats), dst, str(torch.get_num_threads()),
-                                   str(device)],
-                                  capture_output=True, text=True)
-            if proc.returncode != 0:
-                tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
-                return {"neuralop": f"worker failed: {' | '.join(tail)}"}
-            with open(dst) as fh:
-                return json.load(fh)
-    return _peer_grid(n, repeats, device)
+    """neuraloperator FNO and LocalNO on an n x n grid (:mod:`graphop.bench.peers`)."""
+    return run_peer("grid", {"n": n, "repeats": repeats, "device": str(device),
+                             "samples": SAMPLES, "batch": BATCH, "width": WIDTH,
+                             "layers": LAYERS, "modes": list(NEURALOP_MODES)})
 
 
 # ---------------------------------------------------------------------------- graphop
@@ -191,7 +121,7 @@ def _graphop_epochs(model, samples, repeats, clear_first: bool = False, device="
 
     if clear_first:
         operator_cache.clear()
-    return _epochs(epoch, repeats, device)
+    return timed(epoch, repeats=repeats, device=device)
 
 
 #: graphop and the peers are measured in this many alternating rounds (graphop, peers,
@@ -436,12 +366,7 @@ def bench_train(n_points: int | None = None, repeats: int | None = None, device=
 
 
 if __name__ == "__main__":
-    if len(sys.argv) >= 2 and sys.argv[1] == "--peer-worker":
-        n, reps, dst, threads = int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], int(sys.argv[5])
-        torch.set_num_threads(threads)
-        with open(dst, "w") as fh:
-            json.dump(_peer_grid(n, reps, sys.argv[6] if len(sys.argv) > 6 else "cpu"), fh)
-    elif len(sys.argv) >= 2 and sys.argv[1] == "--large-worker":
+    if len(sys.argv) >= 2 and sys.argv[1] == "--large-worker":
         n, dim, reps, dst, threads = (int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]),
                                       sys.argv[5], int(sys.argv[6]))
         torch.set_num_threads(threads)

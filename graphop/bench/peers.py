@@ -1,0 +1,189 @@
+"""Peers of the benchmarks: neuraloperator's FNO and LocalNO on a grid, its GINO on a point set.
+
+This file imports nothing from graphop (only the standard library, numpy and torch; neuralop
+inside the functions), because it also runs as a script in another interpreter: neuraloperator
+pins torch and torch-harmonics versions that may clash with graphop's, so the usual setup is a
+separate virtual environment named by an environment variable (``GRAPHOP_NEURALOP_PYTHON`` for
+the grid peers, ``GRAPHOP_GINO_PYTHON`` or the same variable for GINO). :func:`run_peer` runs a
+peer in this process when ``import neuralop`` works here, otherwise in that interpreter, and
+returns its numbers, or a one-entry dict saying why there are none.
+
+    python peers.py PEER IN.json OUT.json     # the worker: kwargs in, numbers out
+"""
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+import torch
+
+__all__ = ["run_peer", "PEERS"]
+
+
+def _sync(device) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn, device, repeats: int) -> tuple[float, float]:
+    """(first call's time, median of ``repeats`` further calls) in seconds, CUDA synchronised
+    before every clock reading."""
+    _sync(device)
+    t = time.perf_counter()
+    fn()
+    _sync(device)
+    first = time.perf_counter() - t
+    ts = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        _sync(device)
+        ts.append(time.perf_counter() - t)
+    return first, statistics.median(ts)
+
+
+def neuralop_grid(n: int, repeats: int, device: str, samples: int, batch: int, width: int,
+                  layers: int, modes) -> dict:
+    """samples/s of a training epoch (MSE, Adam) of neuraloperator's FNO and LocalNO on an
+    n x n grid, ``samples`` random samples in batches of ``batch``."""
+    import warnings
+
+    from neuralop.models import FNO
+    from neuralop.models.local_no import LocalNO
+
+    warnings.simplefilter("ignore")
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(samples, 1, n, n, generator=g), torch.randn(samples, 1, n, n, generator=g)
+    x, y = x.to(device), y.to(device)
+    modes = tuple(int(m) for m in modes)
+    makers = {
+        "neuralop_fno": lambda: FNO(n_modes=modes, in_channels=1, out_channels=1,
+                                    hidden_channels=width, n_layers=layers),
+        "neuralop_local_no": lambda: LocalNO(n_modes=modes, in_channels=1, out_channels=1,
+                                             hidden_channels=width, default_in_shape=(n, n),
+                                             n_layers=layers),
+    }
+    out = {}
+    for name, make in makers.items():
+        torch.manual_seed(0)
+        model = make().to(device)
+        opt = torch.optim.Adam(model.parameters(), 1e-3)
+
+        def epoch():
+            perm = torch.randperm(samples, device=device)
+            for i in range(0, samples, batch):
+                idx = perm[i:i + batch]
+                loss = torch.nn.functional.mse_loss(model(x[idx]), y[idx])
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+
+        _, t = timed(epoch, device, repeats)
+        out[f"{name}_samples_s"] = samples / t
+        out[f"{name}_params"] = sum(p.numel() for p in model.parameters())
+    return out
+
+
+def neuralop_gino(pos, batch: int, width: int, n_layers: int, latent_shape, modes,
+                  radius: float, repeats: int, device: str, lo: float = -0.05,
+                  hi: float = 1.05) -> dict:
+    """Step time (forward, MSE, backward, Adam) of neuraloperator's GINO on the 2D points
+    ``pos`` [N, 2] with a latent grid of ``latent_shape`` nodes spanning [lo, hi]^2."""
+    from neuralop.models import GINO
+
+    torch.manual_seed(0)
+    dev = torch.device(device)
+    model = GINO(in_channels=1, out_channels=1, gno_coord_dim=2, in_gno_radius=radius,
+                 out_gno_radius=radius, fno_n_modes=tuple(int(m) for m in modes),
+                 fno_hidden_channels=width, fno_n_layers=n_layers, gno_use_open3d=False,
+                 gno_use_torch_scatter=False).to(dev)
+    axes = [np.linspace(lo, hi, int(s)) for s in latent_shape]
+    latent = np.stack(np.meshgrid(*axes, indexing="ij"), -1)
+    geom = torch.as_tensor(np.asarray(pos), dtype=torch.float32, device=dev)[None]
+    latent = torch.as_tensor(latent, dtype=torch.float32, device=dev)[None]
+    x = (torch.sin(4 * geom[..., :1]).repeat(batch, 1, 1)
+         * torch.arange(1, batch + 1, device=dev)[:, None, None])
+    y = torch.cos(3 * x)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+
+    def step():
+        opt.zero_grad()
+        out = model(input_geom=geom, latent_queries=latent, output_queries=geom, x=x)
+        torch.nn.functional.mse_loss(out, y).backward()
+        opt.step()
+
+    first, t = timed(step, device, repeats)
+    return {"neuralop_gino_step_s": t, "neuralop_gino_first_step_s": first,
+            "neuralop_gino_params": sum(p.numel() for p in model.parameters())}
+
+
+#: the peers :func:`run_peer` knows, by name
+PEERS = {"grid": neuralop_grid, "gino": neuralop_gino}
+
+
+def _importable() -> bool:
+    try:
+        import neuralop  # noqa: F401
+        from neuralop.models import GINO  # noqa: F401
+        from neuralop.models.local_no import LocalNO  # noqa: F401
+    except Exception:   # noqa: BLE001 - any import failure means: not usable here
+        return False
+    return True
+
+
+def run_peer(peer: str, kwargs: dict, python: str | None = None,
+             env_vars=("GRAPHOP_NEURALOP_PYTHON",)) -> dict:
+    """The numbers of ``PEERS[peer](**kwargs)``: in this process when neuraloperator imports
+    here, else in the interpreter ``python`` (or the first of ``env_vars`` that is set) running
+    this file with this process's torch thread count; ``kwargs`` must be JSON (lists for
+    arrays). Without either: ``{"neuralop": "not importable ..."}``; a failing worker:
+    ``{"neuralop": "worker failed: <its last lines>"}``."""
+    if peer not in PEERS:
+        raise ValueError(f"unknown peer {peer!r}; known: {sorted(PEERS)}")
+    if _importable():
+        out = PEERS[peer](**kwargs)
+        out["neuralop_python"] = sys.executable
+        return out
+    python = python or next((os.environ[v] for v in env_vars if os.environ.get(v)), None)
+    if not python:
+        return {"neuralop": f"not importable (set {env_vars[0]} to a python that has "
+                            "neuraloperator and torch-harmonics)"}
+    with tempfile.TemporaryDirectory() as tmp:
+        src, dst = os.path.join(tmp, "in.json"), os.path.join(tmp, "out.json")
+        with open(src, "w") as fh:
+            json.dump({"kwargs": kwargs, "threads": torch.get_num_threads()}, fh)
+        proc = subprocess.run([python, os.path.abspath(__file__), peer, src, dst],
+                              capture_output=True, text=True)
+        if proc.returncode != 0:
+            tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+            return {"neuralop": f"worker failed: {' | '.join(tail)}"}
+        with open(dst) as fh:
+            out = json.load(fh)
+    out["neuralop_python"] = python
+    return out
+
+
+def _main(argv) -> int:
+    peer, src, dst = argv
+    with open(src) as fh:
+        job = json.load(fh)
+    torch.set_num_threads(int(job["threads"]))
+    if not _importable():
+        print("neuraloperator (with torch-harmonics) is not importable in "
+              f"{sys.executable}", file=sys.stderr)
+        return 3
+    out = PEERS[peer](**job["kwargs"])
+    out["neuralop_torch"] = torch.__version__
+    with open(dst, "w") as fh:
+        json.dump(out, fh)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_main(sys.argv[1:]))
