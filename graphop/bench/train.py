@@ -14,9 +14,15 @@ where they are installed and every ratio measured in the same run.
     ``local_gno / LocalNO`` and ``global / FNO`` (samples/s; > 1 means graphop is faster).
     The supports differ: graphop's ``auto`` DISCO radius spans about 3 grid spacings (about 30
     points per ball, what mesh-independent training needs), LocalNO's default cutoff one
-    spacing on a 3 x 3 local filter. ``local_gno_3x3`` (DISCO and smoothing radius 1.5
-    spacings: the same 3 x 3 neighbourhood) compares the same arithmetic:
-    ``local_gno_3x3 / LocalNO``.
+    spacing on a 3 x 3 local filter, and its other defaults are smaller too: 4 kernel basis
+    functions (torch-harmonics' piecewise-linear ``[2, 4]``) against graphop's 9 (``(3, 4)``),
+    a projection MLP of 2 x width hidden channels against 4 x width. Two variants of LocalGNO
+    take LocalNO's sizes: ``local_gno_3x3`` its neighbourhood (DISCO and smoothing radius 1.5
+    spacings), ``local_gno_matched`` its neighbourhood, basis size (``kernel_shape (2, 4)``:
+    5 functions, graphop's nearest) and projection width; ``local_gno_matched / LocalNO``
+    compares the implementations at about the same arithmetic. ``*_disco_nnz_per_point``: the
+    nonzeros per point of each variant's DISCO operator (the sparse product's work is that
+    times the channels).
 (b) ``meshes``: 64 samples, each on its own irregular ~1000-point mesh of the unit square
     (``mesh_domain("square", 1000, seed=i, perturb=0.3)``), batch 8, shuffled: the first epoch
     after clearing the operator cache (``cold``: every operator built) and the median of the
@@ -136,25 +142,31 @@ def _grid_case(n: int, repeats: int, log, rounds: int = GRID_ROUNDS, device="cpu
     samples = _samples([structured_square(n)], np.random.default_rng(0))
     h = 1.0 / (n - 1)
     local = ("global", "disco", "diff")
+    three = {"disco_radius": 1.5 * h, "diff_kwargs": {"smoothing_radius": 1.5 * h}}
     per_round = []
     for r in range(rounds):
         res = {}
         for name, br, extra in (("local_gno", local, {}),
-                                ("local_gno_3x3", local, {"disco_radius": 1.5 * h, "diff_kwargs":
-                                                          {"smoothing_radius": 1.5 * h}}),
+                                ("local_gno_3x3", local, three),
+                                ("local_gno_matched", local, {**three, "kernel_shape": [2, 4],
+                                                              "projection_channels": 2 * WIDTH}),
                                 ("global", ("global",), {})):
             log(f"  grid {n}x{n}, round {r + 1}/{rounds}: graphop {name}")
             model = _model(samples, br, n_grid=n, **extra)
             _, t = _graphop_epochs(model, samples, repeats, device=device)
             res[f"{name}_samples_s"] = SAMPLES / t
             res[f"{name}_params"] = sum(p.numel() for p in model.parameters())
+            if "disco" in br:
+                op, _ = model.blocks[0].disco.operator(to_device(samples[0], device))
+                res[f"{name}_disco_nnz_per_point"] = op.nnz / op.n_out
         log(f"  grid {n}x{n}, round {r + 1}/{rounds}: neuraloperator FNO and LocalNO")
         res.update(_peer(n, repeats, device))
         if "neuralop_local_no_samples_s" in res:
             res["local_gno_vs_local_no"] = (res["local_gno_samples_s"]
                                             / res["neuralop_local_no_samples_s"])
-            res["local_gno_3x3_vs_local_no"] = (res["local_gno_3x3_samples_s"]
-                                                / res["neuralop_local_no_samples_s"])
+            for v in ("local_gno_3x3", "local_gno_matched"):
+                res[f"{v}_vs_local_no"] = (res[f"{v}_samples_s"]
+                                           / res["neuralop_local_no_samples_s"])
             res["global_vs_fno"] = res["global_samples_s"] / res["neuralop_fno_samples_s"]
         per_round.append(res)
     return _median_rounds(per_round)
