@@ -139,3 +139,65 @@ def test_chunked_disco_build_equals_one_piece(periodic, same, monkeypatch):
     np.testing.assert_array_equal(chunked.indptr, whole.indptr)
     np.testing.assert_array_equal(chunked.indices, whole.indices)
     np.testing.assert_allclose(chunked.data, whole.data, rtol=1e-14, atol=0)
+
+
+def test_threaded_builds_equal_one_thread(monkeypatch):
+    """Chunked builds run their blocks of rows on several threads (GRAPHOP_BUILD_THREADS); the
+    blocks are stacked in order, so DISCO over a cloud's cells, the mollifier gradient and the
+    sphere's DISCO are the matrices one thread builds, entry for entry. An error raised in a
+    block reaches the caller."""
+    import graphop.layers.disco as dm
+    import graphop.layers.sparse as sr
+    from graphop.layers.basis import KernelBasis
+    from graphop.layers.disco_sphere import sphere_disco_matrix
+    from graphop.layers.stencil import mollifier_gradient_matrix
+
+    rng = np.random.default_rng(11)
+    p = rng.uniform(size=(800, 2))
+    w = np.full(800, 1 / 800)
+    s = rng.normal(size=(900, 3))
+    s /= np.linalg.norm(s, axis=1, keepdims=True)
+    ws = np.full(900, 4 * np.pi / 900)
+    basis = KernelBasis(dim=2, kernel_shape=(3, 4))
+
+    def build_all():
+        return [dm.disco_matrix(p[:500], p, w, 0.12, basis),
+                mollifier_gradient_matrix(p, w, 0.1, chunk_pairs=20_000),
+                sphere_disco_matrix(s, s, ws, 0.3, basis, same=True)]
+
+    monkeypatch.setattr(dm, "BUILD_CHUNK_PAIRS", 20_000)
+    import graphop.layers.disco_sphere as ds
+    monkeypatch.setattr(ds, "BUILD_CHUNK_PAIRS", 20_000)
+    monkeypatch.setattr(sr, "PARALLEL_MIN_PAIRS", 0)
+    monkeypatch.setenv("GRAPHOP_BUILD_THREADS", "1")
+    one = build_all()
+    calls = []
+    real = sr.build_rows
+
+    def counting(n_rows, chunk, rows, threads=None):
+        calls.append((n_rows, chunk, sr.build_threads()))
+        return real(n_rows, chunk, rows, threads)
+
+    for mod in (dm, ds):
+        monkeypatch.setattr(mod, "build_rows", counting)
+    import graphop.layers.stencil as st
+    monkeypatch.setattr(st, "build_rows", counting)
+    monkeypatch.setenv("GRAPHOP_BUILD_THREADS", "3")
+    three = build_all()
+    assert len(calls) == 3 and all(t == 3 and -(-n // c) >= 3 for n, c, t in calls), calls
+    for a, b in zip(one, three):
+        assert a.shape == b.shape and a.nnz == b.nnz > 0
+        np.testing.assert_array_equal(a.indptr, b.indptr)
+        np.testing.assert_array_equal(a.indices, b.indices)
+        np.testing.assert_array_equal(a.data, b.data)
+
+    def failing(a):
+        if a > 0:
+            raise ValueError(f"block {a} failed")
+        return dm.csr_from_coo(np.zeros(0, int), np.zeros(0, int), np.zeros(0), (10, 4))
+
+    with pytest.raises(ValueError, match="block 10 failed"):
+        real(30, 10, failing, threads=2)
+    monkeypatch.setenv("GRAPHOP_BUILD_THREADS", "two")
+    with pytest.raises(InputError, match="GRAPHOP_BUILD_THREADS"):
+        sr.build_threads()

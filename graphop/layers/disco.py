@@ -62,9 +62,9 @@ from torch import nn
 from graphop.geometry.neighbors import (PointTree, box_size, check_radius_operator,
                                         radius_neighbors)
 from graphop.layers.basis import KernelBasis, make_basis
-from graphop.layers.sparse import (apply_operator, cached_operator, check_features, csr_from_coo,
-                                   graph_set, n_points, quadrature_mode, stack_rows,
-                                   uses_cells)
+from graphop.layers.sparse import (PARALLEL_MIN_PAIRS, apply_operator, build_rows,
+                                   cached_operator, check_features, csr_from_coo, graph_set,
+                                   n_points, quadrature_mode, row_chunk, uses_cells)
 from graphop.errors import InputError
 
 __all__ = ["DISCOConv", "disco_matrix", "ball_fraction", "NORMALIZE", "normalize_mode"]
@@ -191,7 +191,9 @@ def disco_matrix(pos_out, pos_in, weight_in, radius: float, basis: KernelBasis, 
 
     ``same=True`` means pos_out is pos_in (uses the faster symmetric pair search). Large
     operators are built in chunks of output rows holding about :data:`BUILD_CHUNK_PAIRS`
-    neighbour pairs each, so the scratch memory stays bounded (the result is identical).
+    neighbour pairs each, so the scratch memory stays bounded, on the threads of
+    :func:`graphop.layers.sparse.build_threads` (the chunks then hold a share of that bound
+    each); the result is identical.
     ``interp = (B, nodes)``: ``pos_in``/``weight_in`` are quadrature points of the cells of a
     mesh with points ``nodes`` [M, d] and ``B`` [N_in, M] interpolates nodal values to them
     (:meth:`graphop.layers.sparse.GraphSet.quadrature`); the result is ``Psi @ B``
@@ -216,9 +218,9 @@ def disco_matrix(pos_out, pos_in, weight_in, radius: float, basis: KernelBasis, 
     w = np.asarray(weight_in, dtype=np.float64)
     n_out = len(pos_out)
     chunk = n_out
-    if n_out * len(pos_in) > BUILD_CHUNK_PAIRS:
+    if n_out * len(pos_in) > min(BUILD_CHUNK_PAIRS, PARALLEL_MIN_PAIRS):
         per_row = _mean_neighbours(pos_out, pos_in, radius, periodic)
-        chunk = max(1, int(BUILD_CHUNK_PAIRS / max(per_row, 1.0)))
+        chunk = row_chunk(n_out, per_row * n_out, BUILD_CHUNK_PAIRS)
 
     def rows(nb):
         m = _disco_rows(nb, w, radius, basis, normalize)
@@ -228,9 +230,8 @@ def disco_matrix(pos_out, pos_in, weight_in, radius: float, basis: KernelBasis, 
         m = rows(radius_neighbors(pos_out, None if same else pos_in, radius, periodic=periodic))
     else:
         tree = PointTree(pos_in, periodic)         # one tree for every block of rows
-        m = stack_rows([rows(radius_neighbors(pos_out[a:a + chunk], tree, radius,
-                                              periodic=periodic))
-                        for a in range(0, n_out, chunk)])
+        m = build_rows(n_out, chunk, lambda a: rows(radius_neighbors(
+            pos_out[a:a + chunk], tree, radius, periodic=periodic)))
     if cells:
         m.sort_indices()
     return m

@@ -71,7 +71,7 @@ from graphop.geometry.neighbors import Neighborhood, check_radius_operator, radi
 from graphop.geometry.sphere import tangent_frame
 from graphop.layers.basis import KernelBasis
 from graphop.layers.disco import BUILD_CHUNK_PAIRS, _weighted_means, basis_entries, normalize_mode
-from graphop.layers.sparse import csr_from_coo, stack_rows
+from graphop.layers.sparse import build_rows, csr_from_coo, row_chunk
 
 __all__ = ["sphere_disco_matrix", "sphere_radius_of", "sphere_l1_norms", "sphere_neighbors",
            "tangent_log", "cap_area", "SPHERE_RTOL", "CLOSED_RTOL"]
@@ -287,11 +287,10 @@ def sphere_disco_matrix(pos_out, pos_in, weight_in, radius: float, basis: Kernel
     n_out = len(u_out)
     # pairs per output row ~ N_in * cap fraction (points roughly uniform on the sphere)
     per_row = max(1.0, len(u_in) * (1 - math.cos(r)) / 2)
-    chunk = max(1, int(BUILD_CHUNK_PAIRS / per_row))
+    chunk = row_chunk(n_out, per_row * n_out, BUILD_CHUNK_PAIRS)
     if chunk >= n_out:
         nb = sphere_neighbors(u_out, None if same else u_in, r)
         return _sphere_rows(nb, w, r, R, basis, norms, mode, closed)
-    return stack_rows([_sphere_rows(sphere_neighbors(u_out[a:a + chunk], u_in, r), w, r, R,
-                                    basis, norms, mode, closed)
-                       for a in range(0, n_out, chunk)])
+    return build_rows(n_out, chunk, lambda a: _sphere_rows(
+        sphere_neighbors(u_out[a:a + chunk], u_in, r), w, r, R, basis, norms, mode, closed))
 

@@ -67,7 +67,8 @@ from graphop.memory import available_memory, env_bytes, format_bytes
 
 __all__ = ["SparseOperator", "BlockList", "OperatorCache", "operator_cache", "GraphSet", "graph_set",
            "QUADRATURE", "quadrature_mode", "uses_cells", "batch_operator", "cached_operator",
-           "fold_matmul", "apply_operator", "csr_from_coo", "stack_rows", "block_diagonal",
+           "fold_matmul", "apply_operator", "csr_from_coo", "stack_rows", "build_rows", "row_chunk",
+           "build_threads", "block_diagonal",
            "check_features", "n_points", "HostGeometry", "tag_geometry", "host_geometry",
            "to_device"]
 
@@ -241,6 +242,57 @@ def stack_rows(parts) -> sp.csr_matrix:
     return sp.csr_matrix((np.concatenate([m.data for m in parts]),
                           np.concatenate([m.indices for m in parts]), indptr),
                          shape=(sum(m.shape[0] for m in parts), parts[0].shape[1]))
+
+
+#: a chunked build of fewer neighbour pairs than this runs on one thread: below it, starting
+#: threads and stacking their parts cost about what they save
+PARALLEL_MIN_PAIRS = 400_000
+
+
+def build_threads() -> int:
+    """Threads a chunked operator build uses: ``$GRAPHOP_BUILD_THREADS``, else torch's thread
+    count (``graphop --threads N``), at least 1."""
+    env = os.environ.get("GRAPHOP_BUILD_THREADS", "").strip()
+    if env:
+        try:
+            n = int(env)
+        except ValueError:
+            raise InputError(f"GRAPHOP_BUILD_THREADS must be a whole number, got {env!r}") from None
+        return max(1, n)
+    return max(1, torch.get_num_threads())
+
+
+def row_chunk(n_rows: int, pairs: float, max_pairs: float, threads: int | None = None) -> int:
+    """Rows per chunk of a build of ``n_rows`` output rows holding about ``pairs`` neighbour
+    pairs: at most ``max_pairs / threads`` pairs a chunk (the scratch of the chunks built at
+    once stays near that of one ``max_pairs`` chunk), and at least ``threads`` chunks when the
+    build holds :data:`PARALLEL_MIN_PAIRS` or more. ``n_rows`` (one piece) otherwise."""
+    threads = build_threads() if threads is None else max(1, int(threads))
+    if pairs < PARALLEL_MIN_PAIRS:
+        threads = 1
+    per_row = max(pairs / max(n_rows, 1), 1.0)
+    share = max_pairs / threads / per_row
+    chunk = max(1, int(share)) if np.isfinite(share) else n_rows
+    if threads > 1:
+        chunk = min(chunk, -(-n_rows // threads))
+    return min(chunk, n_rows)
+
+
+def build_rows(n_rows: int, chunk: int, rows, threads: int | None = None) -> sp.csr_matrix:
+    """``stack_rows([rows(a) for a in range(0, n_rows, chunk)])``: a CSR built block of rows by
+    block of rows (``rows(a)`` returns rows ``a .. a + chunk``), the blocks on up to ``threads``
+    threads (default :func:`build_threads`). The builders spend their time in numpy, scipy
+    and k-d tree calls that release the GIL (measured: 1.5x on 2 threads for DISCO over the
+    cells of a 100k-point cloud); the blocks are stacked in order, so the matrix is the one a
+    single thread builds. An error in any block is raised here."""
+    starts = range(0, n_rows, chunk)
+    threads = build_threads() if threads is None else max(1, int(threads))
+    if threads == 1 or len(starts) == 1:
+        return stack_rows([rows(a) for a in starts])
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(min(threads, len(starts)), thread_name_prefix="graphop-build") as ex:
+        return stack_rows(list(ex.map(rows, starts)))
 
 
 def block_diagonal(blocks) -> SparseOperator:

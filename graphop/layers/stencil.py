@@ -72,7 +72,7 @@ from scipy.spatial import cKDTree
 
 from graphop.errors import InputError, MeshError
 from graphop.geometry.neighbors import PointTree, knn_distances, radius_neighbors
-from graphop.layers.sparse import csr_from_coo
+from graphop.layers.sparse import build_rows, csr_from_coo, row_chunk
 
 __all__ = ["stencil_offsets", "local_scale", "stencil_matrix", "stencil_info", "grow_until_well_posed",
            "coefficient_bound", "mollifier_matrix", "mollifier_gradient_matrix", "StencilInfo", "MU",
@@ -330,7 +330,9 @@ def mollifier_gradient_matrix(pos, weight, radius: float, periodic=None, pos_out
     ``interp`` (scipy [N, M]): the result is ``G @ interp`` [M_out d, M] (``pos`` are then the
     quadrature points of a mesh's cells and interp their interpolation from its nodes). Output
     rows are built in chunks of about ``chunk_pairs`` neighbour pairs (about 100 bytes of
-    scratch each), each multiplied by ``interp`` before the next: the same matrix.
+    scratch each), each multiplied by ``interp`` before it is stacked, on the threads of
+    :func:`graphop.layers.sparse.build_threads` (a share of ``chunk_pairs`` each): the same
+    matrix.
 
     Raises:
         MeshError: an output point whose ball holds no positive weight.
@@ -338,11 +340,13 @@ def mollifier_gradient_matrix(pos, weight, radius: float, periodic=None, pos_out
     pos = np.asarray(pos, dtype=np.float64)
     out = pos if pos_out is None else np.asarray(pos_out, dtype=np.float64)
     n_pairs = len(out) * min(len(pos), 1 + len(pos) * (2 * radius) ** pos.shape[1])
-    if n_pairs > chunk_pairs and len(out) > 1:
-        step = max(1, int(len(out) * chunk_pairs / n_pairs))
+    step = row_chunk(len(out), n_pairs, chunk_pairs)
+    if step < len(out):
         tree = PointTree(pos, periodic)             # one tree for every block of rows
-        return _stack([_gradient_rows(pos, weight, radius, periodic, out[a:a + step], interp,
-                                      tree) for a in range(0, len(out), step)])
+        m = build_rows(len(out), step, lambda a: _gradient_rows(
+            pos, weight, radius, periodic, out[a:a + step], interp, tree))
+        m.sort_indices()
+        return m
     return _gradient_rows(pos, weight, radius, periodic, out if pos_out is not None else None,
                           interp, None)
 
@@ -384,12 +388,6 @@ def _gradient_rows(pos, weight, radius, periodic, pos_out, interp, tree) -> sp.c
         g = (g @ interp).tocsr()
         g.sort_indices()
     return g
-
-
-def _stack(parts) -> sp.csr_matrix:
-    m = sp.vstack(parts, format="csr")
-    m.sort_indices()
-    return m
 
 
 def mollifier_matrix(pos, weight, radius: float, periodic=None, pos_out=None) -> sp.csr_matrix:
