@@ -201,3 +201,35 @@ def test_threaded_builds_equal_one_thread(monkeypatch):
     monkeypatch.setenv("GRAPHOP_BUILD_THREADS", "two")
     with pytest.raises(InputError, match="GRAPHOP_BUILD_THREADS"):
         sr.build_threads()
+
+
+@pytest.mark.parametrize("periodic", [False, True])
+def test_encoder_in_blocks_equals_one_piece(periodic, monkeypatch):
+    """The grid encoder builds in blocks of latent nodes (each row is normalised on its own),
+    on threads, with the cells' interpolation multiplied block by block: the same matrix and
+    occupancy as one piece, entry for entry."""
+    import graphop.layers.latent as lt
+    import graphop.layers.sparse as sr
+
+    rng = np.random.default_rng(4)
+    grid = lt.LatentGrid.make((12, 12), None, 0.05, 1.0 if periodic else None)
+    x = rng.uniform(size=(1500, 2))
+    w = rng.uniform(0.5, 1.5, 1500) / 1500
+    cols = rng.integers(0, 400, (1500, 3))
+    B = sp.csr_matrix((rng.dirichlet(np.ones(3), 1500).ravel(),
+                       (np.repeat(np.arange(1500), 3), cols.ravel())), shape=(1500, 400))
+    whole, occ = lt.encoder_matrix(x, w, grid, 0.15, "clamp", interp=B)
+    plain, occ_plain = lt.encoder_matrix(x, w, grid, 0.15, "clamp")
+    np.testing.assert_allclose((plain @ B).toarray(), whole.toarray(), rtol=1e-12, atol=1e-15)
+    monkeypatch.setattr(lt, "ENCODER_CHUNK_PAIRS", 3000)
+    monkeypatch.setattr(sr, "PARALLEL_MIN_PAIRS", 0)
+    monkeypatch.setenv("GRAPHOP_BUILD_THREADS", "2")
+    parts, occ2 = lt.encoder_matrix(x, w, grid, 0.15, "clamp", interp=B)
+    whole.sort_indices()
+    parts.sort_indices()
+    np.testing.assert_array_equal(occ2, occ)
+    np.testing.assert_array_equal(occ_plain, occ)
+    np.testing.assert_array_equal(parts.indptr, whole.indptr)
+    np.testing.assert_array_equal(parts.indices, whole.indices)
+    np.testing.assert_array_equal(parts.data, whole.data)
+    assert occ.max() > 0.5 and whole.nnz > 0

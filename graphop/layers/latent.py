@@ -68,9 +68,10 @@ import scipy.sparse as sp
 import torch
 from torch import nn
 
-from graphop.geometry.neighbors import radius_neighbors
-from graphop.layers.sparse import (SparseOperator, batch_operator, fold_matmul, graph_set,
-                                   host_geometry, quadrature_mode, uses_cells)
+from graphop.geometry.neighbors import PointTree, count_pairs, radius_neighbors
+from graphop.layers.sparse import (SparseOperator, batch_operator, build_rows, fold_matmul,
+                                   graph_set, host_geometry, quadrature_mode, row_chunk,
+                                   uses_cells)
 from graphop.errors import GraphopWarning, InputError
 
 __all__ = ["LatentGrid", "GridEncoder", "GridDecoder", "encoder_matrix", "decoder_matrix",
@@ -154,11 +155,23 @@ def _outside(pos: np.ndarray, grid: LatentGrid, mode: str) -> np.ndarray:
     return np.clip(pos, lo, hi)
 
 
+#: most neighbour pairs one block of encoder rows holds (about 100 bytes of scratch each): at
+#: a million points the encoder's 1024 latent nodes see ~64M pairs of quadrature points
+ENCODER_CHUNK_PAIRS = 5_000_000
+
+
 def encoder_matrix(pos, weight, grid: LatentGrid, radius: float, outside: str = "warn",
-                   floor: float = 0.5):
+                   floor: float = 0.5, interp=None):
     """The encoder as a scipy CSR matrix [G, N] and the occupancy [G] (see the module
     docstring). ``pos`` [N, d], ``weight`` [N] (numpy); ``floor`` in [0, 1]: the fraction of
-    the kernel mass below which the denominator stops shrinking (0: the plain average)."""
+    the kernel mass below which the denominator stops shrinking (0: the plain average).
+    ``interp`` (scipy [N, M]): the result is ``E @ interp`` [G, M] (``pos`` are then the
+    quadrature points of a mesh's cells and interp their interpolation from its nodes).
+
+    Each row is normalised on its own, so a large build runs in blocks of latent nodes of
+    about :data:`ENCODER_CHUNK_PAIRS` neighbour pairs (each block multiplied by ``interp``
+    before it is stacked), on :func:`graphop.layers.sparse.build_threads` threads: the same
+    matrix."""
     if not 0.0 <= floor <= 1.0:
         raise InputError(f"encoder floor must lie in [0, 1], got {floor}")
     pos = np.asarray(pos, dtype=np.float64)
@@ -168,19 +181,33 @@ def encoder_matrix(pos, weight, grid: LatentGrid, radius: float, outside: str = 
                          f"grid, got {pos.shape}")
     if weight.shape != (len(pos),):
         raise InputError(f"weight must have shape [{len(pos)}], got {weight.shape}")
-    if grid.periodic:
-        nb = radius_neighbors(grid.nodes(), pos, radius, periodic=np.asarray(grid.hi))
-    else:
-        nb = radius_neighbors(grid.nodes(), _outside(pos, grid, outside), radius)
-    s2 = (nb.distances / radius) ** 2
-    vals = (1.0 - s2) ** 2 * weight[nb.indices]
-    rows = nb.rows()
-    den = np.bincount(rows, weights=vals, minlength=grid.size)
+    periodic = np.asarray(grid.hi) if grid.periodic else None
+    if not grid.periodic:
+        pos = _outside(pos, grid, outside)
+    nodes = grid.nodes()
     mass = kernel_mass(grid.dim, radius)
-    occupancy = den / mass
-    safe = np.maximum(den, floor * mass)
-    safe = np.where(safe > 0, safe, 1.0)
-    mat = sp.csr_matrix((vals / safe[rows], nb.indices, nb.indptr), shape=(grid.size, len(pos)))
+    occupancy = np.zeros(grid.size)
+
+    def rows(a, n, source):
+        nb = radius_neighbors(nodes[a:a + n], source, radius, periodic=periodic)
+        s2 = (nb.distances / radius) ** 2
+        vals = (1.0 - s2) ** 2 * weight[nb.indices]
+        r = nb.rows()
+        den = np.bincount(r, weights=vals, minlength=nb.n_query)
+        occupancy[a:a + nb.n_query] = den / mass       # disjoint slices: safe across threads
+        safe = np.maximum(den, floor * mass)
+        safe = np.where(safe > 0, safe, 1.0)
+        mat = sp.csr_matrix((vals / safe[r], nb.indices, nb.indptr),
+                            shape=(nb.n_query, len(pos)))
+        return mat if interp is None else (mat @ interp).tocsr()
+
+    pairs = count_pairs(nodes, pos, radius, periodic=periodic, sample=256)
+    chunk = row_chunk(grid.size, pairs, ENCODER_CHUNK_PAIRS)
+    if chunk >= grid.size:
+        mat = rows(0, grid.size, pos)
+    else:
+        tree = PointTree(pos, periodic)             # one tree for every block of rows
+        mat = build_rows(grid.size, chunk, lambda a: rows(a, chunk, tree))
     return mat, occupancy
 
 
@@ -295,8 +322,7 @@ class GridEncoder(_GridOperator):
                 # checked (and warned about) once, quadrature points clamped silently
                 _outside(p, grid, self.outside)
                 x, wq, B = quad
-                mat, occ = encoder_matrix(x, wq, grid, r, "clamp", self.floor)
-                mat = (mat @ B).tocsr()
+                mat, occ = encoder_matrix(x, wq, grid, r, "clamp", self.floor, interp=B)
                 mat.sort_indices()
             return SparseOperator(mat, extra=occ)
 

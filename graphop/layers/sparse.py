@@ -38,7 +38,9 @@ lists (:mod:`graphop.models.gnn`). This module holds what they share:
   per-mesh operators) and the memo of content keys. Operators are never module buffers, so
   never in a ``state_dict``.
 
-Operators are built in numpy/scipy (float64). Products run through torch's CSR kernel
+Operators are built in numpy/scipy (float64); a large one in blocks of output rows
+(:func:`row_chunk`, :func:`build_rows`) that bound the build's scratch memory and run on
+:func:`build_threads` threads, stacked in order into the matrix one thread builds. Products run through torch's CSR kernel
 (int32 indices while they fit) on the CPU and on CUDA (cuSPARSE); scipy's kernel remains as
 ``cpu_backend="scipy"`` (:data:`CPU_BACKEND`).
 
