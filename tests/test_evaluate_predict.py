@@ -231,3 +231,51 @@ def _help(command: str) -> str:
     with contextlib.redirect_stdout(buf), pytest.raises(SystemExit):
         cli([command, "--help"])
     return " ".join(buf.getvalue().split())
+
+
+def test_evaluate_prebuilds_many_new_meshes_and_reuses_the_store(run, tmp_path, monkeypatch,
+                                                                  capsys):
+    """`graphop evaluate` on 34 meshes it never saw, with 2 threads and the operator store on:
+    by the training's `prebuild_workers: auto` rule (the build timing fixed at 1 s a geometry
+    here, so the rule, not the machine, decides) 32 of them go to 2 worker processes; the
+    scores equal an evaluation that builds everything itself, and a second evaluation loads
+    every operator from the store and builds none."""
+    import graphop.layers.sparse as ops
+    from graphop.training import prebuild
+
+    root, data, out = run
+    flat = tmp_path / "many"
+    flat.mkdir()
+    for i in range(34):
+        write_mesh(flat / f"case_{i:02d}.vtu", make_mesh(40 + i, 700 + i))
+    real = prebuild.probe_seconds
+    monkeypatch.setattr(prebuild, "probe_seconds", lambda *a: real(*a) * 0 + 1.0)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    reports = {}
+    try:
+        for name, store in (("off", "off"), ("first", str(tmp_path / "store")),
+                            ("second", str(tmp_path / "store"))):
+            monkeypatch.setenv("GRAPHOP_OPERATOR_STORE", store)
+            ops.operator_cache.clear()
+            capsys.readouterr()
+            assert cli(["evaluate", str(out), "--data", str(flat), "--json", "--no-plots",
+                        "--no-progress", "--out", str(tmp_path / name)]) == 0
+            printed = capsys.readouterr().out
+            st = ops.operator_cache.store
+            reports[name] = (json.loads(printed[printed.index("{"):]), printed,
+                             None if st is None else (st.saves, st.loads))
+    finally:
+        torch.set_num_threads(threads)
+        ops.operator_cache.store = None
+    off, first, second = reports["off"], reports["first"], reports["second"]
+    assert off[2] is None and "built or loaded" not in off[1]
+    assert "graphop evaluate all: operators of 32 geometries built or loaded in 2 processes" \
+        in first[1]
+    saves, loads = first[2]
+    assert saves > 0 and loads > 0            # the 2 probed meshes built here, 32 loaded
+    # the same store object counts on: the second evaluation saved nothing, loaded everything
+    assert second[2][0] == saves and second[2][1] - loads == saves + loads
+    for rep in (first[0], second[0]):
+        assert rep["n_samples"] == 34
+        assert rep["rel_l2"] == pytest.approx(off[0]["rel_l2"], rel=1e-5)

@@ -19,6 +19,12 @@ reported as mean, median, max and standard deviation over the samples of each gr
 Outputs in ``OUT`` (default ``RUN_DIR/eval``): ``results.md``, ``results.json`` and
 ``sample_best.png``, ``sample_median.png``, ``sample_worst.png`` (truth, prediction and error
 drawn on the mesh with matplotlib ``tripcolor``; a 3D scatter for volume meshes).
+
+Operators: :func:`evaluate_checkpoint` uses the operator store as ``graphop train`` does
+(``$GRAPHOP_OPERATOR_STORE``; ``off`` turns it off), so a second evaluation of the same meshes
+loads their operators, and a split of many new meshes has them built first in worker
+processes by ``graphop train``'s ``prebuild_workers: auto`` rule
+(:mod:`graphop.training.prebuild`).
 """
 from __future__ import annotations
 
@@ -242,9 +248,11 @@ def evaluate_checkpoint(checkpoint, data=None, splits=None, out=None, device="cp
     of ``all``, else of the first split evaluated."""
     from graphop.data import MeshFolderDataset
     from graphop.training.distributed import resolve_device
+    from graphop.training.trainer import attach_operator_store
 
     dev = resolve_device(device)
     model, normalizer, ckpt = load_trained_model(checkpoint, dev)
+    attach_operator_store()
     tc = ckpt["train_config"]
     root = Path(data or tc.get("data", ""))
     if not str(root) or not root.exists():
@@ -266,6 +274,7 @@ def evaluate_checkpoint(checkpoint, data=None, splits=None, out=None, device="cp
         if len(ds) == 0:
             continue
         warned += _support_warnings(ckpt["model_config"], normalizer, ds, split)
+        _prebuild_split(model, ckpt["model_config"], normalizer, ds, dev, progress, split)
         recs = evaluate_dataset(model, normalizer, ds, dev, batch_size, root, progress,
                                 desc=f"evaluate {split}")
         per_split[split], records_of[split], datasets[split] = summarize(recs), recs, ds
@@ -297,6 +306,21 @@ def evaluate_checkpoint(checkpoint, data=None, splits=None, out=None, device="cp
     (out / "results.md").write_text(format_markdown(report))
     report["out"] = str(out)
     return report
+
+
+def _prebuild_split(model, model_config, normalizer, dataset, device, progress, split) -> None:
+    """The operators of a split's distinct geometries built first in worker processes into
+    the operator store, by the rule ``graphop train`` follows (``prebuild_workers: auto``,
+    :mod:`graphop.training.prebuild`): two or more threads, 32 or more geometries, and their
+    builds estimated at 4 s or more. What is in the store already is loaded, not built."""
+    from graphop.data.normalize import NormalizedDataset
+    from graphop.training.prebuild import MIN_GEOMETRIES, auto_workers, distinct_samples, prebuild_for
+
+    if auto_workers(MIN_GEOMETRIES) < 1 or len(dataset) < MIN_GEOMETRIES:
+        return
+    samples = distinct_samples([NormalizedDataset(dataset, normalizer)])
+    prebuild_for(model, model_config, samples, device, "auto", progress,
+                 who=f"graphop evaluate {split}")
 
 
 def _support_warnings(model_config, normalizer, dataset, split: str) -> list[str]:

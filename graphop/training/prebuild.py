@@ -37,8 +37,8 @@ import torch
 
 from graphop.layers.sparse import graph_set, operator_cache, to_device
 
-__all__ = ["prebuild_operators", "distinct_samples", "auto_workers", "probe_seconds",
-           "MIN_GEOMETRIES", "MIN_SECONDS"]
+__all__ = ["prebuild_operators", "prebuild_for", "distinct_samples", "auto_workers",
+           "probe_seconds", "MIN_GEOMETRIES", "MIN_SECONDS"]
 
 #: fewer distinct geometries than this are built by the training itself
 MIN_GEOMETRIES = 32
@@ -154,3 +154,53 @@ def probe_seconds(model, sample, device="cpu") -> float:
     finally:
         model.train(was)
     return time.perf_counter() - t
+
+
+def prebuild_for(module, model_config: dict, samples: list, device="cpu", mode: str = "auto",
+                 show_progress: bool = True, who: str = "graphop train") -> dict | None:
+    """The rules of the module docstring for ``module`` (the model in this process, built from
+    ``model_config``) and ``samples`` (one per geometry, as the model sees them):
+    ``mode`` ``"auto"``, ``"0"`` (off) or a number of processes. Returns
+    :func:`prebuild_operators`' result, or None when nothing was prebuilt; workers that fail
+    are a warning (whatever is missing is built later, where it is needed), not an error."""
+    import warnings
+
+    from graphop.data.progress import progress
+    from graphop.errors import GraphopWarning
+    from graphop.models import build_model
+
+    if operator_cache.store is None or str(mode) == "0" or len(samples) == 0:
+        return None
+    auto = str(mode) == "auto"
+    wanted = auto_workers(MIN_GEOMETRIES) if auto else int(mode)
+    if wanted < 1:
+        return None
+    try:
+        build_model(model_config)
+    except Exception:                  # a model that its config cannot make: no workers
+        return None
+    workers = auto_workers(len(samples)) if auto else min(wanted, len(samples))
+    if workers < 1:
+        return None
+    if auto:        # worth the workers' start? time the second geometry's build (the first
+        #             pays the process's one-time costs: imports, tables, first calls)
+        probe_seconds(module, samples[0], device)
+        if probe_seconds(module, samples[1], device) * len(samples) < MIN_SECONDS:
+            return None
+        samples = samples[2:]
+    bar = progress(total=len(samples), desc="building operators", unit="mesh",
+                   enabled=show_progress)
+    try:
+        res = prebuild_operators(model_config, samples, workers, progress=bar)
+    except Exception as exc:
+        warnings.warn(f"building operators in {workers} processes failed "
+                      f"({type(exc).__name__}: {exc}); they are built where they are needed",
+                      GraphopWarning, stacklevel=2)
+        return None
+    finally:
+        bar.close()
+    if "skipped" in res:
+        return None
+    print(f"{who}: operators of {res['geometries']} geometries built or loaded in "
+          f"{res['workers']} processes in {res['seconds']:.1f} s", flush=True)
+    return res

@@ -107,10 +107,10 @@ def load_datasets(cfg: TrainConfig):
     return train, val
 
 
-def attach_operator_store(cfg: TrainConfig):
+def attach_operator_store(cfg: TrainConfig | None = None):
     """Give the process-wide operator cache its disk tier (:mod:`graphop.layers.store`):
     ``$GRAPHOP_OPERATOR_STORE`` (a folder, or ``off``), else ``<graphop cache>`` unless the
-    config says ``operator_store: false``. Returns the store (or None)."""
+    config says ``operator_store: false`` (no config: on). Returns the store (or None)."""
     import os
 
     from graphop.data.cache import cache_root
@@ -118,7 +118,7 @@ def attach_operator_store(cfg: TrainConfig):
     from graphop.layers.store import OperatorStore
 
     env = os.environ.get("GRAPHOP_OPERATOR_STORE", "").strip()
-    if not cfg.operator_store or env.lower() in ("off", "0", "false", "no", "none"):
+    if (cfg is not None and not cfg.operator_store) or env.lower() in ("off", "0", "false", "no", "none"):
         operator_cache.store = None
         return None
     root = Path(env) if env else cache_root()
@@ -316,51 +316,23 @@ class Trainer:
     def _prebuild(self, train) -> None:
         """A fresh run's operators for every distinct training and validation geometry, built
         before the first epoch in ``prebuild_workers`` processes into the operator store
-        (:mod:`graphop.training.prebuild`); skipped with one process, under DDP, without the
-        store, or for a model that its config does not rebuild."""
+        (:func:`graphop.training.prebuild.prebuild_for`); skipped under DDP, for a resumed run,
+        with one process, without the store, or for a model that its config does not
+        rebuild."""
         from graphop.layers.sparse import operator_cache
-        from graphop.models import build_model
-        from graphop.training.prebuild import (MIN_GEOMETRIES, MIN_SECONDS, auto_workers,
-                                               distinct_samples, prebuild_operators,
-                                               probe_seconds)
+        from graphop.training.prebuild import MIN_GEOMETRIES, auto_workers, distinct_samples, prebuild_for
 
         cfg = self.cfg
         if (self.info.distributed or operator_cache.store is None or self.epoch > 0
                 or self.step_in_epoch > 0 or cfg.prebuild_workers == "0"):
             return
-        auto = cfg.prebuild_workers == "auto"
         # before reading the data: would enough threads (or the number asked for) allow workers?
-        wanted = auto_workers(MIN_GEOMETRIES) if auto else int(cfg.prebuild_workers)
-        if wanted < 1:
-            return
-        try:
-            build_model(self.model_config)
-        except Exception:                  # a model given to Trainer that its config cannot make
+        if cfg.prebuild_workers == "auto" and auto_workers(MIN_GEOMETRIES) < 1:
             return
         samples = distinct_samples([NormalizedDataset(train, self.normalizer), self.val_set])
-        workers = auto_workers(len(samples)) if auto else min(wanted, len(samples))
-        if workers < 1:
-            return
-        if auto:        # worth the workers' start? time the second geometry's build (the first
-            #             pays the process's one-time costs: imports, tables, first calls)
-            probe_seconds(self.module, samples[0], self.device)
-            if probe_seconds(self.module, samples[1], self.device) * len(samples) < MIN_SECONDS:
-                return
-            samples = samples[2:]
-        bar = progress(total=len(samples), desc="building operators", unit="mesh",
-                       enabled=cfg.progress and self.info.is_main)
-        try:
-            res = prebuild_operators(self.model_config, samples, workers, progress=bar)
-        except Exception as exc:           # the training builds what is missing itself
-            warnings.warn(f"building operators in {workers} processes failed "
-                          f"({type(exc).__name__}: {exc}); the first epoch builds them",
-                          GraphopWarning, stacklevel=2)
-            return
-        finally:
-            bar.close()
-        print(f"graphop train: operators of {res['geometries']} geometries built or loaded in "
-              f"{res['workers']} processes in {res['seconds']:.1f} s (prebuild_workers: "
-              f"{cfg.prebuild_workers})", flush=True)
+        prebuild_for(self.module, self.model_config, samples, self.device,
+                     cfg.prebuild_workers, cfg.progress and self.info.is_main,
+                     who=f"graphop train (prebuild_workers: {cfg.prebuild_workers})")
 
     def _restore_progress(self, ckpt) -> None:
         """Epoch, position in the epoch, history, best metric, optimizer, scheduler and RNG
