@@ -123,8 +123,51 @@ def neuralop_gino(pos, batch: int, width: int, n_layers: int, latent_shape, mode
             "neuralop_gino_params": sum(p.numel() for p in model.parameters())}
 
 
+def neuralop_gino_meshes(meshes, repeats: int, device: str, batch: int, width: int,
+                         n_layers: int, latent_shape, modes, radius: float, lo: float = -0.05,
+                         hi: float = 1.05) -> dict:
+    """samples/s of a training epoch of neuraloperator's GINO on a dataset with one mesh per
+    sample (``meshes``: a list of [N_i, 2] point lists, the samples' fields made from their
+    coordinates): GINO takes one geometry per forward pass, so each step runs one forward
+    pass per sample of its batch, sums their MSE losses and makes one Adam step."""
+    from neuralop.models import GINO
+
+    torch.manual_seed(0)
+    dev = torch.device(device)
+    model = GINO(in_channels=1, out_channels=1, gno_coord_dim=2, in_gno_radius=radius,
+                 out_gno_radius=radius, fno_n_modes=tuple(int(m) for m in modes),
+                 fno_hidden_channels=width, fno_n_layers=n_layers, gno_use_open3d=False,
+                 gno_use_torch_scatter=False).to(dev)
+    axes = [np.linspace(lo, hi, int(s)) for s in latent_shape]
+    latent = torch.as_tensor(np.stack(np.meshgrid(*axes, indexing="ij"), -1),
+                             dtype=torch.float32, device=dev)[None]
+    data = []
+    for i, pts in enumerate(meshes):
+        g = torch.as_tensor(np.asarray(pts), dtype=torch.float32, device=dev)[None]
+        a = torch.sin(3 * g[..., :1] + i) * torch.cos(2 * g[..., 1:2])
+        data.append((g, a, torch.cos(a)))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    order = np.random.default_rng(0)
+
+    def epoch():
+        perm = order.permutation(len(data))
+        for b in range(0, len(data), batch):
+            opt.zero_grad()
+            loss = 0.0
+            for i in perm[b:b + batch]:
+                g, x, y = data[i]
+                out = model(input_geom=g, latent_queries=latent, output_queries=g, x=x)
+                loss = loss + torch.nn.functional.mse_loss(out, y)
+            loss.backward()
+            opt.step()
+
+    first, t = timed(epoch, device, repeats)
+    return {"neuralop_gino_samples_s": len(data) / t, "neuralop_gino_first_samples_s":
+            len(data) / first, "neuralop_gino_params": sum(p.numel() for p in model.parameters())}
+
+
 #: the peers :func:`run_peer` knows, by name
-PEERS = {"grid": neuralop_grid, "gino": neuralop_gino}
+PEERS = {"grid": neuralop_grid, "gino": neuralop_gino, "gino_meshes": neuralop_gino_meshes}
 
 
 def _importable() -> bool:

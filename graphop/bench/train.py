@@ -33,7 +33,13 @@ where they are installed and every ratio measured in the same run.
     ``cold_prebuilt`` (with 2 or more CPUs): the operators built first by
     :mod:`graphop.training.prebuild` in one process per CPU (at most 8) into an empty store,
     then a cold epoch that loads them, samples/s over both (a first ``graphop train`` epoch
-    with ``prebuild_workers``); ratio ``cold_prebuilt_vs_cold``.
+    with ``prebuild_workers``); ratio ``cold_prebuilt_vs_cold``. Peer: neuraloperator's
+    ``GINO`` (width, layers, a 32 x 32 latent grid over [-0.05, 1.05]^2 with ``n_modes (24,
+    22)``, graphop's default modes (12, 12) as in (a), its GNO radii graphop's encoder radius)
+    on the same 64 meshes: it
+    takes one geometry per forward pass, so a step is 8 forward passes and one update;
+    warm samples/s, ratios ``local_gno_vs_gino`` and ``global_vs_gino`` (graphop warm, one
+    mesh per sample).
 (c) ``large``: one sample of N uniform random points in the unit square (2D) or cube (3D),
     k-NN quadrature weights, batch 1, LocalGNO width 32 with its defaults and
     ``checkpoint_blocks=True`` (each block's activations recomputed in the backward pass
@@ -218,6 +224,18 @@ def _meshes_case(repeats: int, log, n_points: int = 1000, device="cpu") -> dict:
                         / res[f"{name}_per_sample_cold_samples_s"])
         res[f"{name}_warm_vs_shared"] = (res[f"{name}_per_sample_warm_samples_s"]
                                          / res[f"{name}_shared_warm_samples_s"])
+        if name == "global":
+            res["encoder_radius"] = float(model.config["encoder_radius"])
+    log(f"  {SAMPLES} samples on {SAMPLES} meshes: neuraloperator GINO")
+    res.update(run_peer("gino_meshes", {
+        "meshes": [m.points[:, :2].tolist() for m in meshes], "repeats": repeats,
+        "device": str(device), "batch": BATCH, "width": WIDTH, "n_layers": LAYERS,
+        "latent_shape": [32, 32], "modes": [24, 22], "radius": res["encoder_radius"]},
+        env_vars=("GRAPHOP_NEURALOP_PYTHON", "GRAPHOP_GINO_PYTHON")))
+    if "neuralop_gino_samples_s" in res:
+        for name in ("local_gno", "global"):
+            res[f"{name}_vs_gino"] = (res[f"{name}_per_sample_warm_samples_s"]
+                                      / res["neuralop_gino_samples_s"])
     return res
 
 
