@@ -71,6 +71,7 @@ def distinct_samples(datasets) -> list:
 def _init_worker(model_config, store_root, store_bytes):
     global _MODEL
     torch.set_num_threads(1)
+    os.environ["GRAPHOP_BUILD_THREADS"] = "1"      # one thread per worker, builds included
     from graphop.layers.store import OperatorStore
     from graphop.models import build_model
 
