@@ -279,3 +279,28 @@ def test_evaluate_prebuilds_many_new_meshes_and_reuses_the_store(run, tmp_path, 
     for rep in (first[0], second[0]):
         assert rep["n_samples"] == 34
         assert rep["rel_l2"] == pytest.approx(off[0]["rel_l2"], rel=1e-5)
+
+
+def test_predict_twice_loads_the_operators_it_stored(run, tmp_path, monkeypatch):
+    """`graphop predict` keeps a mesh's operators in the operator store: predicting on it
+    again (here with the same checkpoint) builds nothing and writes the same fields."""
+    import graphop.layers.sparse as ops
+
+    root, data, out = run
+    mesh_file = tmp_path / "big.vtu"
+    write_mesh(mesh_file, make_mesh(300, 4242))
+    monkeypatch.setenv("GRAPHOP_OPERATOR_STORE", str(tmp_path / "store"))
+    preds, counts = [], []
+    try:
+        for k in range(2):
+            ops.operator_cache.clear()
+            assert cli(["predict", str(out), str(mesh_file), "--out", str(tmp_path / f"p{k}.vtu"),
+                        "--no-progress"]) == 0
+            st = ops.operator_cache.store
+            counts.append((st.saves, st.loads))
+            preds.append(read_mesh(tmp_path / f"p{k}.vtu").point_data["u_pred"])
+    finally:
+        ops.operator_cache.store = None
+    (s1, l1), (s2, l2) = counts
+    assert s1 > 0 and l1 == 0 and s2 == s1 and l2 == s1     # the second run loaded every one
+    np.testing.assert_allclose(preds[1], preds[0], rtol=1e-6, atol=1e-7)

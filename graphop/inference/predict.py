@@ -99,7 +99,8 @@ def predict_file(checkpoint, mesh_file, out=None, device="cpu", measure: float |
 
     An ``out`` that is the input file itself (also through a symbolic or hard link) is refused
     with :class:`graphop.errors.ConfigError` before anything is loaded, unless ``overwrite``
-    is True (default False)."""
+    is True (default False). The mesh's operators go to (or come from) the operator store, as
+    in ``graphop train`` (``$GRAPHOP_OPERATOR_STORE=off`` turns it off)."""
     from graphop.training.distributed import resolve_device
     from graphop.io import read_mesh, write_mesh
     from graphop.geometry.mesh import Mesh
@@ -108,8 +109,11 @@ def predict_file(checkpoint, mesh_file, out=None, device="cpu", measure: float |
     out = Path(out) if out is not None else src.with_name(f"{src.stem}_pred.vtu")
     if not overwrite:
         _refuse_input_as_output(src, out)
+    from graphop.training.trainer import attach_operator_store
+
     dev = resolve_device(device)
     model, normalizer, ckpt = load_trained_model(checkpoint, dev)
+    attach_operator_store()   # a mesh predicted on again (another checkpoint) loads its operators
     tc = ckpt["train_config"]
     inputs, targets = list(tc["inputs"]), list(tc["targets"])
     mesh = read_mesh(mesh_file)
