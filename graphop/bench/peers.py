@@ -90,23 +90,31 @@ def neuralop_grid(n: int, repeats: int, device: str, samples: int, batch: int, w
     return out
 
 
+def _gino(width, n_layers, latent_shape, modes, radius, device, lo, hi):
+    """neuraloperator's GINO (1 -> 1 channels, 2D, both GNO radii ``radius``, no open3d or
+    torch-scatter) on ``device`` with seed 0, and its latent queries: a grid of
+    ``latent_shape`` nodes spanning [lo, hi]^2, [1, *latent_shape, 2]."""
+    from neuralop.models import GINO
+
+    torch.manual_seed(0)
+    model = GINO(in_channels=1, out_channels=1, gno_coord_dim=2, in_gno_radius=radius,
+                 out_gno_radius=radius, fno_n_modes=tuple(int(m) for m in modes),
+                 fno_hidden_channels=width, fno_n_layers=n_layers, gno_use_open3d=False,
+                 gno_use_torch_scatter=False).to(device)
+    axes = [np.linspace(lo, hi, int(s)) for s in latent_shape]
+    latent = torch.as_tensor(np.stack(np.meshgrid(*axes, indexing="ij"), -1),
+                             dtype=torch.float32, device=device)[None]
+    return model, latent
+
+
 def neuralop_gino(pos, batch: int, width: int, n_layers: int, latent_shape, modes,
                   radius: float, repeats: int, device: str, lo: float = -0.05,
                   hi: float = 1.05) -> dict:
     """Step time (forward, MSE, backward, Adam) of neuraloperator's GINO on the 2D points
     ``pos`` [N, 2] with a latent grid of ``latent_shape`` nodes spanning [lo, hi]^2."""
-    from neuralop.models import GINO
-
-    torch.manual_seed(0)
     dev = torch.device(device)
-    model = GINO(in_channels=1, out_channels=1, gno_coord_dim=2, in_gno_radius=radius,
-                 out_gno_radius=radius, fno_n_modes=tuple(int(m) for m in modes),
-                 fno_hidden_channels=width, fno_n_layers=n_layers, gno_use_open3d=False,
-                 gno_use_torch_scatter=False).to(dev)
-    axes = [np.linspace(lo, hi, int(s)) for s in latent_shape]
-    latent = np.stack(np.meshgrid(*axes, indexing="ij"), -1)
+    model, latent = _gino(width, n_layers, latent_shape, modes, radius, dev, lo, hi)
     geom = torch.as_tensor(np.asarray(pos), dtype=torch.float32, device=dev)[None]
-    latent = torch.as_tensor(latent, dtype=torch.float32, device=dev)[None]
     x = (torch.sin(4 * geom[..., :1]).repeat(batch, 1, 1)
          * torch.arange(1, batch + 1, device=dev)[:, None, None])
     y = torch.cos(3 * x)
@@ -130,17 +138,8 @@ def neuralop_gino_meshes(meshes, repeats: int, device: str, batch: int, width: i
     sample (``meshes``: a list of [N_i, 2] point lists, the samples' fields made from their
     coordinates): GINO takes one geometry per forward pass, so each step runs one forward
     pass per sample of its batch, sums their MSE losses and makes one Adam step."""
-    from neuralop.models import GINO
-
-    torch.manual_seed(0)
     dev = torch.device(device)
-    model = GINO(in_channels=1, out_channels=1, gno_coord_dim=2, in_gno_radius=radius,
-                 out_gno_radius=radius, fno_n_modes=tuple(int(m) for m in modes),
-                 fno_hidden_channels=width, fno_n_layers=n_layers, gno_use_open3d=False,
-                 gno_use_torch_scatter=False).to(dev)
-    axes = [np.linspace(lo, hi, int(s)) for s in latent_shape]
-    latent = torch.as_tensor(np.stack(np.meshgrid(*axes, indexing="ij"), -1),
-                             dtype=torch.float32, device=dev)[None]
+    model, latent = _gino(width, n_layers, latent_shape, modes, radius, dev, lo, hi)
     data = []
     for i, pts in enumerate(meshes):
         g = torch.as_tensor(np.asarray(pts), dtype=torch.float32, device=dev)[None]
