@@ -198,6 +198,23 @@ def test_threaded_builds_equal_one_thread(monkeypatch):
 
     with pytest.raises(ValueError, match="block 10 failed"):
         real(30, 10, failing, threads=2)
+
+    import threading
+    import time
+
+    ran, lock = [], threading.Lock()
+
+    def slow(a):        # block 0 fails at once: the 39 queued behind it are dropped, not built
+        if a == 0:
+            raise ValueError("first block failed")
+        time.sleep(0.02)
+        with lock:
+            ran.append(a)
+        return failing(0)
+
+    with pytest.raises(ValueError, match="first block failed"):
+        real(400, 10, slow, threads=2)
+    assert len(ran) <= 5, ran
     monkeypatch.setenv("GRAPHOP_BUILD_THREADS", "two")
     with pytest.raises(InputError, match="GRAPHOP_BUILD_THREADS"):
         sr.build_threads()

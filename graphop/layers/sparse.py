@@ -286,13 +286,15 @@ def build_rows(n_rows: int, chunk: int, rows, threads: int | None = None) -> sp.
     threads (default :func:`build_threads`). The builders spend their time in numpy, scipy
     and k-d tree calls that release the GIL (measured: 1.5x on 2 threads for DISCO over the
     cells of a 100k-point cloud); the blocks are stacked in order, so the matrix is the one a
-    single thread builds. An error in any block is raised here."""
+    single thread builds. An error in any block (or an interrupt) is raised here once the
+    blocks being built have finished; the queued ones are dropped."""
     starts = range(0, n_rows, chunk)
     threads = build_threads() if threads is None else max(1, int(threads))
     if threads == 1 or len(starts) == 1:
         return stack_rows([rows(a) for a in starts])
     from concurrent.futures import ThreadPoolExecutor
 
+    # Executor.map cancels the queued blocks when one raises (or on Ctrl-C in the wait)
     with ThreadPoolExecutor(min(threads, len(starts)), thread_name_prefix="graphop-build") as ex:
         return stack_rows(list(ex.map(rows, starts)))
 
