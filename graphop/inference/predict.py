@@ -102,6 +102,7 @@ def predict_file(checkpoint, mesh_file, out=None, device="cpu", measure: float |
     is True (default False). The mesh's operators go to (or come from) the operator store, as
     in ``graphop train`` (``$GRAPHOP_OPERATOR_STORE=off`` turns it off)."""
     from graphop.training.distributed import resolve_device
+    from graphop.training.trainer import attach_operator_store
     from graphop.io import read_mesh, write_mesh
     from graphop.geometry.mesh import Mesh
 
@@ -109,8 +110,6 @@ def predict_file(checkpoint, mesh_file, out=None, device="cpu", measure: float |
     out = Path(out) if out is not None else src.with_name(f"{src.stem}_pred.vtu")
     if not overwrite:
         _refuse_input_as_output(src, out)
-    from graphop.training.trainer import attach_operator_store
-
     dev = resolve_device(device)
     model, normalizer, ckpt = load_trained_model(checkpoint, dev)
     attach_operator_store()   # a mesh predicted on again (another checkpoint) loads its operators

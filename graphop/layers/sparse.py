@@ -40,9 +40,9 @@ lists (:mod:`graphop.models.gnn`). This module holds what they share:
 
 Operators are built in numpy/scipy (float64); a large one in blocks of output rows
 (:func:`row_chunk`, :func:`build_rows`) that bound the build's scratch memory and run on
-:func:`build_threads` threads, stacked in order into the matrix one thread builds. Products run through torch's CSR kernel
-(int32 indices while they fit) on the CPU and on CUDA (cuSPARSE); scipy's kernel remains as
-``cpu_backend="scipy"`` (:data:`CPU_BACKEND`).
+:func:`build_threads` threads, stacked in order into the matrix one thread builds. Products
+run through torch's CSR kernel (int32 indices while they fit) on the CPU and on CUDA
+(cuSPARSE); scipy's kernel remains as ``cpu_backend="scipy"`` (:data:`CPU_BACKEND`).
 
 Shapes:
     :meth:`SparseOperator.matmul`: X [n_in, K] -> Y [n_out * L, K].
