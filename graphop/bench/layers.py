@@ -32,18 +32,13 @@ import time
 import numpy as np
 import torch
 
-from graphop.bench.peers import timed
+from graphop.bench.peers import _sync, timed
 from graphop.errors import InputError
 
 __all__ = ["TARGETS", "run_target", "bench_layers", "naive_disco_class", "format_result"]
 
 
 # ---------------------------------------------------------------------------- measuring
-def _sync(device):
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def time_call(fn, device, repeats: int) -> tuple[float, float]:
     """(median of ``repeats`` timed calls, time of the first, warm-up call) in seconds. The first
     call also builds any cached operator; CUDA is synchronised around every call."""

@@ -69,8 +69,7 @@ import time
 import numpy as np
 import torch
 
-from graphop.bench.layers import _sync
-from graphop.bench.peers import run_peer, timed
+from graphop.bench.peers import _sync, run_peer, timed
 from graphop.layers.sparse import to_device
 
 __all__ = ["bench_train"]

@@ -194,17 +194,22 @@ def count_pairs(query, source=None, radius: float = 1.0, *, periodic=None,
     sample) time, no pair list in memory).
 
     Args:
-        query, source, radius, periodic: as in :func:`radius_neighbors`.
+        query, source, radius, periodic: as in :func:`radius_neighbors` (``source`` may be a
+            :class:`PointTree`, whose tree is then reused).
         sample: query points counted (default 1024).
         seed: seed of the sample (default 0).
     """
     x = _as_points(query, "query")
-    y = x if source is None else _as_points(source, "source")
     box = box_size(periodic, x.shape[1])
     if box is not None:
-        x, y = np.mod(x, box), np.mod(y, box)
+        x = np.mod(x, box)
+    if isinstance(source, PointTree):
+        tree = source.tree
+    else:
+        y = x if source is None else _as_points(source, "source")
+        tree = cKDTree(y if box is None else np.mod(y, box), boxsize=box)
     q = _sample_queries(x, sample, seed)
-    return _count_on_sample(cKDTree(y, boxsize=box), q, radius) * (len(x) / len(q))
+    return _count_on_sample(tree, q, radius) * (len(x) / len(q))
 
 
 def check_radius_operator(query, source, radius: float, *, periodic=None,

@@ -314,13 +314,10 @@ def _prebuild_split(model, model_config, normalizer, dataset, device, progress, 
     :mod:`graphop.training.prebuild`): two or more threads, 32 or more geometries, and their
     builds estimated at 4 s or more. What is in the store already is loaded, not built."""
     from graphop.data.normalize import NormalizedDataset
-    from graphop.training.prebuild import MIN_GEOMETRIES, auto_workers, distinct_samples, prebuild_for
+    from graphop.training.prebuild import prebuild_for
 
-    if auto_workers(MIN_GEOMETRIES) < 1 or len(dataset) < MIN_GEOMETRIES:
-        return
-    samples = distinct_samples([NormalizedDataset(dataset, normalizer)])
-    prebuild_for(model, model_config, samples, device, "auto", progress,
-                 who=f"graphop evaluate {split}")
+    prebuild_for(model, model_config, [NormalizedDataset(dataset, normalizer)], device, "auto",
+                 progress, who=f"graphop evaluate {split}")
 
 
 def _support_warnings(model_config, normalizer, dataset, split: str) -> list[str]:

@@ -62,9 +62,9 @@ from torch import nn
 from graphop.geometry.neighbors import (PointTree, box_size, check_radius_operator,
                                         radius_neighbors)
 from graphop.layers.basis import KernelBasis, make_basis
-from graphop.layers.sparse import (PARALLEL_MIN_PAIRS, apply_operator, build_rows,
-                                   cached_operator, check_features, csr_from_coo, graph_set,
-                                   n_points, quadrature_mode, row_chunk, uses_cells)
+from graphop.layers.sparse import (apply_operator, build_rows, cached_operator, check_features,
+                                   csr_from_coo, graph_set, may_split, n_points,
+                                   quadrature_mode, row_chunk, uses_cells)
 from graphop.errors import InputError
 
 __all__ = ["DISCOConv", "disco_matrix", "ball_fraction", "NORMALIZE", "normalize_mode"]
@@ -218,7 +218,7 @@ def disco_matrix(pos_out, pos_in, weight_in, radius: float, basis: KernelBasis, 
     w = np.asarray(weight_in, dtype=np.float64)
     n_out = len(pos_out)
     chunk = n_out
-    if n_out * len(pos_in) > min(BUILD_CHUNK_PAIRS, PARALLEL_MIN_PAIRS):
+    if may_split(n_out * len(pos_in), BUILD_CHUNK_PAIRS):   # then count the pairs
         per_row = _mean_neighbours(pos_out, pos_in, radius, periodic)
         chunk = row_chunk(n_out, per_row * n_out, BUILD_CHUNK_PAIRS)
 

@@ -188,8 +188,10 @@ def encoder_matrix(pos, weight, grid: LatentGrid, radius: float, outside: str = 
     mass = kernel_mass(grid.dim, radius)
     occupancy = np.zeros(grid.size)
 
-    def rows(a, n, source):
-        nb = radius_neighbors(nodes[a:a + n], source, radius, periodic=periodic)
+    tree = PointTree(pos, periodic)                 # one tree for the count and every block
+
+    def rows(a, n):
+        nb = radius_neighbors(nodes[a:a + n], tree, radius, periodic=periodic)
         s2 = (nb.distances / radius) ** 2
         vals = (1.0 - s2) ** 2 * weight[nb.indices]
         r = nb.rows()
@@ -201,13 +203,9 @@ def encoder_matrix(pos, weight, grid: LatentGrid, radius: float, outside: str = 
                             shape=(nb.n_query, len(pos)))
         return mat if interp is None else (mat @ interp).tocsr()
 
-    pairs = count_pairs(nodes, pos, radius, periodic=periodic, sample=256)
+    pairs = count_pairs(nodes, tree, radius, periodic=periodic, sample=256)
     chunk = row_chunk(grid.size, pairs, ENCODER_CHUNK_PAIRS)
-    if chunk >= grid.size:
-        mat = rows(0, grid.size, pos)
-    else:
-        tree = PointTree(pos, periodic)             # one tree for every block of rows
-        mat = build_rows(grid.size, chunk, lambda a: rows(a, chunk, tree))
+    mat = build_rows(grid.size, chunk, lambda a: rows(a, chunk))
     return mat, occupancy
 
 

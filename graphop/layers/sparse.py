@@ -70,7 +70,7 @@ from graphop.memory import available_memory, env_bytes, format_bytes
 __all__ = ["SparseOperator", "BlockList", "OperatorCache", "operator_cache", "GraphSet", "graph_set",
            "QUADRATURE", "quadrature_mode", "uses_cells", "batch_operator", "cached_operator",
            "fold_matmul", "apply_operator", "csr_from_coo", "stack_rows", "build_rows", "row_chunk",
-           "build_threads", "block_diagonal",
+           "may_split", "build_threads", "block_diagonal",
            "check_features", "n_points", "HostGeometry", "tag_geometry", "host_geometry",
            "to_device"]
 
@@ -264,6 +264,15 @@ def build_threads() -> int:
     return max(1, torch.get_num_threads())
 
 
+def may_split(max_possible_pairs: float, max_pairs: float) -> bool:
+    """Whether a build of at most ``max_possible_pairs`` neighbour pairs could be split by
+    :func:`row_chunk` (past the scratch bound ``max_pairs``, or past
+    :data:`PARALLEL_MIN_PAIRS` when there are build threads): only then is it worth counting
+    its pairs."""
+    bound = PARALLEL_MIN_PAIRS if build_threads() > 1 else max_pairs
+    return max_possible_pairs > min(bound, max_pairs)
+
+
 def row_chunk(n_rows: int, pairs: float, max_pairs: float, threads: int | None = None) -> int:
     """Rows per chunk of a build of ``n_rows`` output rows holding about ``pairs`` neighbour
     pairs: at most ``max_pairs / threads`` pairs a chunk (the scratch of the chunks built at
@@ -290,7 +299,9 @@ def build_rows(n_rows: int, chunk: int, rows, threads: int | None = None) -> sp.
     blocks being built have finished; the queued ones are dropped."""
     starts = range(0, n_rows, chunk)
     threads = build_threads() if threads is None else max(1, int(threads))
-    if threads == 1 or len(starts) == 1:
+    if len(starts) == 1:
+        return rows(0)
+    if threads == 1:
         return stack_rows([rows(a) for a in starts])
     from concurrent.futures import ThreadPoolExecutor
 

@@ -157,11 +157,12 @@ def probe_seconds(model, sample, device="cpu") -> float:
     return time.perf_counter() - t
 
 
-def prebuild_for(module, model_config: dict, samples: list, device="cpu", mode: str = "auto",
+def prebuild_for(module, model_config: dict, datasets, device="cpu", mode: str = "auto",
                  show_progress: bool = True, who: str = "graphop train") -> dict | None:
     """The rules of the module docstring for ``module`` (the model in this process, built from
-    ``model_config``) and ``samples`` (one per geometry, as the model sees them):
-    ``mode`` ``"auto"``, ``"0"`` (off) or a number of processes. Returns
+    ``model_config``) and the distinct geometries of ``datasets`` (samples as the model sees
+    them; not read when ``auto`` could not prebuild anyway): ``mode`` ``"auto"``, ``"0"``
+    (off) or a number of processes. Returns
     :func:`prebuild_operators`' result, or None when nothing was prebuilt; workers that fail
     are a warning (whatever is missing is built later, where it is needed), not an error."""
     import warnings
@@ -170,11 +171,15 @@ def prebuild_for(module, model_config: dict, samples: list, device="cpu", mode: 
     from graphop.errors import GraphopWarning
     from graphop.models import build_model
 
-    if operator_cache.store is None or str(mode) == "0" or len(samples) == 0:
+    if operator_cache.store is None or str(mode) == "0":
         return None
     auto = str(mode) == "auto"
+    # before reading the data: would enough threads (or the number asked for) allow workers?
     wanted = auto_workers(MIN_GEOMETRIES) if auto else int(mode)
-    if wanted < 1:
+    if wanted < 1 or (auto and sum(len(ds) for ds in datasets) < MIN_GEOMETRIES):
+        return None
+    samples = distinct_samples(datasets)
+    if not samples:
         return None
     try:
         build_model(model_config)

@@ -319,18 +319,13 @@ class Trainer:
         (:func:`graphop.training.prebuild.prebuild_for`); skipped under DDP, for a resumed run,
         with one process, without the store, or for a model that its config does not
         rebuild."""
-        from graphop.layers.sparse import operator_cache
-        from graphop.training.prebuild import MIN_GEOMETRIES, auto_workers, distinct_samples, prebuild_for
+        from graphop.training.prebuild import prebuild_for
 
         cfg = self.cfg
-        if (self.info.distributed or operator_cache.store is None or self.epoch > 0
-                or self.step_in_epoch > 0 or cfg.prebuild_workers == "0"):
+        if self.info.distributed or self.epoch > 0 or self.step_in_epoch > 0:
             return
-        # before reading the data: would enough threads (or the number asked for) allow workers?
-        if cfg.prebuild_workers == "auto" and auto_workers(MIN_GEOMETRIES) < 1:
-            return
-        samples = distinct_samples([NormalizedDataset(train, self.normalizer), self.val_set])
-        prebuild_for(self.module, self.model_config, samples, self.device,
+        prebuild_for(self.module, self.model_config,
+                     [NormalizedDataset(train, self.normalizer), self.val_set], self.device,
                      cfg.prebuild_workers, cfg.progress and self.info.is_main,
                      who=f"graphop train (prebuild_workers: {cfg.prebuild_workers})")
 
