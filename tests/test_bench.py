@@ -36,6 +36,8 @@ def test_bench_train_large_case_reports_build_step_and_memory():
         assert isinstance(r, dict), r            # a failed worker reports its error as text
         assert r["points"] == 1500 and r["step_s"] > 0 and r["build_s"] >= 0
         assert r["peak_rss_gib"] > 0.05 and r["supports"]["disco_radius"] > 0
+        # the numpy reference build ran in its own process, its ratio beside it
+        assert r["build_reference_s"] > 0 and r["build_jit_speedup"] > 0
     text = format_result("train", res)
     assert "large" in text and "2d_1500" in text and "step_s" in text
 

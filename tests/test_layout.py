@@ -14,11 +14,12 @@ import graphop
 PKG = Path(graphop.__file__).resolve().parent
 
 #: layers from the bottom up; a module may import its own layer and the layers below it
-LAYERS = ["errors", "memory", "geometry", "io", "layers", "models", "data", "training", "inference",
+LAYERS = ["errors", "memory", "jit", "geometry", "io", "layers", "models", "data", "training", "inference",
           "experiments", "bench", "testing", "cli"]
 #: the only modules flat at the top of the package (``memory``: the machine's free memory,
-#: stdlib only, for the size guards of every layer)
-TOP = {"__init__", "__main__", "errors", "memory", "testing"}
+#: stdlib only, for the size guards of every layer; ``jit``: the compiled kernels' switch and
+#: decorator, stdlib only at import, for the builders of every layer)
+TOP = {"__init__", "__main__", "errors", "memory", "jit", "testing"}
 
 
 def _component(module: str) -> str | None:

@@ -46,6 +46,9 @@ where they are installed and every ratio measured in the same run.
     instead of stored: measured necessary at 1M points in 24 GiB); each size in a fresh
     process so that its peak memory (``VmHWM``) is its own: operator build time, step time,
     peak resident memory and bytes per point. Sizes: 10k and 100k by default, or ``--points``.
+    Then the same build in another process with ``GRAPHOP_JIT=0``, the numpy reference of the
+    compiled build kernels (:mod:`graphop.jit`), steps skipped: ``build_reference_s`` and the
+    ratio ``build_jit_speedup``.
 
 Numbers are medians of ``repeats`` epochs (steps in (c)) after a warm-up; in (a) graphop and
 the peers alternate for :data:`GRID_ROUNDS` rounds and the medians over the rounds are kept.
@@ -291,7 +294,7 @@ def _peak_rss() -> float:
 
 
 def _large_worker(n: int, dim: int, repeats: int, checkpoint: bool = True,
-                  device="cpu") -> dict:
+                  device="cpu", steps: bool = True) -> dict:
     from graphop.geometry.mesh import Mesh
     from graphop.layers.sparse import operator_cache
 
@@ -325,7 +328,7 @@ def _large_worker(n: int, dim: int, repeats: int, checkpoint: bool = True,
     _sync(device)
     fwd = time.perf_counter() - t
     ts = []
-    for _ in range(1 + repeats):
+    for _ in range(1 + repeats if steps else 0):
         t = time.perf_counter()
         step()
         _sync(device)
@@ -336,10 +339,32 @@ def _large_worker(n: int, dim: int, repeats: int, checkpoint: bool = True,
         extra["peak_device_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
     return {**extra, "points": n, "dim": dim, "device": str(device),
             "build_s": max(first - fwd, 0.0),
-            "step_s": statistics.median(ts[1:]), "peak_rss_gib": peak / 2**30,
+            "step_s": statistics.median(ts[1:]) if steps else None,
+            "peak_rss_gib": peak / 2**30,
             "bytes_per_point": (peak - rss0) / n, "operator_cache_gib": operator_cache.nbytes / 2**30,
             "checkpoint_blocks": checkpoint,
             "supports": {k: model.config.get(k) for k in ("disco_radius", "encoder_radius")}}
+
+
+def _large_run(n: int, dim: int, repeats: int, device, reference: bool = False):
+    """One ``large`` measurement in a fresh process: its result dict, or a one-line failure."""
+    env = dict(os.environ)
+    if reference:
+        env["GRAPHOP_JIT"] = "0"
+    with tempfile.TemporaryDirectory() as tmp:
+        dst = os.path.join(tmp, "out.json")
+        proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--large-worker",
+                               str(n), str(dim), str(repeats), dst,
+                               str(torch.get_num_threads()), str(device),
+                               "build-only" if reference else "steps"],
+                              capture_output=True, text=True, env=env)
+        if proc.returncode != 0:
+            tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+            why = ("killed (out of memory?)" if proc.returncode in (-9, 137)
+                   else f"exit {proc.returncode}")
+            return f"failed, {why}: {' | '.join(tail)}"
+        with open(dst) as fh:
+            return json.load(fh)
 
 
 def _large_case(sizes, dims, repeats: int, log, device="cpu") -> dict:
@@ -347,20 +372,17 @@ def _large_case(sizes, dims, repeats: int, log, device="cpu") -> dict:
     for dim in dims:
         for n in sizes:
             log(f"  {n} random points in {dim}D, batch 1 (own process)")
-            with tempfile.TemporaryDirectory() as tmp:
-                dst = os.path.join(tmp, "out.json")
-                proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--large-worker",
-                                       str(n), str(dim), str(repeats), dst,
-                                       str(torch.get_num_threads()), str(device)],
-                                      capture_output=True, text=True)
-                if proc.returncode != 0:
-                    tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
-                    why = ("killed (out of memory?)" if proc.returncode in (-9, 137)
-                           else f"exit {proc.returncode}")
-                    res[f"{dim}d_{n}"] = f"failed, {why}: {' | '.join(tail)}"
-                    continue
-                with open(dst) as fh:
-                    res[f"{dim}d_{n}"] = json.load(fh)
+            out = _large_run(n, dim, repeats, device)
+            if isinstance(out, dict):
+                log(f"  {n} random points in {dim}D: the build again with the numpy reference "
+                    f"(GRAPHOP_JIT=0, own process)")
+                ref = _large_run(n, dim, repeats, device, reference=True)
+                if isinstance(ref, dict):
+                    out["build_reference_s"] = ref["build_s"]
+                    out["build_jit_speedup"] = ref["build_s"] / max(out["build_s"], 1e-9)
+                else:
+                    out["build_reference_s"] = ref
+            res[f"{dim}d_{n}"] = out
     return res
 
 
@@ -401,4 +423,6 @@ if __name__ == "__main__":
         torch.set_num_threads(threads)
         with open(dst, "w") as fh:
             json.dump(_large_worker(n, dim, reps, device=sys.argv[7] if len(sys.argv) > 7
-                                    else "cpu"), fh)
+                                    else "cpu",
+                                    steps=len(sys.argv) <= 8 or sys.argv[8] != "build-only"),
+                      fh)

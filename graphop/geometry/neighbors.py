@@ -1,15 +1,26 @@
-"""Radius and k-nearest-neighbour search with :class:`scipy.spatial.cKDTree`, returned as CSR.
+"""Radius and k-nearest-neighbour search, returned as CSR.
 
 All searches run in O(N log N) time and memory linear in the number of pairs found: there is
 never a dense distance matrix, and no cap on the number of neighbours.
 
+Radius search has two paths with the same result. With the compiled kernels (:mod:`graphop.jit`,
+the default) the source points are binned into a cell list (cells of side r / m, sorted by a
+linear cell id, with a start offset per cell) and each query scans the (2m + 1)^d cells around
+its own in two compiled passes (count, then write into arrays of the exact size), queries in
+cell order for cache locality. The reference, and the fallback where a cell list cannot index
+the points (a torus of fewer than 2m + 1 cells along an axis, ids beyond int64), is
+:class:`scipy.spatial.cKDTree` (``query_pairs`` / ``sparse_distance_matrix``) with a numpy sort.
+Measured on this 2-core machine, one thread: 57M pairs of 100k queries among 300k points in 2D
+in 3.1-4.6 s against 15-18 s, 2.8M pairs of 100k points in 3D in 0.30 s against 0.44-0.62 s.
+
 A :class:`Neighborhood` is the CSR of the bipartite relation "source point j lies within
 ``radius`` of query point i": row ``i`` holds ``indices[indptr[i]:indptr[i+1]]`` (sorted
-ascending), with the matching ``distances`` and displacement vectors ``offsets = y_j - x_i``
-(minimum-image displacements on a torus).
+ascending unless the search was asked for ``sort=False``), with the matching ``distances`` and
+displacement vectors ``offsets = y_j - x_i`` (minimum-image displacements on a torus).
 """
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from dataclasses import dataclass
@@ -17,6 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.spatial import cKDTree
 
+import graphop.jit as jit
 from graphop.errors import GraphopWarning, InputError
 
 __all__ = ["Neighborhood", "PointTree", "radius_neighbors", "knn_distances", "box_size",
@@ -84,7 +96,21 @@ class PointTree:
         y = _as_points(points, "source")
         self.box = box_size(periodic, y.shape[1])
         self.points = y if self.box is None else np.mod(y, self.box)
-        self.tree = cKDTree(self.points, boxsize=self.box)
+        self._cells = {}
+
+    @functools.cached_property
+    def tree(self) -> cKDTree:
+        """The k-d tree of the points (built on first use)."""
+        return cKDTree(self.points, boxsize=self.box)
+
+    def cells(self, radius: float):
+        """The points binned into cubes of side >= ``radius`` / m (built once per radius; None
+        where a cell list cannot serve, then the k-d tree does): ``(lo, side, shape, order,
+        ids, points)``, ``ids`` the sorted linear cell ids of the points ``order``, ``points``
+        their coordinates in that order, as 3D points (zeros appended)."""
+        if radius not in self._cells:
+            self._cells[radius] = _cell_list(self.points, radius, self.box)
+        return self._cells[radius]
 
     def __len__(self) -> int:
         return len(self.points)
@@ -94,7 +120,7 @@ class PointTree:
 
 
 def radius_neighbors(query, source=None, radius: float = 1.0, *, periodic=None,
-                     include_self: bool = True) -> Neighborhood:
+                     include_self: bool = True, sort: bool = True) -> Neighborhood:
     """All pairs (i, j) with ``|source[j] - query[i]| <= radius``, as CSR.
 
     Args:
@@ -105,9 +131,16 @@ def radius_neighbors(query, source=None, radius: float = 1.0, *, periodic=None,
         periodic: box size (scalar or per axis) for a torus [0, L)^d; coordinates are wrapped
             into the box and distances use the minimum image.
         include_self: keep the pair (i, i) when ``source is query``.
+        sort: each row's source indices ascending (default). ``False`` leaves them in the
+            search's order (deterministic for the same points), for builders whose result
+            is sorted later anyway: a row of hundreds of pairs costs more to sort than to find.
 
     Returns:
-        :class:`Neighborhood` with rows sorted by source index.
+        :class:`Neighborhood` (rows sorted by source index unless ``sort=False``).
+
+    With the compiled kernels (:mod:`graphop.jit`) the search runs on a cell list of side
+    >= radius (:meth:`PointTree.cells`); the k-d tree serves the reference path and the few
+    geometries a cell list cannot index (a torus of fewer than 2m + 1 cells along an axis).
     """
     if not np.isfinite(radius) or radius <= 0:
         raise InputError(f"radius must be a positive finite number, got {radius}")
@@ -128,6 +161,13 @@ def radius_neighbors(query, source=None, radius: float = 1.0, *, periodic=None,
             raise InputError(f"radius {radius} must be below half the periodic box {box}")
         x = np.mod(x, box)
         y = x if same else (y if tree_y is not None else np.mod(y, box))
+    if jit.enabled():
+        cells = (tree_y.cells(radius) if tree_y is not None
+                 else _cell_list(y, radius, box))
+        if cells is not None:
+            indptr, cols, off, dist = _cell_search(x, cells, radius, box,
+                                                   same and not include_self, sort)
+            return Neighborhood(indptr, cols, dist, off, n_source=len(y))
     if same:
         # query_pairs finds each unordered pair once (i < j), the fastest search in cKDTree
         pairs = cKDTree(x, boxsize=box).query_pairs(radius, output_type="ndarray")
@@ -142,10 +182,14 @@ def radius_neighbors(query, source=None, radius: float = 1.0, *, periodic=None,
         # every pair within the radius (zero distances included), in linear memory
         res = tree_x.sparse_distance_matrix(tree_y, radius, output_type="ndarray")
         rows, cols = res["i"].astype(np.int64), res["j"].astype(np.int64)
-    # sort pairs by (row, col) through one packed int64 key: a single np.sort is about 2.5x
-    # faster than np.lexsort on two arrays (offsets are recomputed below, so no permutation)
-    # (integer // and - are exact and ~10x faster than np.divmod; rows are sorted, so the
-    # query points repeat by their counts instead of a gather)
+    if jit.enabled():
+        indptr, cols, off, dist = _pairs_csr(rows, cols, x, y,
+                                             np.zeros(d) if box is None else box, box is not None)
+        return Neighborhood(indptr, cols, dist, off, n_source=len(y))
+    # the numpy reference: sort pairs by (row, col) through one packed int64 key (a single
+    # np.sort is about 2.5x faster than np.lexsort on two arrays; integer // and - are exact
+    # and ~10x faster than np.divmod; rows are sorted, so the query points repeat by their
+    # counts instead of a gather)
     n_y = np.int64(len(y))
     key = rows * n_y + cols
     key.sort()
@@ -160,6 +204,222 @@ def radius_neighbors(query, source=None, radius: float = 1.0, *, periodic=None,
         off = off - box * np.round(off / box)
     dist = np.linalg.norm(off, axis=1)
     return Neighborhood(indptr, cols, dist, off, n_source=len(y))
+
+
+#: m, the cells of a cell list per radius, by dimension: a search visits (2 m + 1)^d cells of
+#: side r / m, whose volume falls towards the ball's as m grows while the runs of cells a query
+#: looks up grow as (2 m + 1)^(d - 1). Measured (one thread, 2D: 45M pairs of 100k queries among
+#: 700k points; 3D: 5.6M pairs of 200k queries among 1M points): 2D best at m = 2-3 (0.7-0.8 s,
+#: m = 1 1.8 s), 3D at m = 1 (0.70 s; m = 2 0.83-0.92 s, m = 3 1.14 s)
+CELL_REACH = {1: 2, 2: 2, 3: 1}
+
+#: a cell list keeps a start offset per cell when it has at most this many cells per point
+#: (else binary searches over the sorted cell ids)
+DENSE_CELLS_PER_POINT = 8
+
+#: most cells of a cell list (their count only bounds the linear ids: empty cells cost nothing)
+_MAX_CELLS = 2 ** 62
+
+
+def _cell_list(y: np.ndarray, radius: float, box, reach: int | None = None):
+    """Points ``y`` binned into cells of side >= ``radius`` / m (m = ``reach``, default
+    :data:`CELL_REACH`) for :func:`_cell_search` (see
+    :meth:`PointTree.cells`); None when the cells would not fit a linear int64 id or a torus
+    holds fewer than 2m + 1 cells along an axis (a search would then visit a cell twice)."""
+    d = y.shape[1]
+    m = CELL_REACH[d] if reach is None else int(reach)
+    if box is not None:
+        shape = np.floor(box * m / radius).astype(np.int64)
+        if (shape < 2 * m + 1).any():
+            return None
+        lo, side = np.zeros(d), box / shape
+    else:
+        lo = y.min(axis=0) if len(y) else np.zeros(d)
+        hi = y.max(axis=0) if len(y) else np.zeros(d)
+        span = np.floor((hi - lo) * m / radius)
+        if not np.isfinite(span).all() or np.prod(span + 1) > _MAX_CELLS:
+            return None
+        shape, side = span.astype(np.int64) + 1, np.full(d, radius / m)
+    c = np.minimum(np.floor((y - lo) / side).astype(np.int64), shape - 1)
+    ids = np.zeros(len(y), dtype=np.int64)
+    for k in range(d):
+        ids = ids * shape[k] + c[:, k]
+    order = np.argsort(ids, kind="stable")
+    ys = np.zeros((len(y), 3))
+    ys[:, :d] = y[order]
+    ids = ids[order]
+    n_cells = int(np.prod(shape))
+    if n_cells <= DENSE_CELLS_PER_POINT * len(y) + 1024:
+        # a start offset for every cell: O(1) lookups instead of binary searches (each a
+        # chain of cache misses on a large point set)
+        starts = np.searchsorted(ids, np.arange(n_cells + 1, dtype=np.int64))
+    else:
+        starts = np.empty(0, dtype=np.int64)
+    return lo, side, shape, order, ids, ys, m, starts
+
+
+def _cell_search(x, cells, radius: float, box, skip_self: bool, sort_rows: bool):
+    """Radius search on a cell list (:func:`_cell_list`) in two compiled passes: count each
+    query's pairs, then write them into arrays of the exact size (growing arrays cost more
+    than the second search: a page fault per fresh page). Returns (indptr, indices, offsets,
+    distances) as :func:`radius_neighbors`."""
+    lo, side, shape, order, ids, ys, m, starts = cells
+    periodic = box is not None
+    n_x, d = x.shape
+    # the inner loop runs on 3D coordinates (zeros appended), unrolled by the compiler
+    x3, box3 = np.zeros((n_x, 3)), np.ones(3)
+    x3[:, :d] = x
+    if periodic:
+        box3[:d] = box
+    # queries in cell order: neighbouring queries read the same cells (cache locality)
+    qc = np.floor((x - lo) / side)
+    qid = np.zeros(n_x)
+    for k in range(d):
+        qid = qid * (shape[k] + 2 * m + 2) + np.clip(qc[:, k], -m - 1, shape[k] + m)
+    qorder = np.argsort(qid, kind="stable")
+    indptr = np.zeros(n_x + 1, dtype=np.int64)
+    empty_i, empty_f = np.empty(0, dtype=np.int64), np.empty((0, d))
+    _cell_pass(x3, qorder, d, m, ys, float(radius), lo, side, shape, order, ids, starts, box3,
+               periodic, skip_self, False, False, indptr, empty_i, empty_f, empty_f[:, 0])
+    np.cumsum(indptr, out=indptr)
+    nnz = int(indptr[-1])
+    cols, offs, dist = np.empty(nnz, dtype=np.int64), np.empty((nnz, d)), np.empty(nnz)
+    _cell_pass(x3, qorder, d, m, ys, float(radius), lo, side, shape, order, ids, starts, box3,
+               periodic, skip_self, True, sort_rows, indptr, cols, offs, dist)
+    return indptr, cols, offs, dist
+
+
+@jit.kernel
+def _cell_pass(x, qorder, d, m, ys, radius, lo, side, shape, order, ids, starts, box,
+               periodic, skip_self, fill, sort_rows, indptr, cols, offs, dist):
+    """One pass of :func:`_cell_search`: for each query x_i (in the order ``qorder``) the
+    points of the (2m + 1)^d cells around its own (``ys``: the source points in cell order,
+    ``order`` their indices), kept when |y_j - x_i| <= radius (minimum image when
+    ``periodic``). ``fill=False``: writes the count of row i to ``indptr[i + 1]``;
+    ``fill=True``: writes the pairs at ``indptr`` (each row's columns ascending when
+    ``sort_rows``, else in cell order). Off a torus the 2m + 1 cells along the last axis are
+    one run of ids: (2m + 1)^(d-1) lookups a query, in ``starts`` (a start offset per cell) or,
+    when it is empty, by binary search in ``ids``. ``x``, ``ys`` and ``box`` are 3D (zeros /
+    ones appended to d-dimensional points)."""
+    n_x = x.shape[0]
+    r2 = radius * radius
+    c = np.zeros(d, dtype=np.int64)
+    b0, b1, b2 = box[0], box[1], box[2]
+    dense = len(starts) > 0
+    w = 2 * m + 1                                   # cells along each axis
+    n_runs = w ** (d - 1)
+    n_cells = w if periodic else 1                  # cells per run (a torus may wrap)
+    last = d - 1
+    for ii in range(n_x):
+        i = qorder[ii]
+        far = False
+        for k in range(d):
+            fk = np.floor((x[i, k] - lo[k]) / side[k])
+            if not periodic and (fk < -m or fk > shape[k] + m - 1):
+                far = True                  # more than m cells outside: no neighbours
+                break
+            c[k] = np.int64(fk) % shape[k] if periodic else np.int64(fk)
+        if far:
+            continue
+        pos = indptr[i] if fill else 0
+        start = pos
+        x0, x1, x2 = x[i, 0], x[i, 1], x[i, 2]
+        for t in range(n_runs):
+            code = t
+            base = 0
+            outside = False
+            for k in range(last):
+                nk = c[k] + code % w - m
+                code //= w
+                if periodic:
+                    nk = nk % shape[k]
+                elif nk < 0 or nk >= shape[k]:
+                    outside = True
+                    break
+                base = base * shape[k] + nk
+            if outside:
+                continue
+            for u in range(n_cells):
+                if periodic:
+                    first = base * shape[last] + (c[last] + u - m) % shape[last]
+                    final = first
+                else:
+                    lo_l = max(c[last] - m, 0)
+                    hi_l = min(c[last] + m, shape[last] - 1)
+                    if hi_l < lo_l:
+                        continue
+                    first = base * shape[last] + lo_l
+                    final = base * shape[last] + hi_l
+                if dense:
+                    a, b = starts[first], starts[final + 1]
+                else:
+                    a = np.searchsorted(ids, first)
+                    b = np.searchsorted(ids, final, side="right")
+                if not fill and not periodic:      # the count: a branch-free loop
+                    for e in range(a, b):
+                        v0, v1, v2 = ys[e, 0] - x0, ys[e, 1] - x1, ys[e, 2] - x2
+                        pos += v0 * v0 + v1 * v1 + v2 * v2 <= r2
+                    continue
+                for e in range(a, b):
+                    v0, v1, v2 = ys[e, 0] - x0, ys[e, 1] - x1, ys[e, 2] - x2
+                    if periodic:
+                        v0 -= b0 * np.round(v0 / b0)
+                        v1 -= b1 * np.round(v1 / b1)
+                        v2 -= b2 * np.round(v2 / b2)
+                    s = v0 * v0 + v1 * v1 + v2 * v2
+                    if s <= r2:
+                        if skip_self and order[e] == i:
+                            continue
+                        if fill:
+                            cols[pos] = order[e]
+                            offs[pos, 0] = v0
+                            if d > 1:
+                                offs[pos, 1] = v1
+                            if d > 2:
+                                offs[pos, 2] = v2
+                            dist[pos] = np.sqrt(s)
+                        pos += 1
+        if not fill:
+            indptr[i + 1] = pos - (1 if skip_self and not periodic else 0)
+        elif sort_rows and pos - start > 1:
+            perm = np.argsort(cols[start:pos]) + start
+            cols[start:pos] = cols[perm]
+            offs[start:pos] = offs[perm]
+            dist[start:pos] = dist[perm]
+
+
+@jit.kernel
+def _pairs_csr(rows, cols, x, y, box, periodic):
+    """Compiled :func:`radius_neighbors` post-processing: the pairs (rows, cols) in CSR order
+    (a counting sort by row, then each row's columns sorted), their offsets y_j - x_i (minimum
+    image when ``periodic``) and distances."""
+    n_x, d = x.shape
+    indptr = np.zeros(n_x + 1, dtype=np.int64)
+    for r in rows:
+        indptr[r + 1] += 1
+    for i in range(n_x):
+        indptr[i + 1] += indptr[i]
+    fill = indptr[:-1].copy()
+    out = np.empty(len(cols), dtype=np.int64)
+    for e in range(len(rows)):
+        r = rows[e]
+        out[fill[r]] = cols[e]
+        fill[r] += 1
+    off = np.empty((len(cols), d))
+    dist = np.empty(len(cols))
+    for i in range(n_x):
+        a, b = indptr[i], indptr[i + 1]
+        out[a:b].sort()
+        for e in range(a, b):
+            s = 0.0
+            for k in range(d):
+                v = y[out[e], k] - x[i, k]
+                if periodic:
+                    v -= box[k] * np.round(v / box[k])
+                off[e, k] = v
+                s += v * v
+            dist[e] = np.sqrt(s)
+    return indptr, out, off, dist
 
 
 def knn_distances(points, k: int, *, periodic=None) -> np.ndarray:

@@ -65,6 +65,7 @@ from graphop.layers.basis import KernelBasis, make_basis
 from graphop.layers.sparse import (apply_operator, build_rows, cached_operator, check_features,
                                    csr_from_coo, graph_set, may_split, n_points,
                                    quadrature_mode, row_chunk, uses_cells)
+import graphop.jit as jit
 from graphop.errors import InputError
 
 __all__ = ["DISCOConv", "disco_matrix", "ball_fraction", "NORMALIZE", "normalize_mode"]
@@ -113,7 +114,30 @@ def basis_entries(nb, w, radius: float, basis: KernelBasis):
     return e, l, rows, cols, v * w[cols]
 
 
-def _disco_rows(nb, w, radius: float, basis: KernelBasis, mode: str) -> sp.csr_matrix:
+def _disco_rows(nb, w, radius: float, basis: KernelBasis, mode: str,
+                B=None) -> sp.csr_matrix:
+    """The rows of Psi for the pairs ``nb`` (times ``B`` when given): the compiled kernel, or
+    the numpy reference with ``GRAPHOP_JIT=0``."""
+    if jit.enabled():
+        norms = radius ** basis.dim * basis.l1_norms()
+        if B is None:
+            b = (np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64), np.empty(0), 0)
+        else:
+            b = (B.indptr.astype(np.int64, copy=False), B.indices.astype(np.int64, copy=False),
+                 B.data.astype(np.float64, copy=False), B.shape[1])
+        n_cols = len(w) if B is None else B.shape[1]
+        big = max(n_cols, nb.nnz * basis.n_basis) >= 2**31 - 1
+        indptr, indices, vals = _disco_rows_kernel(
+            nb.indptr, nb.indices, nb.offsets, nb.distances, w, float(radius), basis.n_r,
+            basis.n_a, _MODE_CODE[mode], norms, MIN_MASS_FRACTION * norms,
+            basis.nonnegative(), _BETA_INTEGRAL[basis.dim] * radius ** basis.dim, *b,
+            np.empty(0, dtype=np.int64 if big else np.int32))
+        return sp.csr_matrix((vals, indices, indptr), shape=(nb.n_query * basis.n_basis, n_cols))
+    m = _disco_rows_reference(nb, w, radius, basis, mode)
+    return m if B is None else (m @ B).tocsr()
+
+
+def _disco_rows_reference(nb, w, radius: float, basis: KernelBasis, mode: str) -> sp.csr_matrix:
     e, l, rows, cols, vals = basis_entries(nb, w, radius, basis)
     nq, L = nb.n_query, basis.n_basis
     if mode == "l1":
@@ -184,6 +208,200 @@ def _weighted_means(nb, e, l, rows, cols, vals, n_in, radius, basis, frac=None
     return m
 
 
+_MODE_CODE = {"none": 0, "l1": 1, "mean": 2, "quadrature": 3}
+
+
+@jit.kernel
+def _disco_rows_kernel(indptr, indices, offsets, dist, w, radius, n_r, n_a, mode, norms,
+                       floors, nonneg, beta_norm, b_ptr, b_idx, b_val, n_nodes, itype):
+    """Compiled :func:`_disco_rows`: the rows of Psi for the pairs of a Neighborhood, one
+    query point at a time (its basis values in a small dense [pairs, L] block), the same
+    arithmetic as :func:`basis_entries`, :func:`ball_fraction` and :func:`_weighted_means`.
+    ``mode``: :data:`_MODE_CODE`; ``norms`` [L]: r^d ||psi_l||_1 (``"l1"``); ``floors`` [L]:
+    the mass floors c_l; ``nonneg`` [L]: psi_l >= 0; ``beta_norm``: r^d int beta.
+    ``b_ptr, b_idx, b_val`` (CSR of B [N_in, n_nodes]; ``b_ptr`` empty: none): the rows of
+    ``Psi @ B``, each query's nodes gathered in a dense block (SpGEMM row by row, the
+    product never stored in between; exact zeros dropped as scipy's product does).
+    Returns the CSR arrays (indptr [N_out L + 1], indices, data) with the integer type of
+    ``itype`` (an empty array: int32 where it fits, as scipy would convert them), columns
+    ascending (in pair order without B when the pairs' rows are not sorted)."""
+    nq = len(indptr) - 1
+    d = offsets.shape[1]
+    L = 1 + (n_r - 1) * n_a
+    max_pairs = 0
+    for i in range(nq):
+        max_pairs = max(max_pairs, indptr[i + 1] - indptr[i])
+    block = np.zeros((max_pairs, L))
+    pair_w = np.zeros(max_pairs)
+    cells = len(b_ptr) > 0
+    slot = np.full(n_nodes if cells else 0, -1, dtype=np.int64)   # node -> column of acc
+    touched = np.zeros(0, dtype=np.int64)
+    acc = np.zeros((0, L))
+    scales = np.zeros(L)
+    blends = np.zeros(L)
+    mass = np.zeros(L)
+    ring_l = np.zeros(2 * n_a, dtype=np.int64)
+    ring_v = np.zeros(2 * n_a)
+    dirs = np.zeros(n_a)
+    out_ptr = np.zeros(nq * L + 1, dtype=itype.dtype)
+    # room for every pair's nonzero basis functions (a blend can add more: then it grows);
+    # np.empty maps pages only where they are written, so the spare room costs no memory
+    per_pair = 2 if n_a == 1 else (4 if d == 2 else 2 * n_a)
+    cap = max(16, (4 if len(b_ptr) > 0 else per_pair) * len(indices))
+    out_idx = np.empty(cap, dtype=itype.dtype)
+    out_val = np.empty(cap)
+    pos = 0
+    for i in range(nq):
+        a, b = indptr[i], indptr[i + 1]
+        n = b - a
+        mass[:] = 0.0
+        ball_mass = 0.0
+        ball = 0.0
+        for p in range(n):
+            block[p, :] = 0.0
+            pair_w[p] = 0.0
+            wj = w[indices[a + p]]
+            tt = 0.0
+            for k in range(d):
+                zk = offsets[a + p, k] / radius
+                tt += zk * zk
+            t = np.sqrt(tt)
+            s = t * n_r
+            k0 = np.int64(np.floor(s))
+            f = s - k0
+            w0 = 1.0 - f if k0 < n_r else 0.0
+            w1 = f if k0 + 1 < n_r else 0.0
+            # (basis index, value) of this pair's nonzero basis functions
+            m = 0
+            if n_a == 1:
+                ring_l[0], ring_v[0] = k0, w0
+                ring_l[1], ring_v[1] = k0 + 1, w1
+                m = 2
+            elif d == 2:
+                phi = np.arctan2(offsets[a + p, 1] / radius,
+                                 offsets[a + p, 0] / radius) * (n_a / (2 * np.pi))
+                m0 = np.int64(np.floor(phi))
+                g = phi - m0
+                m0 = m0 % n_a
+                m1 = 0 if m0 + 1 == n_a else m0 + 1
+                if k0 == 0:
+                    ring_l[0], ring_v[0] = 0, w0
+                    m = 1
+                else:
+                    ring_l[0], ring_v[0] = 1 + (k0 - 1) * n_a + m0, w0 * (1.0 - g)
+                    ring_l[1], ring_v[1] = 1 + (k0 - 1) * n_a + m1, w0 * g
+                    m = 2
+                ring_l[m], ring_v[m] = 1 + k0 * n_a + m0, w1 * (1.0 - g)
+                ring_l[m + 1], ring_v[m + 1] = 1 + k0 * n_a + m1, w1 * g
+                m += 2
+            else:
+                inv = 1.0 / t if t > 0 else 1.0
+                ux = offsets[a + p, 0] / radius * inv
+                dirs[0] = 1.0
+                if d == 1:
+                    dirs[1] = ux
+                else:
+                    uy = offsets[a + p, 1] / radius * inv
+                    uz = offsets[a + p, 2] / radius * inv
+                    dirs[1], dirs[2], dirs[3] = ux, uy, uz
+                    if n_a == 9:
+                        dirs[4], dirs[5], dirs[6] = ux * uy, uy * uz, uz * ux
+                        dirs[7], dirs[8] = ux * ux - uy * uy, 3 * uz * uz - 1
+                if k0 == 0:
+                    ring_l[0], ring_v[0] = 0, w0
+                    m = 1
+                else:
+                    for q in range(n_a):
+                        ring_l[q], ring_v[q] = 1 + (k0 - 1) * n_a + q, w0 * dirs[q]
+                    m = n_a
+                for q in range(n_a):
+                    ring_l[m + q], ring_v[m + q] = 1 + k0 * n_a + q, w1 * dirs[q]
+                m += n_a
+            for q in range(m):
+                v = ring_v[q] * wj
+                if v != 0.0:
+                    block[p, ring_l[q]] += v
+                    mass[ring_l[q]] += abs(v)
+                    pair_w[p] += abs(v)
+            ball += pair_w[p]
+            if mode == 3:
+                beta = 1.0 - (dist[a + p] / radius) ** 2
+                if beta > 0:
+                    ball_mass += beta * wj
+        frac = min(1.0, ball_mass / beta_norm) if mode == 3 else 1.0
+        for l in range(L):
+            blends[l] = 0.0
+            if mode == 0:
+                scales[l] = 1.0
+            elif mode == 1:
+                scales[l] = 1.0 / norms[l]
+            else:
+                scales[l] = frac / max(mass[l], floors[l])
+                if nonneg[l] and ball > 0:
+                    blends[l] = max(0.0, 1.0 - mass[l] / floors[l]) * frac / ball
+        for p in range(n):                          # the block becomes the finished rows
+            for l in range(L):
+                v = block[p, l] * scales[l]
+                if blends[l] > 0:
+                    v += blends[l] * pair_w[p]
+                block[p, l] = v
+        if cells:
+            # the nodes of this query's quadrature points, ascending, and a dense block
+            # acc [nodes, L] of sum_p v_pl B[q_p, node]
+            n_t = 0
+            for p in range(n):
+                q = indices[a + p]
+                for e in range(b_ptr[q], b_ptr[q + 1]):
+                    if slot[b_idx[e]] < 0:
+                        if n_t == len(touched):
+                            grown = np.empty(max(64, 2 * n_t), dtype=np.int64)
+                            grown[:n_t] = touched[:n_t]
+                            touched = grown
+                        slot[b_idx[e]] = 0
+                        touched[n_t] = b_idx[e]
+                        n_t += 1
+            nodes = np.sort(touched[:n_t])
+            for s_ in range(n_t):
+                slot[nodes[s_]] = s_
+            if acc.shape[0] < n_t:
+                acc = np.zeros((max(64, 2 * n_t), L))
+            acc[:n_t] = 0.0
+            for p in range(n):
+                q = indices[a + p]
+                for e in range(b_ptr[q], b_ptr[q + 1]):
+                    s_, bv = slot[b_idx[e]], b_val[e]
+                    for l in range(L):
+                        acc[s_, l] += block[p, l] * bv
+            need = L * n_t
+        else:
+            need = L * n
+        if pos + need > cap:                        # grow the output (amortised doubling)
+            cap = max(2 * cap, pos + need)
+            grown_idx = np.empty(cap, dtype=itype.dtype)
+            grown_val = np.empty(cap)
+            grown_idx[:pos] = out_idx[:pos]
+            grown_val[:pos] = out_val[:pos]
+            out_idx, out_val = grown_idx, grown_val
+        for l in range(L):
+            if cells:
+                for s_ in range(n_t):
+                    if acc[s_, l] != 0.0:
+                        out_idx[pos] = nodes[s_]
+                        out_val[pos] = acc[s_, l]
+                        pos += 1
+            else:
+                for p in range(n):
+                    if block[p, l] != 0.0:
+                        out_idx[pos] = indices[a + p]
+                        out_val[pos] = block[p, l]
+                        pos += 1
+            out_ptr[i * L + l + 1] = pos
+        if cells:
+            for s_ in range(n_t):
+                slot[nodes[s_]] = -1
+    return out_ptr, out_idx[:pos], out_val[:pos]       # views: no copy of the result
+
+
 def disco_matrix(pos_out, pos_in, weight_in, radius: float, basis: KernelBasis, *,
                  periodic=None, normalize="quadrature", same: bool = False,
                  interp=None) -> sp.csr_matrix:
@@ -223,15 +441,15 @@ def disco_matrix(pos_out, pos_in, weight_in, radius: float, basis: KernelBasis, 
         chunk = row_chunk(n_out, per_row * n_out, BUILD_CHUNK_PAIRS)
 
     def rows(nb):
-        m = _disco_rows(nb, w, radius, basis, normalize)
-        return m if B is None else (m @ B).tocsr()
+        return _disco_rows(nb, w, radius, basis, normalize, B)
 
     if chunk >= n_out:
-        m = rows(radius_neighbors(pos_out, None if same else pos_in, radius, periodic=periodic))
+        m = rows(radius_neighbors(pos_out, None if same else pos_in, radius, periodic=periodic,
+                                  sort=not cells))
     else:
         tree = PointTree(pos_in, periodic)         # one tree for every block of rows
         m = build_rows(n_out, chunk, lambda a: rows(radius_neighbors(
-            pos_out[a:a + chunk], tree, radius, periodic=periodic)))
+            pos_out[a:a + chunk], tree, radius, periodic=periodic, sort=not cells)))
     if cells:
         m.sort_indices()
     return m

@@ -191,7 +191,8 @@ def encoder_matrix(pos, weight, grid: LatentGrid, radius: float, outside: str = 
     tree = PointTree(pos, periodic)                 # one tree for the count and every block
 
     def rows(a, n):
-        nb = radius_neighbors(nodes[a:a + n], tree, radius, periodic=periodic)
+        nb = radius_neighbors(nodes[a:a + n], tree, radius, periodic=periodic,
+                              sort=interp is None)
         s2 = (nb.distances / radius) ** 2
         vals = (1.0 - s2) ** 2 * weight[nb.indices]
         r = nb.rows()

@@ -70,6 +70,7 @@ import numpy as np
 import scipy.sparse as sp
 from scipy.spatial import cKDTree
 
+import graphop.jit as jit
 from graphop.errors import InputError, MeshError
 from graphop.geometry.neighbors import PointTree, knn_distances, radius_neighbors
 from graphop.layers.sparse import build_rows, csr_from_coo, row_chunk
@@ -358,18 +359,78 @@ def _gradient_rows(pos, weight, radius, periodic, pos_out, interp, tree) -> sp.c
     w = np.asarray(weight, dtype=np.float64)
     d = pos.shape[1]
     source = None if pos_out is None else (pos if tree is None else tree)
-    nb = radius_neighbors(out, source, float(radius), periodic=periodic)
+    nb = radius_neighbors(out, source, float(radius), periodic=periodic,
+                          sort=interp is None)
+    mass = 2 * math.pi ** (d / 2) / math.gamma(d / 2) * radius ** d * (
+        math.gamma(d / 2) * math.gamma(4) / math.gamma(d / 2 + 4) / 2)   # integral of phi
+    if jit.enabled():
+        indptr, indices, vals, total = _gradient_rows_kernel(
+            nb.indptr, nb.indices, nb.offsets, nb.distances, w, float(radius),
+            GRADIENT_FLOOR * mass)
+        _check_total(total, out, radius)
+        g = sp.csr_matrix((vals, indices, indptr), shape=(len(out) * d, len(pos)))
+    else:
+        g = _gradient_rows_reference(nb, w, radius, out, len(pos), mass)
+    if interp is not None:
+        g = (g @ interp).tocsr()
+        g.sort_indices()
+    return g
+
+
+def _check_total(total, out, radius) -> None:
+    bad = np.flatnonzero(~(total > 0))
+    if len(bad):
+        raise MeshError(f"smoothing radius {radius:g}: point {int(bad[0])} at "
+                        f"{out[bad[0]].tolist()} has no positive quadrature weight within it")
+
+
+@jit.kernel
+def _gradient_rows_kernel(indptr, indices, offsets, dist, w, radius, floor_mass):
+    """Compiled :func:`_gradient_rows_reference`, one output point at a time: CSR arrays of
+    the rows ``i d + k`` (every pair of the ball, in its order) and the normalisers Z_i."""
+    nq, d = len(indptr) - 1, offsets.shape[1]
+    nnz = indptr[nq]
+    out_ptr = np.zeros(nq * d + 1, dtype=np.int64)
+    out_idx = np.empty(nnz * d, dtype=np.int64)
+    out_val = np.empty(nnz * d)
+    total = np.zeros(nq)
+    csum = np.zeros(d)
+    for i in range(nq):
+        a, b = indptr[i], indptr[i + 1]
+        t = 0.0
+        for e in range(a, b):
+            q = max(0.0, 1.0 - (dist[e] / radius) ** 2)
+            t += q ** 3 * w[indices[e]]
+        total[i] = t
+        z = max(t, floor_mass)
+        csum[:] = 0.0
+        for e in range(a, b):
+            q = max(0.0, 1.0 - (dist[e] / radius) ** 2)
+            for k in range(d):
+                csum[k] += (6.0 / radius ** 2) * (q ** 2 * w[indices[e]] / z) * offsets[e, k]
+        for k in range(d):
+            pos = a * d + k * (b - a)
+            for e in range(a, b):
+                q = max(0.0, 1.0 - (dist[e] / radius) ** 2)
+                wj = w[indices[e]]
+                c = (6.0 / radius ** 2) * (q ** 2 * wj / z) * offsets[e, k]
+                m = q ** 3 * wj / t if t > 0 else 0.0
+                out_idx[pos] = indices[e]
+                out_val[pos] = c - csum[k] * m
+                pos += 1
+            out_ptr[i * d + k + 1] = pos
+    return out_ptr, out_idx, out_val, total
+
+
+def _gradient_rows_reference(nb, w, radius, out, n_in, mass) -> sp.csr_matrix:
+    """The numpy reference of :func:`_gradient_rows`' matrix (before ``interp``)."""
+    d = nb.offsets.shape[1]
     rows = nb.rows()
     q = np.maximum(0.0, 1.0 - (nb.distances / radius) ** 2)
     wj = w[nb.indices]
     total = np.bincount(rows, q ** 3 * wj, minlength=len(out))
-    bad = np.flatnonzero(~(total > 0))
-    if len(bad):
-        raise MeshError(f"smoothing radius {radius:g}: point {int(bad[0])} at "
-                         f"{out[bad[0]].tolist()} has no positive quadrature weight within it")
+    _check_total(total, out, radius)
     m = q ** 3 * wj / total[rows]                                    # M[i, j]
-    mass = 2 * math.pi ** (d / 2) / math.gamma(d / 2) * radius ** d * (
-        math.gamma(d / 2) * math.gamma(4) / math.gamma(d / 2 + 4) / 2)   # integral of phi
     z = np.maximum(total, GRADIENT_FLOOR * mass)
     # x_i - y_j = -offsets; c_ijk = -6 q^2 (x_i - y_j)_k / rho^2 w_j / max(Z_i, floor m)
     c = (6.0 / radius ** 2) * (q ** 2 * wj / z[rows])[:, None] * nb.offsets    # [nnz, d]
@@ -382,12 +443,8 @@ def _gradient_rows(pos, weight, radius, periodic, pos_out, interp, tree) -> sp.c
     order = np.repeat(starts - np.cumsum(lens) + lens, lens) + np.arange(lens.sum())
     k_of = np.repeat(np.tile(np.arange(d), len(out)), lens)
     indptr = np.concatenate([[0], np.cumsum(lens)])
-    g = sp.csr_matrix((vals[order, k_of], nb.indices[order], indptr),
-                      shape=(len(out) * d, len(pos)))
-    if interp is not None:
-        g = (g @ interp).tocsr()
-        g.sort_indices()
-    return g
+    return sp.csr_matrix((vals[order, k_of], nb.indices[order], indptr),
+                         shape=(len(out) * d, n_in))
 
 
 def mollifier_matrix(pos, weight, radius: float, periodic=None, pos_out=None) -> sp.csr_matrix:

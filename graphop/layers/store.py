@@ -48,7 +48,7 @@ from graphop.memory import env_bytes
 __all__ = ["OperatorStore", "SOURCES", "code_digest"]
 
 #: the modules whose code shapes a stored operator (relative to the graphop package)
-SOURCES = ("geometry/cells.py", "geometry/neighbors.py", "geometry/sphere.py",
+SOURCES = ("jit.py", "geometry/cells.py", "geometry/neighbors.py", "geometry/sphere.py",
            "geometry/triangulate.py", "layers/basis.py", "layers/disco.py",
            "layers/disco_sphere.py", "layers/stencil.py", "layers/stencil_sphere.py",
            "layers/latent.py", "layers/spherical.py", "layers/sparse.py", "layers/store.py")

@@ -1,0 +1,180 @@
+"""The compiled build kernels (graphop.jit) against their numpy references: the same neighbour
+lists, the same operators entry for entry (values to 1e-12), the same errors, on the meshes users
+bring: random clouds, graded points, tori, queries outside the sources, cell quadrature."""
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import torch
+
+import graphop.jit as jit
+from graphop.data.sample import mesh_to_sample
+from graphop.errors import InputError, MeshError
+from graphop.geometry.mesh import Mesh
+from graphop.geometry.neighbors import PointTree, radius_neighbors
+from graphop.layers.basis import KernelBasis
+from graphop.layers.disco import disco_matrix
+from graphop.layers.sparse import graph_set
+from graphop.layers.stencil import mollifier_gradient_matrix
+
+pytest.importorskip("numba")
+
+
+def both(monkeypatch, build):
+    """``build()`` with the numpy reference, then with the compiled kernels."""
+    out = []
+    for flag in ("0", "1"):
+        monkeypatch.setenv("GRAPHOP_JIT", flag)
+        assert jit.enabled() == (flag == "1")
+        out.append(build())
+    return out
+
+
+def assert_same_matrix(ref: sp.csr_matrix, fast: sp.csr_matrix, rtol=1e-12):
+    ref = ref.tocsr(copy=True)
+    ref.eliminate_zeros()            # the kernels never store an exact zero
+    ref.sort_indices()
+    assert fast.shape == ref.shape
+    assert fast.has_sorted_indices
+    np.testing.assert_array_equal(fast.indptr, ref.indptr)
+    np.testing.assert_array_equal(fast.indices, ref.indices)
+    np.testing.assert_allclose(fast.data, ref.data, rtol=rtol, atol=rtol * abs(ref.data).max())
+
+
+def graded(n, d, rng):
+    """Points crowded towards a corner (spacing varies 30x): cells of very unequal counts."""
+    return rng.random((n, d)) ** 3
+
+
+@pytest.mark.parametrize("d, periodic, same, include_self", [
+    (2, None, True, True), (2, None, False, True), (2, None, True, False), (3, None, True, True),
+    (3, None, False, True), (1, None, False, True), (2, 1.0, True, True), (2, (1.0, 2.0), False, True),
+    (3, 1.0, False, True), (2, 1.0, True, False)])
+@pytest.mark.parametrize("points", ["uniform", "graded"])
+def test_radius_neighbors_match_the_kd_tree(monkeypatch, d, periodic, same, include_self, points):
+    rng = np.random.default_rng(d)
+    make = graded if points == "graded" else (lambda n, d_, r: r.random((n, d_)))
+    x, y = make(700, d, rng), make(900, d, rng)
+    if periodic is not None:
+        x, y = x * np.broadcast_to(periodic, (d,)), y * np.broadcast_to(periodic, (d,))
+    r = 0.12 if d > 1 else 0.01
+    ref, fast = both(monkeypatch, lambda: radius_neighbors(
+        x, None if same else y, r, periodic=periodic, include_self=include_self))
+    np.testing.assert_array_equal(fast.indptr, ref.indptr)
+    np.testing.assert_array_equal(fast.indices, ref.indices)
+    np.testing.assert_allclose(fast.offsets, ref.offsets, atol=1e-15)
+    np.testing.assert_allclose(fast.distances, ref.distances, atol=1e-15)
+    assert fast.nnz > 5 * len(x)
+
+
+def test_cell_search_edge_cases(monkeypatch):
+    rng = np.random.default_rng(0)
+    y = rng.random((500, 2))
+    # queries far outside the sources, just outside, on the bounding box, huge coordinates
+    x = np.array([[3.0, 3.0], [-0.05, 0.5], [1.02, 0.2], [1e12, 0.0], [-1e15, 3.0],
+                  [y[:, 0].max(), y[:, 1].max()], [y[:, 0].min(), 0.5]])
+    ref, fast = both(monkeypatch, lambda: radius_neighbors(x, y, 0.1))
+    np.testing.assert_array_equal(fast.indptr, ref.indptr)
+    np.testing.assert_array_equal(fast.indices, ref.indices)
+    assert fast.indptr[1] == 0 and fast.indptr[-1] > 0
+    # a reused PointTree gives the same rows; sort=False the same sets in another order
+    monkeypatch.setenv("GRAPHOP_JIT", "1")
+    tree = PointTree(y)
+    again = radius_neighbors(x, tree, 0.1)
+    np.testing.assert_array_equal(again.indices, fast.indices)
+    loose = radius_neighbors(rng.random((300, 2)), tree, 0.2, sort=False)
+    tight = radius_neighbors(rng.random((300, 2)), tree, 0.2)
+    assert loose.nnz > 0 and tight.nnz > 0
+    q = rng.random((300, 2))
+    a, b = radius_neighbors(q, tree, 0.2, sort=False), radius_neighbors(q, tree, 0.2)
+    np.testing.assert_array_equal(a.indptr, b.indptr)
+    order = np.concatenate([np.argsort(a.indices[s:e]) + s
+                            for s, e in zip(a.indptr[:-1], a.indptr[1:])])
+    np.testing.assert_array_equal(a.indices[order], b.indices)
+    np.testing.assert_allclose(a.offsets[order], b.offsets)
+
+
+def test_cell_search_falls_back_on_a_small_torus(monkeypatch):
+    # radius 0.4 on a unit torus: fewer than 3 cells per axis, the k-d tree serves (same pairs)
+    rng = np.random.default_rng(1)
+    x = rng.random((200, 2))
+    ref, fast = both(monkeypatch, lambda: radius_neighbors(x, None, 0.4, periodic=1.0))
+    np.testing.assert_array_equal(fast.indices, ref.indices)
+    np.testing.assert_allclose(fast.offsets, ref.offsets, atol=1e-15)
+
+
+CASES = [(2, (3, 4)), (2, (2, 4)), (2, (3, 1)), (2, (4, 6)), (3, (3, 4)), (3, (3, 9)),
+         (3, (2, 1)), (1, (3, 2)), (1, (3, 1))]
+
+
+@pytest.mark.parametrize("d, kernel_shape", CASES)
+@pytest.mark.parametrize("normalize", ["quadrature", "mean", "l1", "none"])
+def test_disco_kernel_matches_the_reference(monkeypatch, d, kernel_shape, normalize):
+    rng = np.random.default_rng(7)
+    for n, r in ((60, 0.3), (1500, 0.09)):         # under-resolved balls (blends), then fine
+        x = graded(n, d, rng) if n > 100 else rng.random((n, d))
+        w = rng.random(n) / n
+        w[:3] = 0.0                               # zero-weight points carry nothing
+        r = r / 3 if d == 1 else r
+        basis = KernelBasis(kernel_shape, d)
+        ref, fast = both(monkeypatch, lambda: disco_matrix(x, x, w, r, basis, same=True,
+                                                           normalize=normalize))
+        assert_same_matrix(ref, fast)
+
+
+@pytest.mark.parametrize("periodic", [None, 1.0])
+@pytest.mark.parametrize("normalize", ["quadrature", "l1"])
+def test_disco_kernel_with_cell_quadrature(monkeypatch, periodic, normalize):
+    # the product with the cells' interpolation B is fused into the kernel
+    rng = np.random.default_rng(3)
+    pts = rng.random((900, 2))
+    data = mesh_to_sample(Mesh.from_points(pts, measure=1.0).with_point_data(
+        a=pts[:, 0], u=pts[:, 1]), ["a"], ["u"])
+    if periodic:
+        data.periodic = torch.tensor([[1.0, 1.0]])
+    xq, wq, B = graph_set(data, need_weight=True, what="data", cells=True).quadrature(0)
+    basis = KernelBasis((3, 4), 2)
+    ref, fast = both(monkeypatch, lambda: disco_matrix(
+        pts, xq, wq, 0.07, basis, normalize=normalize, interp=(B, pts), periodic=periodic))
+    assert_same_matrix(ref, fast)
+
+
+@pytest.mark.parametrize("d, periodic, cells", [(2, None, False), (3, None, False),
+                                               (2, 1.0, False), (2, None, True)])
+def test_gradient_kernel_matches_the_reference(monkeypatch, d, periodic, cells):
+    rng = np.random.default_rng(5)
+    pts = graded(800, d, rng) if periodic is None else rng.random((800, d))
+    w = np.full(len(pts), 1.0 / len(pts))
+    interp, pos, weight = None, pts, w
+    if cells:
+        data = mesh_to_sample(Mesh.from_points(pts, measure=1.0).with_point_data(
+            a=pts[:, 0], u=pts[:, 1]), ["a"], ["u"])
+        pos, weight, interp = graph_set(data, need_weight=True, what="data",
+                                        cells=True).quadrature(0)
+    ref, fast = both(monkeypatch, lambda: mollifier_gradient_matrix(
+        pos, weight, 0.15, periodic=periodic, pos_out=pts if cells else None, interp=interp))
+    if cells:
+        assert_same_matrix(ref, fast)
+    else:                                   # every pair of the ball is stored, zeros included
+        np.testing.assert_array_equal(fast.indptr, ref.indptr)
+        np.testing.assert_array_equal(fast.indices, ref.indices)
+        np.testing.assert_allclose(fast.data, ref.data, rtol=1e-12,
+                                   atol=1e-12 * abs(ref.data).max())
+
+
+def test_gradient_kernel_raises_like_the_reference(monkeypatch):
+    pts = np.array([[0.0, 0.0], [0.05, 0.0], [2.0, 2.0]])
+    w = np.array([1.0, 1.0, 0.0])              # the lone point's ball holds no weight
+    for flag in ("0", "1"):
+        monkeypatch.setenv("GRAPHOP_JIT", flag)
+        with pytest.raises(MeshError, match="point 2"):
+            mollifier_gradient_matrix(pts, w, 0.1)
+
+
+def test_jit_switch(monkeypatch):
+    monkeypatch.setenv("GRAPHOP_JIT", "maybe")
+    with pytest.raises(InputError, match="GRAPHOP_JIT"):
+        jit.enabled()
+    monkeypatch.setenv("GRAPHOP_JIT", "off")
+    assert not jit.enabled()
+    monkeypatch.delenv("GRAPHOP_JIT")
+    assert jit.enabled()
