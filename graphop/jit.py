@@ -20,7 +20,7 @@ import threading
 
 from graphop.errors import InputError
 
-__all__ = ["enabled", "kernel"]
+__all__ = ["enabled", "kernel", "readonly"]
 
 _lock = threading.Lock()
 
@@ -39,6 +39,18 @@ def enabled() -> bool:
 @functools.lru_cache(maxsize=1)
 def _numba_found() -> bool:
     return importlib.util.find_spec("numba") is not None
+
+
+def readonly(array):
+    """A read-only view of ``array`` (no copy). numba compiles a kernel once per argument type,
+    and a read-only array is another type than a writable one: the builders pass their
+    read-only inputs (cached quadrature weights are read-only) always as such, so each kernel
+    compiles once, not twice (measured: 13.6 s of compilation at the first 2D build)."""
+    import numpy as np
+
+    view = np.asarray(array).view()
+    view.flags.writeable = False
+    return view
 
 
 def kernel(func):

@@ -128,8 +128,8 @@ def _disco_rows(nb, w, radius: float, basis: KernelBasis, mode: str,
         n_cols = len(w) if B is None else B.shape[1]
         big = max(n_cols, nb.nnz * basis.n_basis) >= 2**31 - 1
         indptr, indices, vals = _disco_rows_kernel(
-            nb.indptr, nb.indices, nb.offsets, nb.distances, w, float(radius), basis.n_r,
-            basis.n_a, _MODE_CODE[mode], norms, MIN_MASS_FRACTION * norms,
+            nb.indptr, nb.indices, nb.offsets, nb.distances, jit.readonly(w), float(radius),
+            basis.n_r, basis.n_a, _MODE_CODE[mode], norms, MIN_MASS_FRACTION * norms,
             basis.nonnegative(), _BETA_INTEGRAL[basis.dim] * radius ** basis.dim, *b,
             np.empty(0, dtype=np.int64 if big else np.int32))
         return sp.csr_matrix((vals, indices, indptr), shape=(nb.n_query * basis.n_basis, n_cols))

@@ -365,7 +365,7 @@ def _gradient_rows(pos, weight, radius, periodic, pos_out, interp, tree) -> sp.c
         math.gamma(d / 2) * math.gamma(4) / math.gamma(d / 2 + 4) / 2)   # integral of phi
     if jit.enabled():
         indptr, indices, vals, total = _gradient_rows_kernel(
-            nb.indptr, nb.indices, nb.offsets, nb.distances, w, float(radius),
+            nb.indptr, nb.indices, nb.offsets, nb.distances, jit.readonly(w), float(radius),
             GRADIENT_FLOOR * mass)
         _check_total(total, out, radius)
         g = sp.csr_matrix((vals, indices, indptr), shape=(len(out) * d, len(pos)))
