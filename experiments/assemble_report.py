@@ -65,7 +65,7 @@ def main():
     cfg = runner.load_experiment(folder)
     datasets_dir, runs_dir = repo / "datasets" / "experiments", repo / "runs" / "experiments" / args.name
     t0 = time.perf_counter()
-    train_root, train_all, sets, info = runner._cached_data(cfg, datasets_dir)
+    train_root, train_all, sets, info = runner.experiment_data(cfg, datasets_dir)
     for tname, ds in sets.items():
         npts = [int(ds[i].pos.shape[0]) for i in range(len(ds))]
         info[tname].update(n_samples=len(ds), mean_points=float(np.mean(npts)),

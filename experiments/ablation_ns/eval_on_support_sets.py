@@ -23,7 +23,7 @@ def main():
     torch.set_num_threads(1)
     repo = Path(__file__).resolve().parents[2]
     cfg = runner.load_experiment(repo / "experiments" / "support_size_ns")
-    _, _, sets, _ = runner._cached_data(cfg, repo / "datasets" / "experiments")
+    _, _, sets, _ = runner.experiment_data(cfg, repo / "datasets" / "experiments")
     run = repo / "runs" / "experiments" / "ablation_ns" / f"{variant}-s{seed}" / "last.pt"
     model, norm, _ = load_trained_model(run)
     tests = runner.evaluate_sets(model, norm, sets)

@@ -21,7 +21,7 @@ def main():
     torch.set_num_threads(1)
     cfg = runner.load_experiment(repo / "experiments" / name)
     datasets_dir = repo / "datasets" / "experiments"
-    _, train_all, _, _ = runner._cached_data(cfg, datasets_dir)
+    _, train_all, _, _ = runner.experiment_data(cfg, datasets_dir)
     models = runner.resolve_models(cfg, train_all[0])
     job = {"cfg": cfg, "datasets_dir": str(datasets_dir),
            "runs_dir": str(repo / "runs" / "experiments" / name), "device": "cpu",

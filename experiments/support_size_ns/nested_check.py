@@ -46,7 +46,7 @@ def main():
     torch.set_num_threads(1)
     repo = Path(__file__).resolve().parents[2]
     cfg = runner.load_experiment(repo / "experiments" / "support_size_ns")
-    _, _, sets, _ = runner._cached_data(cfg, repo / "datasets" / "experiments")
+    _, _, sets, _ = runner.experiment_data(cfg, repo / "datasets" / "experiments")
     run = repo / "runs" / "experiments" / "support_size_ns" / f"{variant}-s{seed}" / "last.pt"
     model, norm, ckpt = load_trained_model(run)
     if len(sys.argv) > 4:

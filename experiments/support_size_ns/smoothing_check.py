@@ -47,7 +47,7 @@ def main():
     torch.set_num_threads(1)
     repo = Path(__file__).resolve().parents[2]
     cfg = runner.load_experiment(repo / "experiments" / "support_size_ns")
-    _, _, sets, _ = runner._cached_data(cfg, repo / "datasets" / "experiments")
+    _, _, sets, _ = runner.experiment_data(cfg, repo / "datasets" / "experiments")
     fine = sets["fine_4x"][:n_samples]
     rng = np.random.default_rng(0)
     print(f"{n_samples} samples; smoothing radius = c x {R_AUTO}")

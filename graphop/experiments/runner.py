@@ -48,7 +48,8 @@ from graphop.errors import ConfigError, GraphopError
 from graphop.layers.sparse import to_device
 
 __all__ = ["load_experiment", "validate_experiment", "match_parameters", "count_parameters",
-           "run_experiment", "list_experiments", "EXPERIMENT_KEYS", "VARIANT_KEYS"]
+           "run_experiment", "list_experiments", "experiment_data", "EXPERIMENT_KEYS",
+           "VARIANT_KEYS"]
 
 EXPERIMENT_KEYS = {"description", "problem", "inputs", "targets", "params", "seeds", "train",
                    "tests", "training", "budget", "variants", "compare", "figures", "quick"}
@@ -383,7 +384,12 @@ def _load_data(cfg: dict, datasets_dir: Path, workers: int = 2, progress: bool =
 _DATA_CACHE: dict = {}
 
 
-def _cached_data(cfg: dict, datasets_dir: Path, workers: int = 2, progress: bool = False):
+def experiment_data(cfg: dict, datasets_dir: Path, workers: int = 2, progress: bool = False):
+    """An experiment's data sets, generated on the first call (or reused from
+    ``datasets_dir``) and kept for the process: ``(train root, train set, tests, info)``,
+    ``tests`` mapping each test name to its dataset and ``info`` each to its root and spec.
+    ``cfg``: :func:`load_experiment`'s dict. The runner trains from it, and analysis scripts
+    that evaluate finished runs on an experiment's test sets load them with it."""
     key = (yaml.safe_dump(cfg, sort_keys=True), str(datasets_dir))
     if key not in _DATA_CACHE:
         _DATA_CACHE.clear()
@@ -419,7 +425,7 @@ def _train_run(job: dict):
     from graphop.training.trainer import Trainer
 
     cfg, vname, seed = job["cfg"], job["variant"], int(job["seed"])
-    train_root, train_all, sets, _ = _cached_data(cfg, Path(job["datasets_dir"]))
+    train_root, train_all, sets, _ = experiment_data(cfg, Path(job["datasets_dir"]))
     variant, mc, n_par = cfg["variants"][vname], job["model"], job["n_parameters"]
     uniform = bool(variant.get("uniform_weights", False))
     wrap = _weights_wrapper(variant)
@@ -503,7 +509,7 @@ def run_experiment(folder, quick: bool = False, datasets_dir=None, runs_dir=None
     log(f"[{name}] data")
     t0 = time.perf_counter()
     _DATA_CACHE.clear()   # load afresh; spawned workers load the same sets by the same key
-    train_root, train_all, sets, info = _cached_data(cfg, datasets_dir, workers, progress)
+    train_root, train_all, sets, info = experiment_data(cfg, datasets_dir, workers, progress)
     for tname, ds in sets.items():
         npts = [int(ds[i].pos.shape[0]) for i in range(len(ds))]
         info[tname].update(n_samples=len(ds), mean_points=float(np.mean(npts)),

@@ -416,6 +416,10 @@ def disco_matrix(pos_out, pos_in, weight_in, radius: float, basis: KernelBasis, 
     mesh with points ``nodes`` [M, d] and ``B`` [N_in, M] interpolates nodal values to them
     (:meth:`graphop.layers.sparse.GraphSet.quadrature`); the result is ``Psi @ B``
     [N_out * L, M], each chunk multiplied before the next is built.
+    The rows come from the compiled :func:`_disco_rows_kernel` (:mod:`graphop.jit`; with
+    cells the product with B is fused into it), or from the numpy reference
+    (:func:`basis_entries`, :func:`ball_fraction`, :func:`_weighted_means`, then ``@ B``)
+    with ``GRAPHOP_JIT=0``: the same matrix to rounding.
     """
     normalize = normalize_mode(normalize)
     pos_in = np.asarray(pos_in, dtype=np.float64)

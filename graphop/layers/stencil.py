@@ -333,7 +333,9 @@ def mollifier_gradient_matrix(pos, weight, radius: float, periodic=None, pos_out
     rows are built in chunks of about ``chunk_pairs`` neighbour pairs (about 100 bytes of
     scratch each), each multiplied by ``interp`` before it is stacked, on the threads of
     :func:`graphop.layers.sparse.build_threads` (a share of ``chunk_pairs`` each): the same
-    matrix.
+    matrix. Each chunk's rows come from the compiled :func:`_gradient_rows_kernel`
+    (:mod:`graphop.jit`), or from the numpy :func:`_gradient_rows_reference` with
+    ``GRAPHOP_JIT=0``: the same matrix to rounding.
 
     Raises:
         MeshError: an output point whose ball holds no positive weight.

@@ -45,10 +45,12 @@ MIN_GEOMETRIES = 32
 
 #: ``auto`` prebuilds only when the operators of every geometry would take at least this long to
 #: build in the training process (estimated from the second geometry, timed): the workers'
-#: start and the round trip through the store cost about a second. Measured with 64 ~1000-point meshes on 2
-#: processes: LocalGNO's operators (~13 s in the first epoch) 1.8x faster; the global-only
-#: model's encoder and decoder (~1 s) 0.6x, so not prebuilt.
-MIN_SECONDS = 4.0
+#: start and the round trip through the store cost a few seconds. Measured with 64 ~1000-point
+#: meshes on 2 processes: with the numpy builders LocalGNO's operators (~13 s in the first
+#: epoch) trained its first epoch 1.8x faster prebuilt, the global-only model's encoder and
+#: decoder (~1 s) 0.6x; with the compiled builders (:mod:`graphop.jit`, ~5 s) LocalGNO 0.96x:
+#: break-even near 5 s, so prebuilding starts above 8 s.
+MIN_SECONDS = 8.0
 
 _MODEL = None
 
