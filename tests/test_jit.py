@@ -178,3 +178,18 @@ def test_jit_switch(monkeypatch):
     assert not jit.enabled()
     monkeypatch.delenv("GRAPHOP_JIT")
     assert jit.enabled()
+
+
+@pytest.mark.parametrize("periodic", [None, 1.0])
+def test_count_pairs_on_the_cell_list(monkeypatch, periodic):
+    # exact (every query counted) and sampled counts agree with the k-d tree's; a PointTree's
+    # cell list serves the count and the search that follows
+    from graphop.geometry.neighbors import count_pairs
+
+    rng = np.random.default_rng(11)
+    x, y = graded(400, 2, rng), rng.random((3000, 2))
+    exact = both(monkeypatch, lambda: count_pairs(x, y, 0.08, periodic=periodic))
+    assert exact[0] == exact[1] == radius_neighbors(x, y, 0.08, periodic=periodic).nnz
+    sampled = both(monkeypatch, lambda: count_pairs(y, PointTree(y, periodic), 0.08,
+                                                    periodic=periodic, sample=200))
+    assert sampled[0] == sampled[1] > 0

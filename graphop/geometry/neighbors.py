@@ -258,11 +258,13 @@ def _cell_list(y: np.ndarray, radius: float, box, reach: int | None = None):
     return lo, side, shape, order, ids, ys, m, starts
 
 
-def _cell_search(x, cells, radius: float, box, skip_self: bool, sort_rows: bool):
+def _cell_search(x, cells, radius: float, box, skip_self: bool, sort_rows: bool,
+                 count_only: bool = False):
     """Radius search on a cell list (:func:`_cell_list`) in two compiled passes: count each
     query's pairs, then write them into arrays of the exact size (growing arrays cost more
     than the second search: a page fault per fresh page). Returns (indptr, indices, offsets,
-    distances) as :func:`radius_neighbors`."""
+    distances) as :func:`radius_neighbors`, or with ``count_only`` the pairs of each query
+    [M] after the first pass."""
     lo, side, shape, order, ids, ys, m, starts = cells
     periodic = box is not None
     n_x, d = x.shape
@@ -281,6 +283,8 @@ def _cell_search(x, cells, radius: float, box, skip_self: bool, sort_rows: bool)
     empty_i, empty_f = np.empty(0, dtype=np.int64), np.empty((0, d))
     _cell_pass(x3, qorder, d, m, ys, float(radius), lo, side, shape, order, ids, starts, box3,
                periodic, skip_self, False, False, indptr, empty_i, empty_f, empty_f[:, 0])
+    if count_only:
+        return indptr[1:]
     np.cumsum(indptr, out=indptr)
     nnz = int(indptr[-1])
     cols, offs, dist = np.empty(nnz, dtype=np.int64), np.empty((nnz, d)), np.empty(nnz)
@@ -450,8 +454,9 @@ def count_pairs(query, source=None, radius: float = 1.0, *, periodic=None,
     :func:`radius_neighbors` would return (self pairs included), without building them.
 
     Exact when ``len(query) <= sample``; otherwise the mean count over ``sample`` query points
-    drawn with ``seed``, times ``len(query)`` (a KD-tree count: O(sample * log N + pairs of the
-    sample) time, no pair list in memory).
+    drawn with ``seed``, times ``len(query)`` (a count on the source's cell list, or with
+    ``GRAPHOP_JIT=0`` on its k-d tree: O(sample * log N + pairs of the sample) time, no pair
+    list in memory).
 
     Args:
         query, source, radius, periodic: as in :func:`radius_neighbors` (``source`` may be a
@@ -463,12 +468,18 @@ def count_pairs(query, source=None, radius: float = 1.0, *, periodic=None,
     box = box_size(periodic, x.shape[1])
     if box is not None:
         x = np.mod(x, box)
-    if isinstance(source, PointTree):
-        tree = source.tree
-    else:
-        y = x if source is None else _as_points(source, "source")
-        tree = cKDTree(y if box is None else np.mod(y, box), boxsize=box)
     q = _sample_queries(x, sample, seed)
+    y = None
+    if not isinstance(source, PointTree):
+        y = x if source is None else _as_points(source, "source")
+        y = y if box is None else np.mod(y, box)
+    if jit.enabled() and np.isfinite(radius) and radius > 0:
+        # the cell list a PointTree keeps for this radius serves the build that follows
+        cells = source.cells(radius) if y is None else _cell_list(y, radius, box)
+        if cells is not None:
+            counts = _cell_search(q, cells, radius, box, False, False, count_only=True)
+            return float(counts.sum()) * (len(x) / len(q))
+    tree = source.tree if y is None else cKDTree(y, boxsize=box)
     return _count_on_sample(tree, q, radius) * (len(x) / len(q))
 
 

@@ -56,10 +56,9 @@ import math
 import numpy as np
 import scipy.sparse as sp
 import torch
-from scipy.spatial import cKDTree
 from torch import nn
 
-from graphop.geometry.neighbors import (PointTree, box_size, check_radius_operator,
+from graphop.geometry.neighbors import (PointTree, check_radius_operator, count_pairs,
                                         radius_neighbors)
 from graphop.layers.basis import KernelBasis, make_basis
 from graphop.layers.sparse import (apply_operator, build_rows, cached_operator, check_features,
@@ -74,16 +73,6 @@ __all__ = ["DISCOConv", "disco_matrix", "ball_fraction", "NORMALIZE", "normalize
 #: 100 bytes a pair, so this bounds them near 0.5 GB however large the mesh; the finished CSR
 #: keeps about 12 bytes a non-zero.
 BUILD_CHUNK_PAIRS = 5_000_000
-
-
-def _mean_neighbours(pos_out, pos_in, radius, periodic, sample: int = 256) -> float:
-    """Neighbours within ``radius`` per output point, estimated on a random sample of them."""
-    box = box_size(periodic, pos_in.shape[1])
-    src = pos_in if box is None else np.mod(pos_in, box)
-    q = pos_out[np.random.default_rng(0).choice(len(pos_out), min(sample, len(pos_out)),
-                                                replace=False)]
-    q = q if box is None else np.mod(q, box)
-    return float(cKDTree(src, boxsize=box).query_ball_point(q, radius, return_length=True).mean())
 
 
 #: the values of DISCOConv's ``normalize`` (module docstring); True and False are "l1", "none"
@@ -439,10 +428,11 @@ def disco_matrix(pos_out, pos_in, weight_in, radius: float, basis: KernelBasis, 
                           what="DISCO")
     w = np.asarray(weight_in, dtype=np.float64)
     n_out = len(pos_out)
-    chunk = n_out
+    chunk, tree = n_out, None
     if may_split(n_out * len(pos_in), BUILD_CHUNK_PAIRS):   # then count the pairs
-        per_row = _mean_neighbours(pos_out, pos_in, radius, periodic)
-        chunk = row_chunk(n_out, per_row * n_out, BUILD_CHUNK_PAIRS)
+        tree = PointTree(pos_in, periodic)         # one tree (or cell list) for every block
+        pairs = count_pairs(pos_out, tree, radius, periodic=periodic, sample=256)
+        chunk = row_chunk(n_out, pairs, BUILD_CHUNK_PAIRS)
 
     def rows(nb):
         return _disco_rows(nb, w, radius, basis, normalize, B)
@@ -451,7 +441,6 @@ def disco_matrix(pos_out, pos_in, weight_in, radius: float, basis: KernelBasis, 
         m = rows(radius_neighbors(pos_out, None if same else pos_in, radius, periodic=periodic,
                                   sort=not cells))
     else:
-        tree = PointTree(pos_in, periodic)         # one tree for every block of rows
         m = build_rows(n_out, chunk, lambda a: rows(radius_neighbors(
             pos_out[a:a + chunk], tree, radius, periodic=periodic, sort=not cells)))
     if cells:
