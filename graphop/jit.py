@@ -85,7 +85,10 @@ def kernel(func):
                 if not compiled:
                     import numba
 
-                    compiled.append(numba.njit(cache=True, nogil=True)(func))
+                    try:
+                        compiled.append(numba.njit(cache=True, nogil=True)(func))
+                    except RuntimeError:         # no writable cache location: compile anew
+                        compiled.append(numba.njit(nogil=True)(func))
         return compiled[0](*args)
 
     call.py_func = func
