@@ -139,8 +139,8 @@ def radius_neighbors(query, source=None, radius: float = 1.0, *, periodic=None,
         :class:`Neighborhood` (rows sorted by source index unless ``sort=False``).
 
     With the compiled kernels (:mod:`graphop.jit`) the search runs on a cell list of side
-    >= radius (:meth:`PointTree.cells`); the k-d tree serves the reference path and the few
-    geometries a cell list cannot index (a torus of fewer than 2m + 1 cells along an axis).
+    >= radius / m (:meth:`PointTree.cells`); the k-d tree serves the reference path and the
+    few geometries a cell list cannot index (a torus of fewer than 2m + 1 cells along an axis).
     """
     if not np.isfinite(radius) or radius <= 0:
         raise InputError(f"radius must be a positive finite number, got {radius}")
@@ -182,11 +182,8 @@ def radius_neighbors(query, source=None, radius: float = 1.0, *, periodic=None,
         # every pair within the radius (zero distances included), in linear memory
         res = tree_x.sparse_distance_matrix(tree_y, radius, output_type="ndarray")
         rows, cols = res["i"].astype(np.int64), res["j"].astype(np.int64)
-    if jit.enabled():
-        indptr, cols, off, dist = _pairs_csr(rows, cols, x, y,
-                                             np.zeros(d) if box is None else box, box is not None)
-        return Neighborhood(indptr, cols, dist, off, n_source=len(y))
-    # the numpy reference: sort pairs by (row, col) through one packed int64 key (a single
+    # the reference (and the cell list's rare fallback): sort pairs by (row, col) through one
+    # packed int64 key (a single
     # np.sort is about 2.5x faster than np.lexsort on two arrays; integer // and - are exact
     # and ~10x faster than np.divmod; rows are sorted, so the query points repeat by their
     # counts instead of a gather)
@@ -392,40 +389,6 @@ def _cell_pass(x, qorder, d, m, ys, radius, lo, side, shape, order, ids, starts,
             dist[start:pos] = dist[perm]
 
 
-@jit.kernel
-def _pairs_csr(rows, cols, x, y, box, periodic):
-    """Compiled :func:`radius_neighbors` post-processing: the pairs (rows, cols) in CSR order
-    (a counting sort by row, then each row's columns sorted), their offsets y_j - x_i (minimum
-    image when ``periodic``) and distances."""
-    n_x, d = x.shape
-    indptr = np.zeros(n_x + 1, dtype=np.int64)
-    for r in rows:
-        indptr[r + 1] += 1
-    for i in range(n_x):
-        indptr[i + 1] += indptr[i]
-    fill = indptr[:-1].copy()
-    out = np.empty(len(cols), dtype=np.int64)
-    for e in range(len(rows)):
-        r = rows[e]
-        out[fill[r]] = cols[e]
-        fill[r] += 1
-    off = np.empty((len(cols), d))
-    dist = np.empty(len(cols))
-    for i in range(n_x):
-        a, b = indptr[i], indptr[i + 1]
-        out[a:b].sort()
-        for e in range(a, b):
-            s = 0.0
-            for k in range(d):
-                v = y[out[e], k] - x[i, k]
-                if periodic:
-                    v -= box[k] * np.round(v / box[k])
-                off[e, k] = v
-                s += v * v
-            dist[e] = np.sqrt(s)
-    return indptr, out, off, dist
-
-
 def knn_distances(points, k: int, *, periodic=None) -> np.ndarray:
     """Distances from each point to its ``k`` nearest other points, [N, k] (ascending)."""
     x = _as_points(points, "points")
@@ -460,7 +423,7 @@ def count_pairs(query, source=None, radius: float = 1.0, *, periodic=None,
 
     Args:
         query, source, radius, periodic: as in :func:`radius_neighbors` (``source`` may be a
-            :class:`PointTree`, whose tree is then reused).
+            :class:`PointTree`, whose cell list, or k-d tree, is then reused).
         sample: query points counted (default 1024).
         seed: seed of the sample (default 0).
     """

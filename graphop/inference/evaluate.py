@@ -312,7 +312,8 @@ def _prebuild_split(model, model_config, normalizer, dataset, device, progress, 
     """The operators of a split's distinct geometries built first in worker processes into
     the operator store, by the rule ``graphop train`` follows (``prebuild_workers: auto``,
     :mod:`graphop.training.prebuild`): two or more threads, 32 or more geometries, and their
-    builds estimated at 4 s or more. What is in the store already is loaded, not built."""
+    builds estimated at ``MIN_SECONDS`` (8 s) or more. What is in the store already is
+    loaded, not built."""
     from graphop.data.normalize import NormalizedDataset
     from graphop.training.prebuild import prebuild_for
 

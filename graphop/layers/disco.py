@@ -109,11 +109,12 @@ def _disco_rows(nb, w, radius: float, basis: KernelBasis, mode: str,
     the numpy reference with ``GRAPHOP_JIT=0``."""
     if jit.enabled():
         norms = radius ** basis.dim * basis.l1_norms()
+        # B's own CSR arrays (scipy's int32 indices; no B: empty arrays of those types, so both
+        # cases share one compilation), never converted: a chunked build calls this per block
         if B is None:
-            b = (np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64), np.empty(0), 0)
+            b = _NO_INTERP + (0,)
         else:
-            b = (B.indptr.astype(np.int64, copy=False), B.indices.astype(np.int64, copy=False),
-                 B.data.astype(np.float64, copy=False), B.shape[1])
+            b = (B.indptr, B.indices, B.data, B.shape[1])
         n_cols = len(w) if B is None else B.shape[1]
         big = max(n_cols, nb.nnz * basis.n_basis) >= 2**31 - 1
         indptr, indices, vals = _disco_rows_kernel(
@@ -198,6 +199,8 @@ def _weighted_means(nb, e, l, rows, cols, vals, n_in, radius, basis, frac=None
 
 
 _MODE_CODE = {"none": 0, "l1": 1, "mean": 2, "quadrature": 3}
+#: the CSR arrays (indptr, indices, data) of "no interpolation" for :func:`_disco_rows_kernel`
+_NO_INTERP = (np.empty(0, dtype=np.int32), np.empty(0, dtype=np.int32), np.empty(0))
 
 
 @jit.kernel
@@ -236,7 +239,7 @@ def _disco_rows_kernel(indptr, indices, offsets, dist, w, radius, n_r, n_a, mode
     # room for every pair's nonzero basis functions (a blend can add more: then it grows);
     # np.empty maps pages only where they are written, so the spare room costs no memory
     per_pair = 2 if n_a == 1 else (4 if d == 2 else 2 * n_a)
-    cap = max(16, (4 if len(b_ptr) > 0 else per_pair) * len(indices))
+    cap = max(16, (4 if cells else per_pair) * len(indices))
     out_idx = np.empty(cap, dtype=itype.dtype)
     out_val = np.empty(cap)
     pos = 0

@@ -84,7 +84,7 @@ class TrainConfig:
             ``auto`` (default): the torch threads given (``graphop --threads``), at most 8,
             when that is at least 2, the data has at least 32 geometries and one geometry's
             operators take long enough to build (timed on the second) that all of them would
-            take 4 s or more, else 0.
+            take ``prebuild.MIN_SECONDS`` (8 s) or more, else 0.
     """
 
     data: str = ""
