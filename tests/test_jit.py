@@ -193,3 +193,84 @@ def test_count_pairs_on_the_cell_list(monkeypatch, periodic):
     sampled = both(monkeypatch, lambda: count_pairs(y, PointTree(y, periodic), 0.08,
                                                     periodic=periodic, sample=200))
     assert sampled[0] == sampled[1] > 0
+
+
+@pytest.mark.parametrize("d", [1, 2, 3])
+def test_spatial_order(monkeypatch, d):
+    # a permutation (the same from the compiled sort and numpy's), ties kept in order, and
+    # local: consecutive points of a random cloud lie a few spacings apart, not across the box
+    from graphop.geometry.neighbors import spatial_order
+
+    rng = np.random.default_rng(d)
+    for x in (rng.random((20000, d)), graded(3000, d, rng),
+              np.repeat(rng.random((40, d)), 3, axis=0), np.full((7, d), 2.5)):
+        ref, fast = both(monkeypatch, lambda: spatial_order(x))
+        np.testing.assert_array_equal(fast, ref)
+        np.testing.assert_array_equal(np.sort(fast), np.arange(len(x)))
+    same = np.repeat(rng.random((40, d)), 3, axis=0)      # copies of a point keep their order
+    o = spatial_order(same)
+    firsts = o[np.arange(0, len(o), 3)]
+    np.testing.assert_array_equal(o.reshape(-1, 3), firsts[:, None] + [0, 1, 2])
+    x = rng.random((20000, d))
+    step = np.linalg.norm(np.diff(x[spatial_order(x)], axis=0), axis=1).mean()
+    spacing = len(x) ** (-1.0 / d)
+    assert step < 3 * spacing, (step, spacing)
+    assert np.linalg.norm(np.diff(x, axis=0), axis=1).mean() > 10 * spacing
+    assert len(spatial_order(x[:1])) == 1 and len(spatial_order(x[:0])) == 0
+
+
+def test_stack_permuted(monkeypatch):
+    # blocks holding the rows of a permutation's queries, put back in query order: the rows
+    # that scipy's row indexing gives, from the compiled scatter and from the reference
+    from graphop.layers.sparse import stack_permuted
+
+    rng = np.random.default_rng(4)
+    n, width = 500, 3
+    full = sp.random(n * width, 300, density=0.05, random_state=5, format="csr")
+    order = rng.permutation(n)
+    rows = (order[:, None] * width + np.arange(width)).ravel()
+    moved = full[rows]
+    parts = [moved[a * width:b * width] for a, b in ((0, 170), (170, 171), (171, 500))]
+    for flag in ("0", "1"):
+        monkeypatch.setenv("GRAPHOP_JIT", flag)
+        got = stack_permuted(parts, order, width)
+        assert (got != full).nnz == 0
+        np.testing.assert_array_equal(got.indptr, full.indptr)
+    with pytest.raises(ValueError, match="width rows"):
+        stack_permuted(parts[:2], order, width)
+
+
+def test_builds_in_spatial_order_give_the_same_operators(monkeypatch):
+    # DISCO and the mollifier gradient over a cloud's cells, built with the output points in
+    # spatial order (every size, through monkeypatch) on 2 threads in blocks: the matrices
+    # of the plain compiled build and of the numpy reference
+    import graphop.layers.sparse as sparse
+
+    rng = np.random.default_rng(8)
+    pts = graded(2500, 2, rng)
+    data = mesh_to_sample(Mesh.from_points(pts, measure=1.0).with_point_data(
+        a=pts[:, 0], u=pts[:, 1]), ["a"], ["u"])
+    xq, wq, B = graph_set(data, need_weight=True, what="data", cells=True).quadrature(0)
+    basis = KernelBasis((3, 4), 2)
+    monkeypatch.setenv("GRAPHOP_BUILD_THREADS", "2")
+    monkeypatch.setattr(sparse, "PARALLEL_MIN_PAIRS", 1000)
+
+    def builds():
+        return (disco_matrix(pts, xq, wq, 0.06, basis, interp=(B, pts)),
+                mollifier_gradient_matrix(xq, wq, 0.06, pos_out=pts, interp=B,
+                                          chunk_pairs=len(pts) * 40))
+
+    ref = both(monkeypatch, builds)[0]
+    plain = builds()
+    monkeypatch.setattr(sparse, "ORDERED_MIN_ROWS", 0)
+    ordered = builds()
+    for r, p, o in zip(ref, plain, ordered):
+        assert_same_matrix(r, o)
+        np.testing.assert_array_equal(o.indices, p.indices)
+        np.testing.assert_allclose(o.data, p.data, rtol=1e-13, atol=1e-13 * abs(p.data).max())
+    # a ball without weight is reported by the point's own number, not its place in the order
+    w0 = wq.copy()
+    far = np.argmin(np.linalg.norm(pts - [0.9, 0.9], axis=1))
+    w0[np.linalg.norm(xq - pts[far], axis=1) < 0.02] = 0.0
+    with pytest.raises(MeshError, match=f"point {far} "):
+        mollifier_gradient_matrix(xq, w0, 0.02, pos_out=pts, interp=B)

@@ -174,9 +174,9 @@ def test_threaded_builds_equal_one_thread(monkeypatch):
     calls = []
     real = sr.build_rows
 
-    def counting(n_rows, chunk, rows, threads=None):
+    def counting(n_rows, chunk, rows, threads=None, **kw):
         calls.append((n_rows, chunk, sr.build_threads()))
-        return real(n_rows, chunk, rows, threads)
+        return real(n_rows, chunk, rows, threads, **kw)
 
     for mod in (dm, ds):
         monkeypatch.setattr(mod, "build_rows", counting)

@@ -62,14 +62,17 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+import graphop.jit as jit
 from graphop.errors import GraphopWarning, InputError
 from graphop.geometry.cells import interpolating_quadrature
+from graphop.geometry.neighbors import spatial_order
 from graphop.geometry.triangulate import triangulate_cloud, triangulate_periodic
 from graphop.memory import available_memory, env_bytes, format_bytes
 
 __all__ = ["SparseOperator", "BlockList", "OperatorCache", "operator_cache", "GraphSet", "graph_set",
            "QUADRATURE", "quadrature_mode", "uses_cells", "batch_operator", "cached_operator",
-           "fold_matmul", "apply_operator", "csr_from_coo", "stack_rows", "build_rows", "row_chunk",
+           "fold_matmul", "apply_operator", "csr_from_coo", "stack_rows", "stack_permuted",
+           "ordered_build", "build_rows", "row_chunk",
            "may_split", "build_threads", "block_diagonal",
            "check_features", "n_points", "HostGeometry", "tag_geometry", "host_geometry",
            "to_device"]
@@ -289,25 +292,94 @@ def row_chunk(n_rows: int, pairs: float, max_pairs: float, threads: int | None =
     return min(chunk, n_rows)
 
 
-def build_rows(n_rows: int, chunk: int, rows, threads: int | None = None) -> sp.csr_matrix:
+def build_rows(n_rows: int, chunk: int, rows, threads: int | None = None, order=None,
+               width: int = 1) -> sp.csr_matrix:
     """``stack_rows([rows(a) for a in range(0, n_rows, chunk)])``: a CSR built block of rows by
     block of rows (``rows(a)`` returns rows ``a .. a + chunk``), the blocks on up to ``threads``
-    threads (default :func:`build_threads`). The builders spend their time in numpy, scipy
-    and k-d tree calls that release the GIL (measured: 1.5x on 2 threads for DISCO over the
-    cells of a 100k-point cloud); the blocks are stacked in order, so the matrix is the one a
-    single thread builds. An error in any block (or an interrupt) is raised here once the
-    blocks being built have finished; the queued ones are dropped."""
+    threads (default :func:`build_threads`). The builders spend their time in compiled kernels
+    and numpy, scipy and k-d tree calls that release the GIL (measured: 1.5x on 2 threads for
+    DISCO over the cells of a 100k-point cloud); the blocks are stacked in order, so the matrix
+    is the one a single thread builds. An error in any block (or an interrupt) is raised here
+    once the blocks being built have finished; the queued ones are dropped.
+
+    ``order`` (a permutation of ``n_rows`` queries, each owning ``width`` consecutive rows,
+    e.g. :func:`graphop.geometry.neighbors.spatial_order` of the output points): ``rows(a)``
+    returns the rows of queries ``order[a:a + chunk]`` in that order, and the result is put back
+    in query order (:func:`stack_permuted`, in place of the stacking copy)."""
     starts = range(0, n_rows, chunk)
     threads = build_threads() if threads is None else max(1, int(threads))
-    if len(starts) == 1:
-        return rows(0)
-    if threads == 1:
-        return stack_rows([rows(a) for a in starts])
-    from concurrent.futures import ThreadPoolExecutor
+    if len(starts) == 1 or threads == 1:
+        parts = [rows(a) for a in starts]
+    else:
+        from concurrent.futures import ThreadPoolExecutor
 
-    # Executor.map cancels the queued blocks when one raises (or on Ctrl-C in the wait)
-    with ThreadPoolExecutor(min(threads, len(starts)), thread_name_prefix="graphop-build") as ex:
-        return stack_rows(list(ex.map(rows, starts)))
+        # Executor.map cancels the queued blocks when one raises (or on Ctrl-C in the wait)
+        with ThreadPoolExecutor(min(threads, len(starts)),
+                                thread_name_prefix="graphop-build") as ex:
+            parts = list(ex.map(rows, starts))
+    if order is not None:
+        return stack_permuted(parts, order, width)
+    return parts[0] if len(parts) == 1 else stack_rows(parts)
+
+
+#: a compiled build of this many output rows or more runs its queries in spatial order
+#: (:func:`ordered_build`): below it the rows' reads fit in the cache anyway
+ORDERED_MIN_ROWS = 20_000
+
+
+def ordered_build(n_rows: int) -> bool:
+    """Whether a build of ``n_rows`` output points runs them in spatial order (the compiled
+    kernels, :mod:`graphop.jit`, and at least :data:`ORDERED_MIN_ROWS` rows)."""
+    return jit.enabled() and n_rows >= ORDERED_MIN_ROWS
+
+
+def stack_permuted(parts, order, width: int = 1) -> sp.csr_matrix:
+    """CSR blocks holding the rows of queries ``order[0], order[1], ...`` (``width`` rows each,
+    the blocks in turn) put together in query order 0, 1, ...: ``stack_rows(parts)`` with its
+    row blocks permuted, in one copy (compiled, :mod:`graphop.jit`; scipy row indexing with
+    ``GRAPHOP_JIT=0``)."""
+    order = np.asarray(order, dtype=np.int64)
+    n_q = len(order)
+    if sum(m.shape[0] for m in parts) != n_q * width:
+        raise ValueError("the blocks do not hold width rows for every query of the order")
+    if not jit.enabled():
+        inv = np.empty(n_q, dtype=np.int64)
+        inv[order] = np.arange(n_q)
+        rows = (inv[:, None] * width + np.arange(width)).ravel()
+        return stack_rows(parts)[rows]
+    nnz = sum(m.nnz for m in parts)
+    itype = np.result_type(*[m.indices.dtype for m in parts])
+    if nnz >= 2**31 - 1:
+        itype = np.int64
+    lens = np.empty(n_q * width, dtype=np.int64)
+    a = 0
+    for m in parts:
+        q = order[a:a + m.shape[0] // width]
+        lens.reshape(n_q, width)[q] = np.diff(m.indptr).reshape(-1, width)
+        a += len(q)
+    indptr = np.zeros(n_q * width + 1, dtype=itype)
+    np.cumsum(lens, out=indptr[1:])
+    indices = np.empty(nnz, dtype=itype)
+    data = np.empty(nnz, dtype=np.result_type(*[m.data.dtype for m in parts]))
+    a = 0
+    for m in parts:
+        q = order[a:a + m.shape[0] // width]
+        _scatter_rows(indptr, indices, data, m.indptr, m.indices, m.data, q, width)
+        a += len(q)
+    return sp.csr_matrix((data, indices, indptr),
+                         shape=(n_q * width, parts[0].shape[1]))
+
+
+@jit.kernel
+def _scatter_rows(out_ptr, out_idx, out_val, ptr, idx, val, queries, width):
+    """Copy the ``width`` rows of each ``queries[k]`` from the k-th row block of (ptr, idx,
+    val) to their place in the output CSR (its ``out_ptr`` complete)."""
+    for k in range(len(queries)):
+        src, end = ptr[k * width], ptr[(k + 1) * width]
+        dst = out_ptr[queries[k] * width]
+        for e in range(end - src):
+            out_idx[dst + e] = idx[src + e]
+            out_val[dst + e] = val[src + e]
 
 
 def block_diagonal(blocks) -> SparseOperator:
@@ -665,9 +737,10 @@ class GraphSet:
 
     def quadrature_of(self, b: int):
         """``(x [Q + n_b, d], w [Q + n_b], B [Q + n_b, n_b])`` of graph b's cells
-        (:func:`graphop.geometry.cells.interpolating_quadrature`), followed by the nodes
-        themselves with :data:`NODE_WEIGHT` times their weights, so that a ball around a node
-        is never empty, however small. A planar graph without cells (a bare 2D point cloud)
+        (:func:`graphop.geometry.cells.interpolating_quadrature`) and the nodes themselves
+        with :data:`NODE_WEIGHT` times their weights, so that a ball around a node is never
+        empty, however small; all listed in :func:`graphop.geometry.neighbors.spatial_order`
+        (the compiled builds then read a ball's points from nearby memory). A planar graph without cells (a bare 2D point cloud)
         is integrated over the filtered Delaunay triangles of its points
         (:func:`graphop.geometry.triangulate.triangulate_cloud`). On a torus the cells are
         unwrapped across the seam and the quadrature points wrapped into the box, and a planar
@@ -688,8 +761,10 @@ class GraphSet:
             return None
         x, wq, B = quad
         w = np.ones(len(p)) if w is None else w
-        return (np.concatenate([x, p]), np.concatenate([wq, NODE_WEIGHT * w]),
-                sp.vstack([B, sp.identity(len(p), format="csr")], format="csr"))
+        x = np.concatenate([x, p])
+        order = spatial_order(x)        # the builds read a ball's points from nearby memory
+        return (x[order], np.concatenate([wq, NODE_WEIGHT * w])[order],
+                sp.vstack([B, sp.identity(len(p), format="csr")], format="csr")[order])
 
 
 #: the weight of the nodes among the cells' quadrature points (:meth:`GraphSet.quadrature`),

@@ -72,8 +72,8 @@ from scipy.spatial import cKDTree
 
 import graphop.jit as jit
 from graphop.errors import InputError, MeshError
-from graphop.geometry.neighbors import PointTree, knn_distances, radius_neighbors
-from graphop.layers.sparse import build_rows, csr_from_coo, row_chunk
+from graphop.geometry.neighbors import PointTree, knn_distances, radius_neighbors, spatial_order
+from graphop.layers.sparse import build_rows, csr_from_coo, ordered_build, row_chunk
 
 __all__ = ["stencil_offsets", "local_scale", "stencil_matrix", "stencil_info", "grow_until_well_posed",
            "coefficient_bound", "mollifier_matrix", "mollifier_gradient_matrix", "StencilInfo", "MU",
@@ -344,19 +344,28 @@ def mollifier_gradient_matrix(pos, weight, radius: float, periodic=None, pos_out
     out = pos if pos_out is None else np.asarray(pos_out, dtype=np.float64)
     n_pairs = len(out) * min(len(pos), 1 + len(pos) * (2 * radius) ** pos.shape[1])
     step = row_chunk(len(out), n_pairs, chunk_pairs)
-    if step < len(out):
+    # over cells, a large compiled build runs its output points in spatial order (as DISCO's)
+    order = spatial_order(out) if interp is not None and ordered_build(len(out)) else None
+    if step < len(out) or order is not None:
         tree = PointTree(pos, periodic)             # one tree for every block of rows
-        m = build_rows(len(out), step, lambda a: _gradient_rows(
-            pos, weight, radius, periodic, out[a:a + step], interp, tree))
+        ids = np.arange(len(out)) if order is None else order
+
+        def rows(a):
+            return _gradient_rows(pos, weight, radius, periodic, out[ids[a:a + step]], interp,
+                                  tree, ids[a:a + step])
+
+        m = build_rows(len(out), step, rows, order=order, width=pos.shape[1])
         m.sort_indices()
         return m
     return _gradient_rows(pos, weight, radius, periodic, out if pos_out is not None else None,
                           interp, None)
 
 
-def _gradient_rows(pos, weight, radius, periodic, pos_out, interp, tree) -> sp.csr_matrix:
+def _gradient_rows(pos, weight, radius, periodic, pos_out, interp, tree,
+                   ids=None) -> sp.csr_matrix:
     """The rows of :func:`mollifier_gradient_matrix` at ``pos_out`` (None: at ``pos``, the
-    symmetric search), searching ``tree`` (a :class:`PointTree` of ``pos``) when given."""
+    symmetric search), searching ``tree`` (a :class:`PointTree` of ``pos``) when given;
+    ``ids``: the output points' numbers in the whole build (for the error message)."""
     out = pos if pos_out is None else pos_out
     w = np.asarray(weight, dtype=np.float64)
     d = pos.shape[1]
@@ -365,25 +374,36 @@ def _gradient_rows(pos, weight, radius, periodic, pos_out, interp, tree) -> sp.c
                           sort=interp is None)
     mass = 2 * math.pi ** (d / 2) / math.gamma(d / 2) * radius ** d * (
         math.gamma(d / 2) * math.gamma(4) / math.gamma(d / 2 + 4) / 2)   # integral of phi
+    if jit.enabled() and interp is not None:        # the product with interp fused in
+        n_nodes = interp.shape[1]
+        big = max(n_nodes, nb.nnz * d) >= 2**31 - 1
+        indptr, indices, vals, total = _gradient_cells_kernel(
+            nb.indptr, nb.indices, nb.offsets, nb.distances, jit.readonly(w), float(radius),
+            GRADIENT_FLOOR * mass, interp.indptr, interp.indices, interp.data, n_nodes,
+            np.empty(0, dtype=np.int64 if big else np.int32))
+        _check_total(total, out, radius, ids)
+        return sp.csr_matrix((vals, indices, indptr), shape=(len(out) * d, n_nodes))
     if jit.enabled():
         indptr, indices, vals, total = _gradient_rows_kernel(
             nb.indptr, nb.indices, nb.offsets, nb.distances, jit.readonly(w), float(radius),
             GRADIENT_FLOOR * mass)
-        _check_total(total, out, radius)
+        _check_total(total, out, radius, ids)
         g = sp.csr_matrix((vals, indices, indptr), shape=(len(out) * d, len(pos)))
     else:
-        g = _gradient_rows_reference(nb, w, radius, out, len(pos), mass)
+        g = _gradient_rows_reference(nb, w, radius, out, len(pos), mass, ids)
     if interp is not None:
         g = (g @ interp).tocsr()
         g.sort_indices()
     return g
 
 
-def _check_total(total, out, radius) -> None:
+def _check_total(total, out, radius, ids=None) -> None:
     bad = np.flatnonzero(~(total > 0))
     if len(bad):
-        raise MeshError(f"smoothing radius {radius:g}: point {int(bad[0])} at "
-                        f"{out[bad[0]].tolist()} has no positive quadrature weight within it")
+        i = int(bad[0] if ids is None else np.min(ids[bad]))
+        at = bad[0] if ids is None else bad[np.argmin(ids[bad])]
+        raise MeshError(f"smoothing radius {radius:g}: point {i} at "
+                        f"{out[at].tolist()} has no positive quadrature weight within it")
 
 
 @jit.kernel
@@ -424,14 +444,93 @@ def _gradient_rows_kernel(indptr, indices, offsets, dist, w, radius, floor_mass)
     return out_ptr, out_idx, out_val, total
 
 
-def _gradient_rows_reference(nb, w, radius, out, n_in, mass) -> sp.csr_matrix:
+@jit.kernel
+def _gradient_cells_kernel(indptr, indices, offsets, dist, w, radius, floor_mass, b_ptr, b_idx,
+                           b_val, n_nodes, itype):
+    """:func:`_gradient_rows_kernel` times the cells' interpolation B (CSR [Q, n_nodes]),
+    fused: each query's entries go through B into a dense block of its nodes (as in
+    :func:`graphop.layers.disco._disco_rows_kernel`), written as rows ``i d + k`` with the
+    nodes ascending and exact zeros dropped (as scipy's product drops them). Integer type of
+    the CSR arrays: that of ``itype``."""
+    nq, d = len(indptr) - 1, offsets.shape[1]
+    out_ptr = np.zeros(nq * d + 1, dtype=itype.dtype)
+    cap = max(16, 4 * d * indptr[nq])        # np.empty: spare room is never touched
+    out_idx = np.empty(cap, dtype=itype.dtype)
+    out_val = np.empty(cap)
+    total = np.zeros(nq)
+    csum = np.zeros(d)
+    g = np.zeros(d)
+    slot = np.full(n_nodes, -1, dtype=np.int64)
+    touched = np.zeros(64, dtype=np.int64)
+    acc = np.zeros((64, d))
+    pos = 0
+    for i in range(nq):
+        a, b = indptr[i], indptr[i + 1]
+        t = 0.0
+        for e in range(a, b):
+            q = max(0.0, 1.0 - (dist[e] / radius) ** 2)
+            t += q ** 3 * w[indices[e]]
+        total[i] = t
+        z = max(t, floor_mass)
+        csum[:] = 0.0
+        for e in range(a, b):
+            q = max(0.0, 1.0 - (dist[e] / radius) ** 2)
+            for k in range(d):
+                csum[k] += (6.0 / radius ** 2) * (q ** 2 * w[indices[e]] / z) * offsets[e, k]
+        n_t = 0                                  # this query's nodes, ascending
+        for e in range(a, b):
+            for f in range(b_ptr[indices[e]], b_ptr[indices[e] + 1]):
+                if slot[b_idx[f]] < 0:
+                    if n_t == len(touched):
+                        grown = np.empty(2 * n_t, dtype=np.int64)
+                        grown[:n_t] = touched[:n_t]
+                        touched = grown
+                    slot[b_idx[f]] = 0
+                    touched[n_t] = b_idx[f]
+                    n_t += 1
+        nodes = np.sort(touched[:n_t])
+        for s_ in range(n_t):
+            slot[nodes[s_]] = s_
+        if acc.shape[0] < n_t:
+            acc = np.zeros((2 * n_t, d))
+        acc[:n_t] = 0.0
+        for e in range(a, b):
+            q = max(0.0, 1.0 - (dist[e] / radius) ** 2)
+            wj = w[indices[e]]
+            m = q ** 3 * wj / t if t > 0 else 0.0
+            for k in range(d):
+                g[k] = (6.0 / radius ** 2) * (q ** 2 * wj / z) * offsets[e, k] - csum[k] * m
+            for f in range(b_ptr[indices[e]], b_ptr[indices[e] + 1]):
+                s_, bv = slot[b_idx[f]], b_val[f]
+                for k in range(d):
+                    acc[s_, k] += g[k] * bv
+        if pos + d * n_t > cap:                  # grow the output (amortised doubling)
+            cap = max(2 * cap, pos + d * n_t)
+            grown_idx = np.empty(cap, dtype=itype.dtype)
+            grown_val = np.empty(cap)
+            grown_idx[:pos] = out_idx[:pos]
+            grown_val[:pos] = out_val[:pos]
+            out_idx, out_val = grown_idx, grown_val
+        for k in range(d):
+            for s_ in range(n_t):
+                if acc[s_, k] != 0.0:
+                    out_idx[pos] = nodes[s_]
+                    out_val[pos] = acc[s_, k]
+                    pos += 1
+            out_ptr[i * d + k + 1] = pos
+        for s_ in range(n_t):
+            slot[nodes[s_]] = -1
+    return out_ptr, out_idx[:pos], out_val[:pos], total
+
+
+def _gradient_rows_reference(nb, w, radius, out, n_in, mass, ids=None) -> sp.csr_matrix:
     """The numpy reference of :func:`_gradient_rows`' matrix (before ``interp``)."""
     d = nb.offsets.shape[1]
     rows = nb.rows()
     q = np.maximum(0.0, 1.0 - (nb.distances / radius) ** 2)
     wj = w[nb.indices]
     total = np.bincount(rows, q ** 3 * wj, minlength=len(out))
-    _check_total(total, out, radius)
+    _check_total(total, out, radius, ids)
     m = q ** 3 * wj / total[rows]                                    # M[i, j]
     z = np.maximum(total, GRADIENT_FLOOR * mass)
     # x_i - y_j = -offsets; c_ijk = -6 q^2 (x_i - y_j)_k / rho^2 w_j / max(Z_i, floor m)
@@ -471,9 +570,6 @@ def mollifier_matrix(pos, weight, radius: float, periodic=None, pos_out=None) ->
     q = np.maximum(0.0, 1.0 - (nb.distances / radius) ** 2)
     vals = q ** 3 * w[nb.indices]
     total = np.bincount(rows, vals, minlength=len(out))
-    bad = np.flatnonzero(~(total > 0))
-    if len(bad):
-        raise MeshError(f"smoothing radius {radius:g}: point {int(bad[0])} at "
-                         f"{out[bad[0]].tolist()} has no positive quadrature weight within it")
+    _check_total(total, out, radius)
     m = sp.csr_matrix((vals / total[rows], nb.indices, nb.indptr), shape=(len(out), len(pos)))
     return m
