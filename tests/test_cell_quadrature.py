@@ -193,7 +193,7 @@ def test_one_triangulation_serves_every_operator_of_a_cloud(monkeypatch):
     x = torch.sin(3 * pts[:, :1])
     calls = []
     real = sparse.triangulate_cloud
-    monkeypatch.setattr(sparse, "triangulate_cloud", lambda p: calls.append(1) or real(p))
+    monkeypatch.setattr(sparse, "triangulate_cloud", lambda p, **kw: calls.append(1) or real(p, **kw))
     layers = _layers("cells")
 
     def run():

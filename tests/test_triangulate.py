@@ -251,3 +251,46 @@ def test_a_torus_cloud_too_coarse_to_tile_keeps_nodal_sums():
             pytest.approx(1.0, rel=1e-6)
     assert triangulate_periodic(rng.random((5, 2)), 1.0) is None
     assert triangulate_periodic(np.c_[np.linspace(0, 0.9, 10), np.zeros(10)], 1.0) is None
+
+
+@pytest.mark.parametrize("cloud", ["uniform", "graded", "grid", "lshape"])
+def test_a_large_cloud_is_triangulated_in_strips_with_the_same_triangles(monkeypatch, cloud):
+    # strips of 4000 points (monkeypatched from 250k): on a random cloud the triangles of one
+    # piece; on a grid (every square cocircular) and an L-shape a tiling with each interior
+    # edge in two triangles at most and the area of the one-piece triangulation; the same for
+    # 1 and 3 threads
+    import graphop.geometry.triangulate as tr
+    from graphop.geometry.domains import structured_square
+
+    rng = np.random.default_rng(5)
+    p = {"uniform": lambda: rng.random((16000, 2)),
+         "graded": lambda: rng.random((16000, 2)) ** [1, 2],
+         "grid": lambda: structured_square(127).points[:, :2],
+         "lshape": lambda: structured_square(127).points[:, :2]}[cloud]()
+    if cloud == "lshape":
+        p = p[~((p[:, 0] > 0.5 + 1e-9) & (p[:, 1] > 0.5 + 1e-9))]
+    whole = triangulate_cloud(p)
+    monkeypatch.setattr(tr, "STRIP_POINTS", 4000)
+    one, three = triangulate_cloud(p, threads=1), triangulate_cloud(p, threads=3)
+
+    def canon(t):
+        t = np.sort(t, axis=1)
+        return t[np.lexsort(t.T[::-1])]
+
+    np.testing.assert_array_equal(canon(one), canon(three))
+    from graphop.geometry.neighbors import knn_distances
+
+    margin = 1.01 * CLOUD_ALPHA * knn_distances(p, 6)[:, -1].max()
+    assert len(p) // 4000 * margin < np.ptp(p[:, 0]) / 2      # the strips, not one piece
+    radius, cross = _circumradius(p, one)
+    assert (cross > 0).all()
+    if cloud in ("uniform", "graded"):
+        np.testing.assert_array_equal(canon(one), canon(whole))
+    else:
+        edges = np.sort(np.concatenate([one[:, [0, 1]], one[:, [1, 2]], one[:, [2, 0]]]), axis=1)
+        _, count = np.unique(edges, axis=0, return_counts=True)
+        assert count.max() == 2
+        assert _area(p, one) == pytest.approx(_area(p, whole), rel=1e-12)
+        assert len(one) == len(whole)
+        if cloud == "grid":
+            assert _area(p, one) == pytest.approx(1.0, rel=1e-12)

@@ -41,9 +41,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from graphop.geometry.neighbors import box_size, knn_distances
+from graphop.geometry.neighbors import box_size, knn_distances, spatial_order
 
-__all__ = ["CLOUD_ALPHA", "CLOUD_K", "triangulate_cloud", "triangulate_periodic"]
+__all__ = ["CLOUD_ALPHA", "CLOUD_K", "STRIP_POINTS", "triangulate_cloud", "triangulate_periodic"]
 
 #: largest circumradius of a kept triangle, in local spacings (see the module docstring)
 CLOUD_ALPHA = 3.0
@@ -65,37 +65,91 @@ def _circumradius_filter(p: np.ndarray, tri: np.ndarray, h: np.ndarray, alpha: f
     return np.isfinite(radius) & (radius <= alpha * h.mean(axis=1)), cross, radius
 
 
-def triangulate_cloud(points, alpha: float = CLOUD_ALPHA, k: int = CLOUD_K):
+#: a planar cloud of at least 2 x this many points is triangulated in vertical strips of about
+#: this many points each (:func:`triangulate_cloud`), on ``threads`` threads
+STRIP_POINTS = 250_000
+
+
+def triangulate_cloud(points, alpha: float = CLOUD_ALPHA, k: int = CLOUD_K, threads: int = 1):
     """Filtered Delaunay triangles of a planar point cloud (module docstring).
+
+    A large cloud (2 x :data:`STRIP_POINTS` points or more) is triangulated in vertical strips,
+    each with its neighbours' points within a margin of 1.01 alpha h_max, keeping the triangles
+    whose circumcentre lies in the strip: a triangle that passes the filter has a circumdisk
+    of radius at most alpha h_max, within the strip and its margin, so it is a Delaunay
+    triangle of all the points exactly when it is one of the strip's. The points are first
+    moved by :data:`PERIODIC_JITTER` local spacings (the same move in every strip; the kept
+    triangles' coordinates are not moved), so that the triangulation is unique and the strips
+    agree where points are cocircular (a grid). The strips are the same for any number of
+    ``threads``, so is the result. Measured at 1M random points: 10.0 s for qhull in one piece.
 
     Args:
         points: [N, 2] coordinates.
         alpha: largest circumradius of a kept triangle in local spacings (default 3).
         k: the local spacing at a point is the distance to its k-th nearest other point
             (default 6).
+        threads: threads that triangulate the strips of a large cloud (default 1).
 
     Returns:
         [M, 3] int64 counter-clockwise triangles, or None when the points span no triangle
         (fewer than 3 distinct points, all collinear) or the filter keeps none. Points in no
         kept triangle (duplicates, isolated outliers) are vertices of none.
     """
-    from scipy.spatial import Delaunay, QhullError
+    from scipy.spatial import QhullError
 
     p = np.asarray(points, dtype=np.float64)
     if p.ndim != 2 or p.shape[1] != 2 or len(p) < 3:
         return None
+    h = knn_distances(p, min(k, len(p) - 1))[:, -1]
     try:
-        tri = Delaunay(p).simplices.astype(np.int64)
+        tri = _delaunay(p, h, alpha, max(1, int(threads)))
     except (QhullError, ValueError):
         return None
-    if len(tri) == 0:
+    if tri is None or len(tri) == 0:
         return None
-    h = knn_distances(p, min(k, len(p) - 1))[:, -1]
     keep, cross, _ = _circumradius_filter(p, tri, h[tri], alpha)
     tri = tri[keep]
     flip = cross[keep] < 0
     tri[flip] = tri[flip][:, [0, 2, 1]]
     return tri if len(tri) else None
+
+
+def _delaunay(p: np.ndarray, h: np.ndarray, alpha: float, threads: int):
+    """The Delaunay triangles of ``p`` [N, 2] that can pass the filter (all of them for a
+    cloud of fewer than 2 x :data:`STRIP_POINTS` points), [M, 3] int64 (see
+    :func:`triangulate_cloud`)."""
+    from scipy.spatial import Delaunay
+
+    n = len(p)
+    strips = n // STRIP_POINTS
+    margin = 1.01 * alpha * float(h.max())
+    if strips < 2 or not np.isfinite(margin) or margin * strips >= np.ptp(p[:, 0]) / 2:
+        order = spatial_order(p)      # qhull inserts nearby points in turn: measured 1.3x faster
+        return order[Delaunay(p[order]).simplices]
+    q = p + np.random.default_rng(0).uniform(-1.0, 1.0, (n, 2)) * (PERIODIC_JITTER * h)[:, None]
+    x = q[:, 0]
+    cuts = np.concatenate([[-np.inf], np.quantile(x, np.arange(1, strips) / strips), [np.inf]])
+
+    def strip(s):
+        lo, hi = cuts[s], cuts[s + 1]
+        sel = np.flatnonzero((x >= lo - margin) & (x < hi + margin))
+        sel = sel[spatial_order(q[sel])]
+        tri = np.sort(sel[Delaunay(q[sel]).simplices], axis=1)    # the same in every strip
+        a, b, c = q[tri[:, 0]], q[tri[:, 1]], q[tri[:, 2]]
+        ab, ac = b - a, c - a
+        with np.errstate(divide="ignore", invalid="ignore"):
+            cx = a[:, 0] + ((ac[:, 1] * (ab ** 2).sum(1) - ab[:, 1] * (ac ** 2).sum(1))
+                            / (2.0 * (ab[:, 0] * ac[:, 1] - ab[:, 1] * ac[:, 0])))
+        return tri[(cx >= lo) & (cx < hi)]
+
+    if threads == 1:
+        parts = [strip(s) for s in range(strips)]
+    else:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(min(threads, strips)) as ex:    # qhull releases the GIL
+            parts = list(ex.map(strip, range(strips)))
+    return np.concatenate(parts)
 
 
 #: a torus cloud whose kept triangles cover less than this fraction of the box is not

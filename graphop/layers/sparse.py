@@ -752,7 +752,8 @@ class GraphSet:
         p, w, box = self.slice(b)
         cells = None if self.cells is None else self.cells[b]
         if cells is None and p.shape[1] == 2 and not self._cells_unknown:
-            tri = triangulate_cloud(p) if box is None else triangulate_periodic(p, box)
+            tri = (triangulate_cloud(p, threads=build_threads()) if box is None
+                   else triangulate_periodic(p, box))
             cells = None if tri is None else {"triangle": tri}
         if cells is None:
             return None
