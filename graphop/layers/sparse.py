@@ -361,6 +361,11 @@ def stack_permuted(parts, order, width: int = 1) -> sp.csr_matrix:
     np.cumsum(lens, out=indptr[1:])
     indices = np.empty(nnz, dtype=itype)
     data = np.empty(nnz, dtype=np.result_type(*[m.data.dtype for m in parts]))
+    # touch the fresh pages in order first: the scatter writes rows all over them, and a
+    # page's first touch out of order costs several times more (measured: 3.4 s against
+    # 0.9 s with this fill for 1e8 entries of fresh memory, the same once memory is reused)
+    indices.fill(0)
+    data.fill(0.0)
     a = 0
     for m in parts:
         q = order[a:a + m.shape[0] // width]
