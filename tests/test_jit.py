@@ -221,7 +221,8 @@ def test_spatial_order(monkeypatch, d):
 
 def test_stack_permuted(monkeypatch):
     # blocks holding the rows of a permutation's queries, put back in query order: the rows
-    # that scipy's row indexing gives, from the compiled scatter and from the reference
+    # that scipy's row indexing gives, from the compiled scatter (1 and 2 threads) and from the
+    # reference
     from graphop.layers.sparse import stack_permuted
 
     rng = np.random.default_rng(4)
@@ -231,8 +232,9 @@ def test_stack_permuted(monkeypatch):
     rows = (order[:, None] * width + np.arange(width)).ravel()
     moved = full[rows]
     parts = [moved[a * width:b * width] for a, b in ((0, 170), (170, 171), (171, 500))]
-    for flag in ("0", "1"):
+    for flag, threads in (("0", "1"), ("1", "1"), ("1", "2")):
         monkeypatch.setenv("GRAPHOP_JIT", flag)
+        monkeypatch.setenv("GRAPHOP_BUILD_THREADS", threads)
         got = stack_permuted(parts, order, width)
         assert (got != full).nnz == 0
         np.testing.assert_array_equal(got.indptr, full.indptr)

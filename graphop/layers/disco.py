@@ -223,16 +223,9 @@ def _disco_rows_kernel(indptr, indices, offsets, dist, w, radius, n_r, n_a, mode
     max_pairs = 0
     for i in range(nq):
         max_pairs = max(max_pairs, indptr[i + 1] - indptr[i])
-    cells = len(b_ptr) > 0
-    block = np.zeros((0 if cells else max_pairs, L))
+    block = np.zeros((max_pairs, L))
     pair_w = np.zeros(max_pairs)
-    # each pair's nonzero basis functions (index, value): over cells only these are carried
-    # through B (4 of L = 9 in 2D), not the pair's whole row
-    width = 2 if n_a == 1 else (4 if d == 2 else 2 * n_a)
-    pair_l = np.zeros((max_pairs, width), dtype=np.int64)
-    pair_v = np.zeros((max_pairs, width))
-    pair_m = np.zeros(max_pairs, dtype=np.int64)
-    blended = np.zeros(L, dtype=np.int64)
+    cells = len(b_ptr) > 0
     slot = np.full(n_nodes if cells else 0, -1, dtype=np.int64)   # node -> column of acc
     touched = np.zeros(0, dtype=np.int64)
     acc = np.zeros((0, L))
@@ -257,8 +250,7 @@ def _disco_rows_kernel(indptr, indices, offsets, dist, w, radius, n_r, n_a, mode
         ball_mass = 0.0
         ball = 0.0
         for p in range(n):
-            if not cells:
-                block[p, :] = 0.0
+            block[p, :] = 0.0
             pair_w[p] = 0.0
             wj = w[indices[a + p]]
             tt = 0.0
@@ -317,26 +309,18 @@ def _disco_rows_kernel(indptr, indices, offsets, dist, w, radius, n_r, n_a, mode
                 for q in range(n_a):
                     ring_l[m + q], ring_v[m + q] = 1 + k0 * n_a + q, w1 * dirs[q]
                 m += n_a
-            c = 0
             for q in range(m):
                 v = ring_v[q] * wj
                 if v != 0.0:
-                    if cells:
-                        pair_l[p, c] = ring_l[q]
-                        pair_v[p, c] = v
-                        c += 1
-                    else:
-                        block[p, ring_l[q]] += v
+                    block[p, ring_l[q]] += v
                     mass[ring_l[q]] += abs(v)
                     pair_w[p] += abs(v)
-            pair_m[p] = c
             ball += pair_w[p]
             if mode == 3:
                 beta = 1.0 - (dist[a + p] / radius) ** 2
                 if beta > 0:
                     ball_mass += beta * wj
         frac = min(1.0, ball_mass / beta_norm) if mode == 3 else 1.0
-        n_blend = 0
         for l in range(L):
             blends[l] = 0.0
             if mode == 0:
@@ -347,20 +331,12 @@ def _disco_rows_kernel(indptr, indices, offsets, dist, w, radius, n_r, n_a, mode
                 scales[l] = frac / max(mass[l], floors[l])
                 if nonneg[l] and ball > 0:
                     blends[l] = max(0.0, 1.0 - mass[l] / floors[l]) * frac / ball
-            if blends[l] > 0:
-                blended[n_blend] = l
-                n_blend += 1
-        if not cells:
-            for p in range(n):                      # the block becomes the finished rows
-                for l in range(L):
-                    v = block[p, l] * scales[l]
-                    if blends[l] > 0:
-                        v += blends[l] * pair_w[p]
-                    block[p, l] = v
-        else:
-            for p in range(n):                      # the pairs' finished values
-                for c in range(pair_m[p]):
-                    pair_v[p, c] *= scales[pair_l[p, c]]
+        for p in range(n):                          # the block becomes the finished rows
+            for l in range(L):
+                v = block[p, l] * scales[l]
+                if blends[l] > 0:
+                    v += blends[l] * pair_w[p]
+                block[p, l] = v
         if cells:
             # the nodes of this query's quadrature points, ascending, and a dense block
             # acc [nodes, L] of sum_p v_pl B[q_p, node]
@@ -386,11 +362,8 @@ def _disco_rows_kernel(indptr, indices, offsets, dist, w, radius, n_r, n_a, mode
                 q = indices[a + p]
                 for e in range(b_ptr[q], b_ptr[q + 1]):
                     s_, bv = slot[b_idx[e]], b_val[e]
-                    for c in range(pair_m[p]):
-                        acc[s_, pair_l[p, c]] += pair_v[p, c] * bv
-                    for c in range(n_blend):
-                        l = blended[c]
-                        acc[s_, l] += blends[l] * pair_w[p] * bv
+                    for l in range(L):
+                        acc[s_, l] += block[p, l] * bv
             need = L * n_t
         else:
             need = L * n
