@@ -17,6 +17,9 @@ A :class:`Neighborhood` is the CSR of the bipartite relation "source point j lie
 ``radius`` of query point i": row ``i`` holds ``indices[indptr[i]:indptr[i+1]]`` (sorted
 ascending unless the search was asked for ``sort=False``), with the matching ``distances`` and
 displacement vectors ``offsets = y_j - x_i`` (minimum-image displacements on a torus).
+
+:func:`spatial_order` lists points along a Z-order curve; the operator builds use it so that
+neighbouring queries read neighbouring memory.
 """
 from __future__ import annotations
 
