@@ -6,14 +6,17 @@ is a pass over arrays of that length with its temporaries; a compiled loop does 
 arithmetic in one pass per query point. :func:`kernel` compiles such a loop with numba on its
 first call (``nogil``: the threads of :func:`graphop.layers.sparse.build_rows` run it in
 parallel; ``cache``: compiled once per installation and kept on disk beside the module, or in
-``$NUMBA_CACHE_DIR``. The first build after installing compiles the three kernels, about 15 s
-on a 2-core machine, once; later processes load them in a fraction of a second).
+``$NUMBA_CACHE_DIR``. The first build after installing compiles the kernels, about 15 s on a
+2-core machine, once; later processes load them in a fraction of a second).
 
 The kernels: :func:`graphop.geometry.neighbors._cell_pass` (radius search on a cell list),
+:func:`graphop.geometry.neighbors._morton_argsort` (points along a Z-order curve),
 :func:`graphop.layers.disco._disco_rows_kernel` (DISCO rows, the cells' interpolation fused
-in) and :func:`graphop.layers.stencil._gradient_rows_kernel` (the mollifier gradient). At a
-million random points on 2 threads they build LocalGNO's operators in 18 s in 3D (numpy 31 s)
-and 88 s in 2D over the cells (232 s): ``graphop bench train`` times both paths
+in), :func:`graphop.layers.stencil._gradient_rows_kernel` and ``_gradient_cells_kernel`` (the
+mollifier gradient, over cells with the interpolation fused in) and
+:func:`graphop.layers.sparse._scatter_rows` (rows built in spatial order put back in order).
+At a million random points on 2 threads they build LocalGNO's operators in 18 s in 3D (numpy
+31 s) and 47-48 s in 2D over the cells (232 s): ``graphop bench train`` times both paths
 (``build_jit_speedup``), ``experiments/README.md`` has the tables.
 
 The numpy code stays the reference: ``GRAPHOP_JIT=0`` (or numba missing) builds every operator

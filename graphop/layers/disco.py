@@ -409,7 +409,10 @@ def disco_matrix(pos_out, pos_in, weight_in, radius: float, basis: KernelBasis, 
     (:meth:`graphop.layers.sparse.GraphSet.quadrature`); the result is ``Psi @ B``
     [N_out * L, M], each chunk multiplied before the next is built.
     The rows come from the compiled :func:`_disco_rows_kernel` (:mod:`graphop.jit`; with
-    cells the product with B is fused into it), or from the numpy reference
+    cells the product with B is fused into it, and from
+    :data:`graphop.layers.sparse.ORDERED_MIN_ROWS` output points on they are built with the
+    points in :func:`graphop.geometry.neighbors.spatial_order` and put back in order once),
+    or from the numpy reference
     (:func:`basis_entries`, :func:`ball_fraction`, :func:`_weighted_means`, then ``@ B``)
     with ``GRAPHOP_JIT=0``: the same matrix to rounding.
     """

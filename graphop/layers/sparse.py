@@ -768,9 +768,10 @@ class GraphSet:
         (:func:`graphop.geometry.cells.interpolating_quadrature`) and the nodes themselves
         with :data:`NODE_WEIGHT` times their weights, so that a ball around a node is never
         empty, however small; all listed in :func:`graphop.geometry.neighbors.spatial_order`
-        (the compiled builds then read a ball's points from nearby memory). A planar graph without cells (a bare 2D point cloud)
-        is integrated over the filtered Delaunay triangles of its points
-        (:func:`graphop.geometry.triangulate.triangulate_cloud`). On a torus the cells are
+        (the compiled builds then read a ball's points from nearby memory). A planar graph
+        without cells (a bare 2D point cloud) is integrated over the filtered Delaunay
+        triangles of its points (:func:`graphop.geometry.triangulate.triangulate_cloud`, on
+        :func:`build_threads` threads). On a torus the cells are
         unwrapped across the seam and the quadrature points wrapped into the box, and a planar
         cloud is triangulated as a cloud of the torus
         (:func:`graphop.geometry.triangulate.triangulate_periodic`). None: no cells of

@@ -334,8 +334,10 @@ def mollifier_gradient_matrix(pos, weight, radius: float, periodic=None, pos_out
     scratch each), each multiplied by ``interp`` before it is stacked, on the threads of
     :func:`graphop.layers.sparse.build_threads` (a share of ``chunk_pairs`` each): the same
     matrix. Each chunk's rows come from the compiled :func:`_gradient_rows_kernel`
-    (:mod:`graphop.jit`), or from the numpy :func:`_gradient_rows_reference` with
-    ``GRAPHOP_JIT=0``: the same matrix to rounding.
+    (:mod:`graphop.jit`; with ``interp``, :func:`_gradient_cells_kernel`, the product fused
+    in, and from :data:`graphop.layers.sparse.ORDERED_MIN_ROWS` output points on, the points in
+    :func:`graphop.geometry.neighbors.spatial_order`, put back in order once), or from the
+    numpy :func:`_gradient_rows_reference` with ``GRAPHOP_JIT=0``: the same matrix to rounding.
 
     Raises:
         MeshError: an output point whose ball holds no positive weight.
