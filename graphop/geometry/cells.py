@@ -14,6 +14,7 @@ from graphop.errors import InputError
 
 __all__ = [
     "CELL_DIM",
+    "quadrature_rule",
     "cell_dim",
     "cell_measures",
     "lumped_mass",
@@ -267,6 +268,22 @@ def interpolating_quadrature(points: np.ndarray, cells: dict[str, np.ndarray], b
     """
     import scipy.sparse as sp
 
+    parts = quadrature_rule(points, cells, box)
+    if parts is None:
+        return None
+    x, w, simp, bary = parts
+    nq, k = len(x), simp.shape[1]
+    B = sp.csr_matrix((np.tile(bary, (len(simp), 1)).ravel(),
+                       np.repeat(simp, len(bary), axis=0).ravel(),
+                       np.arange(0, k * nq + 1, k)), shape=(nq, len(points)))
+    return x, w, B
+
+
+def quadrature_rule(points: np.ndarray, cells: dict[str, np.ndarray], box=None):
+    """The parts of :func:`interpolating_quadrature`: ``(x [Q, d], w [Q], simplices [M, k],
+    bary [R, k])``, point ``q`` the ``q % R``-th point of the rule (barycentric coordinates
+    ``bary[q % R]``) in simplex ``q // R``; or None. For a caller that builds B itself (in
+    another order of the points)."""
     points = np.asarray(points, dtype=np.float64)
     simp = simplices(cells)
     if simp is None or len(simp) == 0:
@@ -285,8 +302,4 @@ def interpolating_quadrature(points: np.ndarray, cells: dict[str, np.ndarray], b
     if box is not None:
         x = wrap_into_box(x, box)
     w = (meas[:, None] * rule_w[None, :]).ravel()
-    nq = len(x)
-    B = sp.csr_matrix((np.tile(bary, (len(simp), 1)).ravel(),
-                       np.repeat(simp, len(rule_w), axis=0).ravel(),
-                       np.arange(0, k * nq + 1, k)), shape=(nq, len(points)))
-    return x, w, B
+    return x, w, simp, bary

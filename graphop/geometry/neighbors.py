@@ -392,8 +392,9 @@ def _cell_pass(x, qorder, d, m, ys, radius, lo, side, shape, order, ids, starts,
             dist[start:pos] = dist[perm]
 
 
-def knn_distances(points, k: int, *, periodic=None) -> np.ndarray:
-    """Distances from each point to its ``k`` nearest other points, [N, k] (ascending)."""
+def knn_distances(points, k: int, *, periodic=None, workers: int = 1) -> np.ndarray:
+    """Distances from each point to its ``k`` nearest other points, [N, k] (ascending), the
+    queries on ``workers`` threads (cKDTree's)."""
     x = _as_points(points, "points")
     if k < 1 or k >= len(x):
         raise InputError(f"k must be in [1, {len(x) - 1}] for {len(x)} points, got {k}")
@@ -405,7 +406,8 @@ def knn_distances(points, k: int, *, periodic=None) -> np.ndarray:
     order = spatial_order(x) if len(x) >= 20_000 else np.arange(len(x))
     y = x[order]
     dist = np.empty((len(x), k))
-    dist[order] = cKDTree(y, boxsize=box).query(y, k=k + 1)[0][:, 1:]
+    tree = cKDTree(y, boxsize=box)
+    dist[order] = tree.query(y, k=k + 1, workers=max(1, int(workers)))[0][:, 1:]
     return dist
 
 

@@ -100,7 +100,7 @@ def triangulate_cloud(points, alpha: float = CLOUD_ALPHA, k: int = CLOUD_K, thre
     p = np.asarray(points, dtype=np.float64)
     if p.ndim != 2 or p.shape[1] != 2 or len(p) < 3:
         return None
-    h = knn_distances(p, min(k, len(p) - 1))[:, -1]
+    h = knn_distances(p, min(k, len(p) - 1), workers=threads)[:, -1]
     try:
         tri = _delaunay(p, h, alpha, max(1, int(threads)))
     except (QhullError, ValueError):

@@ -64,7 +64,7 @@ import torch
 
 import graphop.jit as jit
 from graphop.errors import GraphopWarning, InputError
-from graphop.geometry.cells import interpolating_quadrature
+from graphop.geometry.cells import quadrature_rule
 from graphop.geometry.neighbors import spatial_order
 from graphop.geometry.triangulate import triangulate_cloud, triangulate_periodic
 from graphop.memory import available_memory, env_bytes, format_bytes
@@ -786,15 +786,42 @@ class GraphSet:
             cells = None if tri is None else {"triangle": tri}
         if cells is None:
             return None
-        quad = interpolating_quadrature(p, cells, box=box)
-        if quad is None:
+        rule = quadrature_rule(p, cells, box=box)
+        if rule is None:
             return None
-        x, wq, B = quad
+        x, wq, simp, bary = rule
         w = np.ones(len(p)) if w is None else w
         x = np.concatenate([x, p])
         order = spatial_order(x)        # the builds read a ball's points from nearby memory
-        return (x[order], np.concatenate([wq, NODE_WEIGHT * w])[order],
-                sp.vstack([B, sp.identity(len(p), format="csr")], format="csr")[order])
+        return x[order], np.concatenate([wq, NODE_WEIGHT * w])[order], _interpolation(
+            order, simp, bary, len(p))
+
+
+def _interpolation(order, simp, bary, n_nodes: int) -> sp.csr_matrix:
+    """B [Q + n_nodes, n_nodes] of :meth:`GraphSet.quadrature_of`, its rows in ``order``:
+    row i holds point ``q = order[i]``, the ``q % R``-th point of simplex ``q // R`` (its
+    barycentric coordinates ``bary[q % R]`` at the simplex's nodes, R = len(bary)) when
+    q < Q = R M, else the node ``q - Q`` itself (one entry 1); built in place, without a
+    stacked and re-indexed copy (1M points in 2D: 0.4 s against 1.9 s)."""
+    R, k = bary.shape
+    n_cell = R * len(simp)
+    cell = order < n_cell
+    lens = np.where(cell, k, 1)
+    indptr = np.zeros(len(order) + 1, dtype=np.int64)
+    np.cumsum(lens, out=indptr[1:])
+    itype = np.int32 if max(indptr[-1], n_nodes) < 2**31 - 1 else np.int64
+    indices = np.empty(indptr[-1], dtype=itype)
+    data = np.empty(indptr[-1])
+    rows = np.flatnonzero(cell)
+    q, start = order[rows], indptr[rows]
+    t, j = q // R, q % R
+    for c in range(k):
+        indices[start + c] = simp[t, c]
+        data[start + c] = bary[j, c]
+    rows = np.flatnonzero(~cell)
+    indices[indptr[rows]] = order[rows] - n_cell
+    data[indptr[rows]] = 1.0
+    return sp.csr_matrix((data, indices, indptr.astype(itype)), shape=(len(order), n_nodes))
 
 
 #: the weight of the nodes among the cells' quadrature points (:meth:`GraphSet.quadrature`),
