@@ -12,8 +12,8 @@ parallel; ``cache``: compiled once per installation and kept on disk beside the 
 The kernels: :func:`graphop.geometry.neighbors._cell_pass` (radius search on a cell list),
 :func:`graphop.geometry.neighbors._morton_argsort` (points along a Z-order curve),
 :func:`graphop.layers.disco._disco_rows_kernel` (DISCO rows, the cells' interpolation fused
-in), :func:`graphop.layers.stencil._gradient_rows_kernel` and ``_gradient_cells_kernel`` (the
-mollifier gradient, over cells with the interpolation fused in) and
+in), :func:`graphop.layers.stencil._gradient_rows_kernel` (the mollifier gradient, over cells
+with the interpolation fused in too) and
 :func:`graphop.layers.sparse._scatter_rows` (rows built in spatial order put back in order).
 At a million random points on 2 threads they build LocalGNO's operators in 18 s in 3D (numpy
 31 s) and 47-48 s in 2D over the cells (232 s): ``graphop bench train`` times both paths

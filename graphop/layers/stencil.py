@@ -334,8 +334,7 @@ def mollifier_gradient_matrix(pos, weight, radius: float, periodic=None, pos_out
     scratch each), each multiplied by ``interp`` before it is stacked, on the threads of
     :func:`graphop.layers.sparse.build_threads` (a share of ``chunk_pairs`` each): the same
     matrix. Each chunk's rows come from the compiled :func:`_gradient_rows_kernel`
-    (:mod:`graphop.jit`; with ``interp``, :func:`_gradient_cells_kernel`, the product fused
-    in, and from :data:`graphop.layers.sparse.ORDERED_MIN_ROWS` output points on, the points in
+    (:mod:`graphop.jit`; with ``interp`` the product fused in, and from :data:`graphop.layers.sparse.ORDERED_MIN_ROWS` output points on, the points in
     :func:`graphop.geometry.neighbors.spatial_order`, put back in order once), or from the
     numpy :func:`_gradient_rows_reference` with ``GRAPHOP_JIT=0``: the same matrix to rounding.
 
@@ -376,23 +375,16 @@ def _gradient_rows(pos, weight, radius, periodic, pos_out, interp, tree,
                           sort=interp is None)
     mass = 2 * math.pi ** (d / 2) / math.gamma(d / 2) * radius ** d * (
         math.gamma(d / 2) * math.gamma(4) / math.gamma(d / 2 + 4) / 2)   # integral of phi
-    if jit.enabled() and interp is not None:        # the product with interp fused in
-        n_nodes = interp.shape[1]
-        big = max(n_nodes, nb.nnz * d) >= 2**31 - 1
-        indptr, indices, vals, total = _gradient_cells_kernel(
-            nb.indptr, nb.indices, nb.offsets, nb.distances, jit.readonly(w), float(radius),
-            GRADIENT_FLOOR * mass, interp.indptr, interp.indices, interp.data, n_nodes,
-            np.empty(0, dtype=np.int64 if big else np.int32))
-        _check_total(total, out, radius, ids)
-        return sp.csr_matrix((vals, indices, indptr), shape=(len(out) * d, n_nodes))
-    if jit.enabled():
+    if jit.enabled():            # with interp, the product is fused into the kernel
+        n_cols = len(pos) if interp is None else interp.shape[1]
+        b = _NO_INTERP if interp is None else (interp.indptr, interp.indices, interp.data)
+        big = max(n_cols, nb.nnz * d * (1 if interp is None else 4)) >= 2**31 - 1
         indptr, indices, vals, total = _gradient_rows_kernel(
             nb.indptr, nb.indices, nb.offsets, nb.distances, jit.readonly(w), float(radius),
-            GRADIENT_FLOOR * mass)
+            GRADIENT_FLOOR * mass, *b, n_cols, np.empty(0, dtype=np.int64 if big else np.int32))
         _check_total(total, out, radius, ids)
-        g = sp.csr_matrix((vals, indices, indptr), shape=(len(out) * d, len(pos)))
-    else:
-        g = _gradient_rows_reference(nb, w, radius, out, len(pos), mass, ids)
+        return sp.csr_matrix((vals, indices, indptr), shape=(len(out) * d, n_cols))
+    g = _gradient_rows_reference(nb, w, radius, out, len(pos), mass, ids)
     if interp is not None:
         g = (g @ interp).tocsr()
         g.sort_indices()
@@ -408,61 +400,30 @@ def _check_total(total, out, radius, ids=None) -> None:
                         f"{out[at].tolist()} has no positive quadrature weight within it")
 
 
+#: the CSR arrays (indptr, indices, data) of "no interpolation" for :func:`_gradient_rows_kernel`
+_NO_INTERP = (np.empty(0, dtype=np.int32), np.empty(0, dtype=np.int32), np.empty(0))
+
+
 @jit.kernel
-def _gradient_rows_kernel(indptr, indices, offsets, dist, w, radius, floor_mass):
+def _gradient_rows_kernel(indptr, indices, offsets, dist, w, radius, floor_mass, b_ptr, b_idx,
+                          b_val, n_nodes, itype):
     """Compiled :func:`_gradient_rows_reference`, one output point at a time: CSR arrays of
-    the rows ``i d + k`` (every pair of the ball, in its order) and the normalisers Z_i."""
+    the rows ``i d + k`` and the normalisers Z_i. Without B (``b_ptr`` empty): every pair of
+    the ball, in its order. With the cells' interpolation B (CSR [Q, n_nodes]) the product is
+    fused in: each query's entries go through B into a dense block of its nodes (as in
+    :func:`graphop.layers.disco._disco_rows_kernel`), written with the nodes ascending and
+    exact zeros dropped (as scipy's product drops them). Integer type of the CSR arrays: that
+    of ``itype``."""
     nq, d = len(indptr) - 1, offsets.shape[1]
-    nnz = indptr[nq]
-    out_ptr = np.zeros(nq * d + 1, dtype=np.int64)
-    out_idx = np.empty(nnz * d, dtype=np.int64)
-    out_val = np.empty(nnz * d)
-    total = np.zeros(nq)
-    csum = np.zeros(d)
-    for i in range(nq):
-        a, b = indptr[i], indptr[i + 1]
-        t = 0.0
-        for e in range(a, b):
-            q = max(0.0, 1.0 - (dist[e] / radius) ** 2)
-            t += q ** 3 * w[indices[e]]
-        total[i] = t
-        z = max(t, floor_mass)
-        csum[:] = 0.0
-        for e in range(a, b):
-            q = max(0.0, 1.0 - (dist[e] / radius) ** 2)
-            for k in range(d):
-                csum[k] += (6.0 / radius ** 2) * (q ** 2 * w[indices[e]] / z) * offsets[e, k]
-        for k in range(d):
-            pos = a * d + k * (b - a)
-            for e in range(a, b):
-                q = max(0.0, 1.0 - (dist[e] / radius) ** 2)
-                wj = w[indices[e]]
-                c = (6.0 / radius ** 2) * (q ** 2 * wj / z) * offsets[e, k]
-                m = q ** 3 * wj / t if t > 0 else 0.0
-                out_idx[pos] = indices[e]
-                out_val[pos] = c - csum[k] * m
-                pos += 1
-            out_ptr[i * d + k + 1] = pos
-    return out_ptr, out_idx, out_val, total
-
-
-@jit.kernel
-def _gradient_cells_kernel(indptr, indices, offsets, dist, w, radius, floor_mass, b_ptr, b_idx,
-                           b_val, n_nodes, itype):
-    """:func:`_gradient_rows_kernel` times the cells' interpolation B (CSR [Q, n_nodes]),
-    fused: each query's entries go through B into a dense block of its nodes (as in
-    :func:`graphop.layers.disco._disco_rows_kernel`), written as rows ``i d + k`` with the
-    nodes ascending and exact zeros dropped (as scipy's product drops them). Integer type of
-    the CSR arrays: that of ``itype``."""
-    nq, d = len(indptr) - 1, offsets.shape[1]
+    cells = len(b_ptr) > 0
     out_ptr = np.zeros(nq * d + 1, dtype=itype.dtype)
-    cap = max(16, 4 * d * indptr[nq])        # np.empty: spare room is never touched
+    cap = max(16, (4 if cells else 1) * d * indptr[nq])   # np.empty: spare room is untouched
     out_idx = np.empty(cap, dtype=itype.dtype)
     out_val = np.empty(cap)
     total = np.zeros(nq)
     csum = np.zeros(d)
     g = np.zeros(d)
-    slot = np.full(n_nodes, -1, dtype=np.int64)
+    slot = np.full(n_nodes if cells else 0, -1, dtype=np.int64)
     touched = np.zeros(64, dtype=np.int64)
     acc = np.zeros((64, d))
     pos = 0
@@ -479,7 +440,22 @@ def _gradient_cells_kernel(indptr, indices, offsets, dist, w, radius, floor_mass
             q = max(0.0, 1.0 - (dist[e] / radius) ** 2)
             for k in range(d):
                 csum[k] += (6.0 / radius ** 2) * (q ** 2 * w[indices[e]] / z) * offsets[e, k]
-        n_t = 0                                  # this query's nodes, ascending
+        if not cells:
+            for k in range(d):
+                for e in range(a, b):
+                    q = max(0.0, 1.0 - (dist[e] / radius) ** 2)
+                    wj = w[indices[e]]
+                    m = q ** 3 * wj / t if t > 0 else 0.0
+                    out_idx[pos] = indices[e]
+                    out_val[pos] = ((6.0 / radius ** 2) * (q ** 2 * wj / z) * offsets[e, k]
+                                    - csum[k] * m)
+                    pos += 1
+                out_ptr[i * d + k + 1] = pos
+            continue
+        # this query's nodes, ascending (the gather of _disco_rows_kernel: numba's disk cache
+        # keys a kernel on its own file, so a shared compiled helper in another file would
+        # leave cached kernels with a stale copy of it)
+        n_t = 0
         for e in range(a, b):
             for f in range(b_ptr[indices[e]], b_ptr[indices[e] + 1]):
                 if slot[b_idx[f]] < 0:
