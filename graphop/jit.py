@@ -16,7 +16,7 @@ in), :func:`graphop.layers.stencil._gradient_rows_kernel` (the mollifier gradien
 with the interpolation fused in too) and
 :func:`graphop.layers.sparse._scatter_rows` (rows built in spatial order put back in order).
 At a million random points on 2 threads they build LocalGNO's operators in 18 s in 3D (numpy
-31 s) and 47-48 s in 2D over the cells (232 s): ``graphop bench train`` times both paths
+31 s) and 44-51 s in 2D over the cells (232 s): ``graphop bench train`` times both paths
 (``build_jit_speedup``), ``experiments/README.md`` has the tables.
 
 The numpy code stays the reference: ``GRAPHOP_JIT=0`` (or numba missing) builds every operator
