@@ -33,7 +33,7 @@ import warnings
 
 from graphop.errors import GraphopWarning, InputError
 
-__all__ = ["enabled", "kernel", "readonly"]
+__all__ = ["enabled", "kernel", "readonly", "thread_map"]
 
 _lock = threading.Lock()
 
@@ -96,3 +96,19 @@ def kernel(func):
 
     call.py_func = func
     return call
+
+
+def thread_map(func, items, threads: int) -> list:
+    """``[func(x) for x in items]`` on up to ``threads`` threads (in this thread when that is
+    1 or there is one item): for work that releases the GIL (compiled ``nogil`` kernels, qhull,
+    numpy). The results keep the items' order. An error in any item (or an interrupt) is
+    raised here once the items being worked on have finished; the queued ones are dropped."""
+    items = list(items)
+    threads = max(1, int(threads))
+    if threads == 1 or len(items) <= 1:
+        return [func(x) for x in items]
+    from concurrent.futures import ThreadPoolExecutor
+
+    # Executor.map cancels the queued items when one raises (or on Ctrl-C in the wait)
+    with ThreadPoolExecutor(min(threads, len(items)), thread_name_prefix="graphop") as ex:
+        return list(ex.map(func, items))

@@ -15,6 +15,7 @@ from graphop.errors import InputError
 __all__ = [
     "CELL_DIM",
     "quadrature_rule",
+    "interpolation_matrix",
     "cell_dim",
     "cell_measures",
     "lumped_mass",
@@ -266,24 +267,49 @@ def interpolating_quadrature(points: np.ndarray, cells: dict[str, np.ndarray], b
         interpolation B, scipy CSR [Q, N] with the k + 1 barycentric coordinates of each point
         in its simplex (rows sum to 1); or None when the mesh has no cells of dimension >= 2.
     """
-    import scipy.sparse as sp
-
     parts = quadrature_rule(points, cells, box)
     if parts is None:
         return None
     x, w, simp, bary = parts
-    nq, k = len(x), simp.shape[1]
-    B = sp.csr_matrix((np.tile(bary, (len(simp), 1)).ravel(),
-                       np.repeat(simp, len(bary), axis=0).ravel(),
-                       np.arange(0, k * nq + 1, k)), shape=(nq, len(points)))
-    return x, w, B
+    return x, w, interpolation_matrix(simp, bary, len(points))
+
+
+def interpolation_matrix(simp: np.ndarray, bary: np.ndarray, n_nodes: int, order=None):
+    """B, scipy CSR [len(order), n_nodes], of a :func:`quadrature_rule`'s points: row i holds
+    point ``q = order[i]`` (default ``order``: the rule's points in turn), the ``q % R``-th
+    point of simplex ``q // R`` (its barycentric coordinates ``bary[q % R]`` at the simplex's
+    nodes, R = len(bary)) when q < Q = R M, else the node ``q - Q`` itself (one entry 1).
+    Built in place in any order (1M points in 2D, the cells' points and the nodes in spatial
+    order: 0.4 s against 1.9 s for stacking and re-indexing)."""
+    import scipy.sparse as sp
+
+    R, k = bary.shape
+    n_cell = R * len(simp)
+    order = np.arange(n_cell) if order is None else np.asarray(order, dtype=np.int64)
+    cell = order < n_cell
+    lens = np.where(cell, k, 1)
+    indptr = np.zeros(len(order) + 1, dtype=np.int64)
+    np.cumsum(lens, out=indptr[1:])
+    itype = np.int32 if max(indptr[-1], n_nodes) < 2**31 - 1 else np.int64
+    indices = np.empty(indptr[-1], dtype=itype)
+    data = np.empty(indptr[-1])
+    rows = np.flatnonzero(cell)
+    q, start = order[rows], indptr[rows]
+    t, j = q // R, q % R
+    for c in range(k):
+        indices[start + c] = simp[t, c]
+        data[start + c] = bary[j, c]
+    rows = np.flatnonzero(~cell)
+    indices[indptr[rows]] = order[rows] - n_cell
+    data[indptr[rows]] = 1.0
+    return sp.csr_matrix((data, indices, indptr.astype(itype)), shape=(len(order), n_nodes))
 
 
 def quadrature_rule(points: np.ndarray, cells: dict[str, np.ndarray], box=None):
     """The parts of :func:`interpolating_quadrature`: ``(x [Q, d], w [Q], simplices [M, k],
     bary [R, k])``, point ``q`` the ``q % R``-th point of the rule (barycentric coordinates
-    ``bary[q % R]``) in simplex ``q // R``; or None. For a caller that builds B itself (in
-    another order of the points)."""
+    ``bary[q % R]``) in simplex ``q // R``; or None. :func:`interpolation_matrix` builds B from
+    them, in any order of the points."""
     points = np.asarray(points, dtype=np.float64)
     simp = simplices(cells)
     if simp is None or len(simp) == 0:

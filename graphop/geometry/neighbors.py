@@ -186,10 +186,9 @@ def radius_neighbors(query, source=None, radius: float = 1.0, *, periodic=None,
         res = tree_x.sparse_distance_matrix(tree_y, radius, output_type="ndarray")
         rows, cols = res["i"].astype(np.int64), res["j"].astype(np.int64)
     # the reference (and the cell list's rare fallback): sort pairs by (row, col) through one
-    # packed int64 key (a single
-    # np.sort is about 2.5x faster than np.lexsort on two arrays; integer // and - are exact
-    # and ~10x faster than np.divmod; rows are sorted, so the query points repeat by their
-    # counts instead of a gather)
+    # packed int64 key (a single np.sort is about 2.5x faster than np.lexsort on two arrays;
+    # integer // and - are exact and ~10x faster than np.divmod; rows are sorted, so the query
+    # points repeat by their counts instead of a gather)
     n_y = np.int64(len(y))
     key = rows * n_y + cols
     key.sort()
@@ -440,7 +439,8 @@ def spatial_order(points) -> np.ndarray:
     top = (1 << bits) - 1
     scale = top / np.where(hi > lo, hi - lo, 1.0)
     if jit.enabled():
-        return _morton_argsort(x, lo, scale, top)
+        shifts, masks = (np.array(v, dtype=np.int64) for v in zip(*_SPREAD[d]))
+        return _morton_argsort(x, lo, scale, top, shifts, masks)
     code = np.zeros(n, dtype=np.uint32)
     for k in range(d):
         c = np.clip((x[:, k] - lo[k]) * scale[k], 0, top).astype(np.uint32)
@@ -451,25 +451,17 @@ def spatial_order(points) -> np.ndarray:
 
 
 @jit.kernel
-def _morton_argsort(x, lo, scale, top):
-    """Compiled :func:`spatial_order` (2D, 3D): the codes, then a stable sort of them in two
-    counting passes over 16-bit digits."""
+def _morton_argsort(x, lo, scale, top, shifts, masks):
+    """Compiled :func:`spatial_order` (2D, 3D; ``shifts``, ``masks``: :data:`_SPREAD`): the
+    codes, then a stable sort of them in two counting passes over 16-bit digits."""
     n, d = x.shape
     code = np.empty(n, dtype=np.uint32)
     for i in range(n):
         z = 0
         for k in range(d):
             c = np.int64(min(max((x[i, k] - lo[k]) * scale[k], 0.0), float(top)))
-            if d == 2:
-                c = (c | (c << 8)) & 0x00FF00FF
-                c = (c | (c << 4)) & 0x0F0F0F0F
-                c = (c | (c << 2)) & 0x33333333
-                c = (c | (c << 1)) & 0x55555555
-            else:
-                c = (c | (c << 16)) & 0xFF0000FF
-                c = (c | (c << 8)) & 0x0300F00F
-                c = (c | (c << 4)) & 0x030C30C3
-                c = (c | (c << 2)) & 0x09249249
+            for s in range(len(shifts)):
+                c = (c | (c << shifts[s])) & masks[s]
             z |= c << k
         code[i] = z
     order = np.arange(n)

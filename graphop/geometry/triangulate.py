@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import numpy as np
 
+import graphop.jit as jit
 from graphop.geometry.neighbors import box_size, knn_distances, spatial_order
 
 __all__ = ["CLOUD_ALPHA", "CLOUD_K", "STRIP_POINTS", "triangulate_cloud", "triangulate_periodic"]
@@ -142,14 +143,7 @@ def _delaunay(p: np.ndarray, h: np.ndarray, alpha: float, threads: int):
                             / (2.0 * (ab[:, 0] * ac[:, 1] - ab[:, 1] * ac[:, 0])))
         return tri[(cx >= lo) & (cx < hi)]
 
-    if threads == 1:
-        parts = [strip(s) for s in range(strips)]
-    else:
-        from concurrent.futures import ThreadPoolExecutor
-
-        with ThreadPoolExecutor(min(threads, strips)) as ex:    # qhull releases the GIL
-            parts = list(ex.map(strip, range(strips)))
-    return np.concatenate(parts)
+    return np.concatenate(jit.thread_map(strip, range(strips), threads))  # qhull drops the GIL
 
 
 #: a torus cloud whose kept triangles cover less than this fraction of the box is not

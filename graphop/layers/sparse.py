@@ -64,7 +64,7 @@ import torch
 
 import graphop.jit as jit
 from graphop.errors import GraphopWarning, InputError
-from graphop.geometry.cells import quadrature_rule
+from graphop.geometry.cells import interpolation_matrix, quadrature_rule
 from graphop.geometry.neighbors import spatial_order
 from graphop.geometry.triangulate import triangulate_cloud, triangulate_periodic
 from graphop.memory import available_memory, env_bytes, format_bytes
@@ -306,17 +306,8 @@ def build_rows(n_rows: int, chunk: int, rows, threads: int | None = None, order=
     e.g. :func:`graphop.geometry.neighbors.spatial_order` of the output points): ``rows(a)``
     returns the rows of queries ``order[a:a + chunk]`` in that order, and the result is put back
     in query order (:func:`stack_permuted`, in place of the stacking copy)."""
-    starts = range(0, n_rows, chunk)
-    threads = build_threads() if threads is None else max(1, int(threads))
-    if len(starts) == 1 or threads == 1:
-        parts = [rows(a) for a in starts]
-    else:
-        from concurrent.futures import ThreadPoolExecutor
-
-        # Executor.map cancels the queued blocks when one raises (or on Ctrl-C in the wait)
-        with ThreadPoolExecutor(min(threads, len(starts)),
-                                thread_name_prefix="graphop-build") as ex:
-            parts = list(ex.map(rows, starts))
+    parts = jit.thread_map(rows, range(0, n_rows, chunk),
+                           build_threads() if threads is None else threads)
     if order is not None:
         return stack_permuted(parts, order, width)
     return parts[0] if len(parts) == 1 else stack_rows(parts)
@@ -351,17 +342,15 @@ def stack_permuted(parts, order, width: int = 1) -> sp.csr_matrix:
     itype = np.result_type(*[m.indices.dtype for m in parts])
     if nnz >= 2**31 - 1:
         itype = np.int64
+    starts = np.cumsum([0] + [m.shape[0] // width for m in parts])   # each block's queries
     lens = np.empty(n_q * width, dtype=np.int64)
-    a = 0
-    for m in parts:
-        q = order[a:a + m.shape[0] // width]
-        lens.reshape(n_q, width)[q] = np.diff(m.indptr).reshape(-1, width)
-        a += len(q)
+    for k, m in enumerate(parts):
+        lens.reshape(n_q, width)[order[starts[k]:starts[k + 1]]] = (
+            np.diff(m.indptr).reshape(-1, width))
     indptr = np.zeros(n_q * width + 1, dtype=itype)
     np.cumsum(lens, out=indptr[1:])
     indices = np.empty(nnz, dtype=itype)
     data = np.empty(nnz, dtype=np.result_type(*[m.data.dtype for m in parts]))
-    starts = np.cumsum([0] + [m.shape[0] // width for m in parts])
     threads = min(build_threads(), len(parts))
     cuts = np.linspace(0, nnz, threads + 1).astype(np.int64)
 
@@ -376,16 +365,8 @@ def stack_permuted(parts, order, width: int = 1) -> sp.csr_matrix:
         _scatter_rows(indptr, indices, data, m.indptr, m.indices, m.data,
                       order[starts[k]:starts[k + 1]], width)
 
-    if threads == 1:
-        touch(0)
-        for k in range(len(parts)):
-            scatter(k)
-    else:
-        from concurrent.futures import ThreadPoolExecutor
-
-        with ThreadPoolExecutor(threads, thread_name_prefix="graphop-build") as ex:
-            list(ex.map(touch, range(threads)))
-            list(ex.map(scatter, range(len(parts))))
+    jit.thread_map(touch, range(threads), threads)
+    jit.thread_map(scatter, range(len(parts)), threads)
     return sp.csr_matrix((data, indices, indptr),
                          shape=(n_q * width, parts[0].shape[1]))
 
@@ -793,35 +774,8 @@ class GraphSet:
         w = np.ones(len(p)) if w is None else w
         x = np.concatenate([x, p])
         order = spatial_order(x)        # the builds read a ball's points from nearby memory
-        return x[order], np.concatenate([wq, NODE_WEIGHT * w])[order], _interpolation(
-            order, simp, bary, len(p))
-
-
-def _interpolation(order, simp, bary, n_nodes: int) -> sp.csr_matrix:
-    """B [Q + n_nodes, n_nodes] of :meth:`GraphSet.quadrature_of`, its rows in ``order``:
-    row i holds point ``q = order[i]``, the ``q % R``-th point of simplex ``q // R`` (its
-    barycentric coordinates ``bary[q % R]`` at the simplex's nodes, R = len(bary)) when
-    q < Q = R M, else the node ``q - Q`` itself (one entry 1); built in place, without a
-    stacked and re-indexed copy (1M points in 2D: 0.4 s against 1.9 s)."""
-    R, k = bary.shape
-    n_cell = R * len(simp)
-    cell = order < n_cell
-    lens = np.where(cell, k, 1)
-    indptr = np.zeros(len(order) + 1, dtype=np.int64)
-    np.cumsum(lens, out=indptr[1:])
-    itype = np.int32 if max(indptr[-1], n_nodes) < 2**31 - 1 else np.int64
-    indices = np.empty(indptr[-1], dtype=itype)
-    data = np.empty(indptr[-1])
-    rows = np.flatnonzero(cell)
-    q, start = order[rows], indptr[rows]
-    t, j = q // R, q % R
-    for c in range(k):
-        indices[start + c] = simp[t, c]
-        data[start + c] = bary[j, c]
-    rows = np.flatnonzero(~cell)
-    indices[indptr[rows]] = order[rows] - n_cell
-    data[indptr[rows]] = 1.0
-    return sp.csr_matrix((data, indices, indptr.astype(itype)), shape=(len(order), n_nodes))
+        return x[order], np.concatenate([wq, NODE_WEIGHT * w])[order], interpolation_matrix(
+            simp, bary, len(p), order)
 
 
 #: the weight of the nodes among the cells' quadrature points (:meth:`GraphSet.quadrature`),
