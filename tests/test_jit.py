@@ -289,3 +289,40 @@ def test_builds_in_spatial_order_give_the_same_operators(monkeypatch, mesh):
     w0[np.linalg.norm(xq - pts[far], axis=1) < 0.02] = 0.0
     with pytest.raises(MeshError, match=f"point {far} "):
         mollifier_gradient_matrix(xq, w0, 0.02, pos_out=pts, interp=B)
+
+
+@pytest.mark.parametrize("periodic", [None, 1.0])
+def test_cell_search_with_binary_searches(monkeypatch, periodic):
+    # a cell list without a start offset per cell (DENSE_CELLS_PER_POINT 0: ~40k cells for
+    # 3000 points) finds each run of cells by binary search: the k-d tree's pairs, sorted
+    import graphop.geometry.neighbors as nbm
+
+    monkeypatch.setattr(nbm, "DENSE_CELLS_PER_POINT", 0)
+    rng = np.random.default_rng(12)
+    x, y = graded(500, 2, rng), graded(3000, 2, rng)
+    cells = nbm._cell_list(y, 0.02, None if periodic is None else np.ones(2))
+    assert cells is not None and len(cells[-1]) == 0            # no start table
+    ref, fast = both(monkeypatch, lambda: radius_neighbors(x, y, 0.02, periodic=periodic))
+    np.testing.assert_array_equal(fast.indptr, ref.indptr)
+    np.testing.assert_array_equal(fast.indices, ref.indices)
+    np.testing.assert_allclose(fast.offsets, ref.offsets, atol=1e-15)
+    assert fast.nnz > len(x)
+
+
+def test_kernels_use_no_numba_sort_helpers():
+    # numba's sorts and searches are jitted helpers whose symbols can collide between cached
+    # kernels loaded in one process (numba issue 10486: a cached gradient kernel ran the cell
+    # search's argsort and left its rows unsorted); the kernels carry their own
+    import inspect
+
+    import graphop.geometry.neighbors as nbm
+    import graphop.layers.disco as dm
+    import graphop.layers.sparse as sm
+    import graphop.layers.stencil as st
+
+    kernels = [nbm._cell_pass, nbm._morton_argsort, dm._disco_rows_kernel,
+               st._gradient_rows_kernel, sm._scatter_rows, sm._zero_fill]
+    for k in kernels:
+        code = "\n".join(line.split("#")[0] for line in inspect.getsource(k.py_func).splitlines())
+        for name in ("np.sort(", "np.argsort(", "np.searchsorted(", ".sort(", "np.unique("):
+            assert name not in code, (k.__name__, name)

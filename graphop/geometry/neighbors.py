@@ -307,6 +307,7 @@ def _cell_pass(x, qorder, d, m, ys, radius, lo, side, shape, order, ids, starts,
     n_x = x.shape[0]
     r2 = radius * radius
     c = np.zeros(d, dtype=np.int64)
+    held = np.zeros(3)                             # one pair's offset while sorting
     b0, b1, b2 = box[0], box[1], box[2]
     dense = len(starts) > 0
     w = 2 * m + 1                                   # cells along each axis
@@ -355,9 +356,22 @@ def _cell_pass(x, qorder, d, m, ys, radius, lo, side, shape, order, ids, starts,
                     final = base * shape[last] + hi_l
                 if dense:
                     a, b = starts[first], starts[final + 1]
-                else:
-                    a = np.searchsorted(ids, first)
-                    b = np.searchsorted(ids, final, side="right")
+                else:                               # binary searches (not np.searchsorted:
+                    a, b = 0, len(ids)              # see the sort below)
+                    while a < b:                    # the first id >= first
+                        h = (a + b) // 2
+                        if ids[h] < first:
+                            a = h + 1
+                        else:
+                            b = h
+                    b = a
+                    top = len(ids)
+                    while b < top:                  # then the first id > final
+                        h = (b + top) // 2
+                        if ids[h] <= final:
+                            b = h + 1
+                        else:
+                            top = h
                 if not fill and not periodic:      # the count: a branch-free loop
                     for e in range(a, b):
                         v0, v1, v2 = ys[e, 0] - x0, ys[e, 1] - x1, ys[e, 2] - x2
@@ -385,10 +399,27 @@ def _cell_pass(x, qorder, d, m, ys, radius, lo, side, shape, order, ids, starts,
         if not fill:
             indptr[i + 1] = pos - (1 if skip_self and not periodic else 0)
         elif sort_rows and pos - start > 1:
-            perm = np.argsort(cols[start:pos]) + start
-            cols[start:pos] = cols[perm]
-            offs[start:pos] = offs[perm]
-            dist[start:pos] = dist[perm]
+            # the row's pairs by column: a Shell sort written out here, not np.argsort (numba's
+            # sorts are jitted helpers whose symbols can collide between cached kernels loaded
+            # in one process, numba issue 10486: a kernel then ran another kernel's sort)
+            gap = 1
+            while gap < (pos - start) // 3:
+                gap = 3 * gap + 1
+            while gap > 0:
+                for u in range(start + gap, pos):
+                    cu, du = cols[u], dist[u]
+                    for k in range(d):
+                        held[k] = offs[u, k]
+                    z = u
+                    while z - gap >= start and cols[z - gap] > cu:
+                        cols[z], dist[z] = cols[z - gap], dist[z - gap]
+                        for k in range(d):
+                            offs[z, k] = offs[z - gap, k]
+                        z -= gap
+                    cols[z], dist[z] = cu, du
+                    for k in range(d):
+                        offs[z, k] = held[k]
+                gap //= 3
 
 
 def knn_distances(points, k: int, *, periodic=None, workers: int = 1) -> np.ndarray:

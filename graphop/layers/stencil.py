@@ -466,7 +466,22 @@ def _gradient_rows_kernel(indptr, indices, offsets, dist, w, radius, floor_mass,
                     slot[b_idx[f]] = 0
                     touched[n_t] = b_idx[f]
                     n_t += 1
-        nodes = np.sort(touched[:n_t])
+        # ascending: a Shell sort written out here, not np.sort (numba's sorts are jitted
+        # helpers whose symbols can collide between cached kernels loaded in one process,
+        # numba issue 10486: a kernel then ran another kernel's argsort)
+        gap = 1
+        while gap < n_t // 3:
+            gap = 3 * gap + 1
+        while gap > 0:
+            for u in range(gap, n_t):
+                key = touched[u]
+                at = u
+                while at >= gap and touched[at - gap] > key:
+                    touched[at] = touched[at - gap]
+                    at -= gap
+                touched[at] = key
+            gap //= 3
+        nodes = touched[:n_t]
         for s_ in range(n_t):
             slot[nodes[s_]] = s_
         if acc.shape[0] < n_t:
