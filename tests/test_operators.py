@@ -69,6 +69,120 @@ def test_product_never_reads_its_uninitialised_output(backend):
         assert torch.allclose(y, want, atol=1e-5)
 
 
+@pytest.mark.parametrize("jit_flag", ["1", "0"])
+def test_permute_csr_is_scipy_indexing(monkeypatch, jit_flag):
+    # rows and columns permuted, columns sorted: the compiled kernel (1 and 2 threads) and the
+    # reference give scipy's m[rows][:, cols], array for array, in float32 and float64
+    rng = np.random.default_rng(6)
+    m = sp.random(600, 250, density=0.05, random_state=7, format="csr")
+    m.indices = m.indices.astype(np.int32)
+    rows, cols = rng.permutation(600), rng.permutation(250)
+    want = m[rows][:, cols]
+    want.sort_indices()
+    monkeypatch.setenv("GRAPHOP_JIT", jit_flag)
+    for threads in ("1", "2"):
+        monkeypatch.setenv("GRAPHOP_BUILD_THREADS", threads)
+        for dtype in (np.float64, np.float32):
+            got = ops.permute_csr(m, rows, cols, dtype)
+            assert got.dtype == dtype and got.has_sorted_indices
+            np.testing.assert_array_equal(got.indptr, want.indptr)
+            np.testing.assert_array_equal(got.indices, want.indices)
+            np.testing.assert_array_equal(got.data, want.data.astype(dtype))
+    only_rows = ops.permute_csr(m, rows)
+    assert abs(only_rows - m[rows]).max() == 0
+    only_cols = ops.permute_csr(m, None, cols)
+    assert abs(only_cols - m[:, cols]).max() == 0
+    assert np.all(np.diff(only_cols.indices[only_cols.indptr[0]:only_cols.indptr[1]]) > 0)
+
+
+@pytest.mark.parametrize("backend", ["scipy", "torch"])
+@pytest.mark.parametrize("sides", ["both", "out", "in"])
+def test_operator_with_locality_order_computes_the_same(backend, sides):
+    # an operator carrying locality orders: every product, in every layout the autograd
+    # function can ask for, equals the plain operator's; gradients through gradcheck; the
+    # permuted copy really is P_out A P_in^T
+    rng = np.random.default_rng(9)
+    n_out, n_in, L = 40, 30, 3
+    m = sp.random(n_out * L, n_in, density=0.2, random_state=8, format="csr")
+    o_out = rng.permutation(n_out) if sides != "in" else None
+    o_in = rng.permutation(n_in) if sides != "out" else None
+    op = SparseOperator(m, L, n_out, cpu_backend=backend, order_out=o_out, order_in=o_in)
+    plain = torch.tensor(m.toarray())
+    assert op.ordered and "ordered" in repr(op)
+    x = torch.randn(n_in, 4, dtype=torch.float64, requires_grad=True)
+    y = op.matmul(x)
+    assert torch.allclose(y, plain @ x)
+    g = torch.randn_like(y)
+    y.backward(g)
+    assert torch.allclose(x.grad, plain.T @ g)
+    assert torch.autograd.gradcheck(op.matmul, (x,))
+    # ordered output: the point blocks in order_out, put back by natural_rows
+    yo = op.matmul(x, ordered_out=True)
+    want = (plain @ x).detach().reshape(n_out, L * 4)
+    if o_out is not None:
+        want = want[torch.as_tensor(o_out)]
+    assert torch.allclose(yo.detach().reshape(n_out, L * 4), want)
+    assert torch.allclose(op.natural_rows(yo), plain @ x)
+    assert torch.autograd.gradcheck(lambda t: op.natural_rows(op.matmul(t, ordered_out=True)),
+                                    (x,))
+    assert torch.autograd.gradgradcheck(lambda t: op.matmul(t, ordered_out=True), (x,))
+    rows = None if o_out is None else (o_out[:, None] * L + np.arange(L)).ravel()
+    pm = op.permuted_csr()
+    assert abs(pm - m[np.arange(n_out * L) if rows is None else rows][
+        :, np.arange(n_in) if o_in is None else o_in]).max() == 0
+    theta = torch.randn(L, 4, 5, dtype=torch.float64)
+    want = (plain @ x).reshape(n_out, L * 4) @ theta.reshape(L * 4, 5)
+    assert torch.allclose(ops.apply_operator(op, 1, x, theta), want)
+    blocks = ops.BlockList([op, SparseOperator(m, L, n_out, cpu_backend=backend)])
+    x2 = torch.randn(2 * n_in, 4, dtype=torch.float64)
+    got = ops.apply_operator(blocks, 1, x2, theta)
+    want2 = torch.cat([(plain @ xb).reshape(n_out, L * 4) @ theta.reshape(L * 4, 5)
+                       for xb in x2.split(n_in)])
+    assert torch.allclose(got, want2)
+    assert torch.allclose(ops.apply_operator(op, 2, x2, theta), want2)
+
+
+def test_locality_order_is_checked():
+    m = sp.random(6, 4, density=0.5, random_state=1, format="csr")
+    with pytest.raises(InputError, match="order_in must be a permutation of 4"):
+        SparseOperator(m, 2, 3, order_in=[0, 1, 1, 3])
+    with pytest.raises(InputError, match="order_out must be a permutation of 3"):
+        SparseOperator(m, 2, 3, order_out=[0, 1])
+
+
+def test_large_operators_get_a_locality_order(monkeypatch):
+    # on a random cloud listed in random order, cached_operator gives the DISCO operator a
+    # Z-order: its permuted copy's columns lie near the diagonal (the mean distance of a
+    # column from its row's point falls by more than 10x), and a layer computes the same
+    from graphop.data.sample import mesh_to_sample
+    from graphop.geometry.mesh import Mesh
+    from graphop.layers.disco import DISCOConv
+
+    pts = np.random.default_rng(3).random((6000, 2))
+    data = mesh_to_sample(Mesh.from_points(pts, measure=1.0).with_point_data(
+        a=pts[:, 0], u=pts[:, 1]), ["a"], ["u"])
+    layer = DISCOConv(3, 4, radius=0.05, kernel_shape=(2, 4)).double()
+    x = torch.randn(6000, 3, dtype=torch.float64)
+    ops.operator_cache.clear()
+    monkeypatch.setattr(ops, "LOCALITY_MIN_POINTS", 10**9)
+    op, _ = layer.operator(data)
+    assert not op.ordered
+    plain = layer(x, data)
+    ops.operator_cache.clear()
+    monkeypatch.setattr(ops, "LOCALITY_MIN_POINTS", 5000)
+    op_o, _ = layer.operator(data)
+    assert op_o.ordered
+    assert torch.allclose(layer(x, data), plain, atol=1e-12)
+
+    def spread(m, L):
+        r = np.repeat(np.arange(m.shape[0]) // L, np.diff(m.indptr))
+        return np.abs(m.indices - r).mean()
+
+    L = op_o.n_basis
+    assert spread(op_o.permuted_csr(), L) < spread(op.matrix, L) / 10
+    ops.operator_cache.clear()
+
+
 def test_cache_evicts_least_recently_used_by_bytes():
     size = random_operator(2, 2, 1, 0).nbytes
     cache = OperatorCache(max_bytes=2 * size)           # room for two operators

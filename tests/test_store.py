@@ -47,6 +47,23 @@ def test_second_pass_loads_every_operator_and_gives_the_same_outputs(store):
         assert torch.equal(a, b)
 
 
+def test_locality_orders_travel_with_the_operator(store, monkeypatch):
+    # an operator built with a locality order loads with the same order (and the same matrix)
+    monkeypatch.setattr(ops, "LOCALITY_MIN_POINTS", 100)
+    data, x = _data(), torch.randn(300, 2, dtype=torch.float64)
+    layer = DISCOConv(2, 3, 0.2).double()
+    built, _ = layer.operator(data)
+    first = layer(x, data)
+    assert built.ordered and store.saves == 1
+    ops.operator_cache.clear()
+    loaded, _ = layer.operator(data)
+    assert store.loads == 1 and loaded is not built
+    np.testing.assert_array_equal(loaded.order_in, built.order_in)
+    np.testing.assert_array_equal(loaded.order_out, built.order_out)
+    assert abs(loaded.matrix - built.matrix).max() == 0
+    assert torch.equal(layer(x, data), first)
+
+
 def test_a_changed_hyperparameter_or_mesh_is_a_different_file(store):
     data, x = _data(), torch.randn(300, 2, dtype=torch.float64)
     DISCOConv(2, 3, 0.2).double()(x, data)

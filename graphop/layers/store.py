@@ -52,7 +52,7 @@ SOURCES = ("jit.py", "geometry/cells.py", "geometry/neighbors.py", "geometry/sph
            "geometry/triangulate.py", "layers/basis.py", "layers/disco.py",
            "layers/disco_sphere.py", "layers/stencil.py", "layers/stencil_sphere.py",
            "layers/latent.py", "layers/spherical.py", "layers/sparse.py", "layers/store.py")
-FORMAT = 1
+FORMAT = 2
 _DIGEST: str | None = None
 
 
@@ -108,8 +108,9 @@ class OperatorStore:
                 m = sp.csr_matrix((z["data"], z["indices"], z["indptr"]), shape=shape)
                 n_basis, n_out = int(z["n_basis"]), int(z["n_out"])
                 extra = z["extra"] if "extra" in z.files else None
+                orders = {k: z[k] if k in z.files else None for k in ("order_out", "order_in")}
             m.check_format(full_check=False)
-            op = SparseOperator(m, n_basis, n_out, extra=extra)
+            op = SparseOperator(m, n_basis, n_out, extra=extra, **orders)
         except Exception:   # any unreadable or inconsistent file is a miss: rebuilt
             self.failures += 1
             path.unlink(missing_ok=True)
@@ -134,6 +135,9 @@ class OperatorStore:
                   "n_basis": np.int64(value.n_basis), "n_out": np.int64(value.n_out)}
         if value.extra is not None:
             arrays["extra"] = np.asarray(value.extra)
+        for k in ("order_out", "order_in"):    # the locality orders travel with the matrix
+            if getattr(value, k) is not None:
+                arrays[k] = getattr(value, k)
         try:
             self.root.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=self.root, suffix=".tmp")
