@@ -71,28 +71,33 @@ def test_product_never_reads_its_uninitialised_output(backend):
 
 @pytest.mark.parametrize("jit_flag", ["1", "0"])
 def test_permute_csr_is_scipy_indexing(monkeypatch, jit_flag):
-    # rows and columns permuted, columns sorted: the compiled kernel (1 and 2 threads) and the
-    # reference give scipy's m[rows][:, cols], array for array, in float32 and float64
+    # rows and columns permuted, columns sorted, and the transpose: the compiled counting
+    # transposes (1 and 3 threads) and the reference give scipy's m[rows][:, cols] and its
+    # transpose, array for array, in float32 and float64
     rng = np.random.default_rng(6)
     m = sp.random(600, 250, density=0.05, random_state=7, format="csr")
     m.indices = m.indices.astype(np.int32)
-    rows, cols = rng.permutation(600), rng.permutation(250)
+    rows, cols = rng.permutation(600)[:550], rng.permutation(250)   # rows: any selection
     want = m[rows][:, cols]
     want.sort_indices()
+    want_t = want.T.tocsr()
+    want_t.sort_indices()
     monkeypatch.setenv("GRAPHOP_JIT", jit_flag)
-    for threads in ("1", "2"):
+    for threads in ("1", "3"):
         monkeypatch.setenv("GRAPHOP_BUILD_THREADS", threads)
         for dtype in (np.float64, np.float32):
-            got = ops.permute_csr(m, rows, cols, dtype)
-            assert got.dtype == dtype and got.has_sorted_indices
-            np.testing.assert_array_equal(got.indptr, want.indptr)
-            np.testing.assert_array_equal(got.indices, want.indices)
-            np.testing.assert_array_equal(got.data, want.data.astype(dtype))
-    only_rows = ops.permute_csr(m, rows)
+            got, got_t = ops.permute_csr(m, rows, cols, dtype)
+            for g, w in ((got, want), (got_t, want_t)):
+                assert g.dtype == dtype and g.shape == w.shape and g.has_sorted_indices
+                np.testing.assert_array_equal(g.indptr, w.indptr)
+                np.testing.assert_array_equal(g.indices, w.indices)
+                np.testing.assert_array_equal(g.data, w.data.astype(dtype))
+    only_rows, _ = ops.permute_csr(m, rows)
     assert abs(only_rows - m[rows]).max() == 0
-    only_cols = ops.permute_csr(m, None, cols)
-    assert abs(only_cols - m[:, cols]).max() == 0
-    assert np.all(np.diff(only_cols.indices[only_cols.indptr[0]:only_cols.indptr[1]]) > 0)
+    only_cols, t = ops.permute_csr(m, None, cols)
+    assert abs(only_cols - m[:, cols]).max() == 0 and abs(t - m[:, cols].T).max() == 0
+    empty, empty_t = ops.permute_csr(sp.csr_matrix((0, 5)), None, None)
+    assert empty.shape == (0, 5) and empty_t.shape == (5, 0)
 
 
 @pytest.mark.parametrize("backend", ["scipy", "torch"])
@@ -127,7 +132,8 @@ def test_operator_with_locality_order_computes_the_same(backend, sides):
                                     (x,))
     assert torch.autograd.gradgradcheck(lambda t: op.matmul(t, ordered_out=True), (x,))
     rows = None if o_out is None else (o_out[:, None] * L + np.arange(L)).ravel()
-    pm = op.permuted_csr()
+    pm, pt = op.permuted_csr()
+    assert abs(pt - pm.T).max() == 0
     assert abs(pm - m[np.arange(n_out * L) if rows is None else rows][
         :, np.arange(n_in) if o_in is None else o_in]).max() == 0
     theta = torch.randn(L, 4, 5, dtype=torch.float64)
@@ -179,7 +185,7 @@ def test_large_operators_get_a_locality_order(monkeypatch):
         return np.abs(m.indices - r).mean()
 
     L = op_o.n_basis
-    assert spread(op_o.permuted_csr(), L) < spread(op.matrix, L) / 10
+    assert spread(op_o.permuted_csr()[0], L) < spread(op.matrix, L) / 10
     ops.operator_cache.clear()
 
 
