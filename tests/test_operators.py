@@ -148,6 +148,20 @@ def test_operator_with_locality_order_computes_the_same(backend, sides):
     assert torch.allclose(ops.apply_operator(op, 2, x2, theta), want2)
 
 
+def test_inference_keeps_no_transposed_copy():
+    # under no_grad an ordered operator's forward product makes only the forward copy; the
+    # backward's copy comes when a gradient pass asks for it
+    m = sp.random(60, 20, density=0.2, random_state=2, format="csr")
+    op = SparseOperator(m, 3, 20, order_out=np.arange(20)[::-1], order_in=np.arange(20)[::-1])
+    x = torch.randn(20, 2, dtype=torch.float64, requires_grad=True)
+    with torch.no_grad():
+        op.matmul(x)
+    assert [k[2] for k in op._copies if isinstance(k[0], torch.device)] == [False]
+    op.matmul(x).sum().backward()
+    assert sorted(k[2] for k in op._copies if isinstance(k[0], torch.device)) == [False, True]
+    assert torch.allclose(x.grad, torch.tensor(m.toarray()).sum(0)[:, None].expand(20, 2))
+
+
 def test_locality_order_is_checked():
     m = sp.random(6, 4, density=0.5, random_state=1, format="csr")
     with pytest.raises(InputError, match="order_in must be a permutation of 4"):

@@ -214,10 +214,14 @@ class SparseOperator:
                 np_dtype = torch.empty((), dtype=dtype).numpy().dtype
                 self._copies[key] = m if m.dtype == np_dtype else m.astype(np_dtype)
             elif self.ordered:
-                # both permuted copies at once: the transpose is the permuted matrix's
-                pm, pt = self.permuted_csr(np.float32 if dtype == torch.float32 else np.float64)
-                self._copies[(device, dtype, False, False)] = _to_torch(pm, device, dtype)
-                self._copies[(device, dtype, True, False)] = _to_torch(pt, device, dtype)
+                # the permuted matrix and its transpose come out of one computation: both are
+                # kept when a backward pass may follow (grad enabled), else only the one asked
+                # for (inference holds no transposed copy)
+                pair = self.permuted_csr(np.float32 if dtype == torch.float32 else np.float64)
+                for t in (False, True):
+                    k = (device, dtype, t, False)
+                    if k not in self._copies and (t == transpose or torch.is_grad_enabled()):
+                        self._copies[k] = _to_torch(pair[t], device, dtype)
             else:
                 m = self.transpose_csr() if transpose else self.matrix
                 self._copies[key] = _to_torch(m, device, dtype)
@@ -274,7 +278,8 @@ class SparseOperator:
 
     def prepare(self, device, dtype) -> None:
         """Build the copies a forward and backward pass on ``device`` will use."""
-        self._copy(device, dtype, False), self._copy(device, dtype, True)
+        with torch.enable_grad():
+            self._copy(device, dtype, False), self._copy(device, dtype, True)
 
     def product(self, x: torch.Tensor, transpose: bool = False, *, x_ordered: bool = False,
                 out_ordered: bool = False) -> torch.Tensor:
