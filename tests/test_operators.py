@@ -148,6 +148,26 @@ def test_operator_with_locality_order_computes_the_same(backend, sides):
     assert torch.allclose(ops.apply_operator(op, 2, x2, theta), want2)
 
 
+def test_block_diagonal_keeps_the_blocks_locality_orders():
+    # a batch sharing an ordered mesh, merged block-diagonally: each block keeps its order
+    # (offset to its rows), a block without one keeps its own order, and the product is the
+    # plain block-diagonal product
+    rng = np.random.default_rng(4)
+    m1 = sp.random(30, 10, density=0.3, random_state=1, format="csr")
+    m2 = sp.random(12, 4, density=0.3, random_state=2, format="csr")
+    a = SparseOperator(m1, 3, 10, order_out=rng.permutation(10), order_in=rng.permutation(10))
+    b = SparseOperator(m2, 3, 4)
+    bd = block_diagonal([a, b, a])
+    np.testing.assert_array_equal(bd.order_out, np.concatenate(
+        [a.order_out, np.arange(4) + 10, a.order_out + 14]))
+    np.testing.assert_array_equal(bd.order_in, np.concatenate(
+        [a.order_in, np.arange(4) + 10, a.order_in + 14]))
+    x = torch.randn(24, 3, dtype=torch.float64)
+    want = torch.tensor(sp.block_diag([m1, m2, m1]).toarray()) @ x
+    assert torch.allclose(bd.matmul(x), want)
+    assert block_diagonal([b, b]).order_in is None
+
+
 def test_inference_keeps_no_transposed_copy():
     # under no_grad an ordered operator's forward product makes only the forward copy; the
     # backward's copy comes when a gradient pass asks for it

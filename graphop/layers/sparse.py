@@ -596,7 +596,8 @@ def _scatter_rows(out_ptr, out_idx, out_val, ptr, idx, val, queries, width):
 
 def block_diagonal(blocks) -> SparseOperator:
     """Per-graph operators (rows i*L + l) stacked block-diagonally, by concatenating their CSR
-    arrays (no Python loop over rows); their ``extra`` arrays are stacked [B, n_out, ...]."""
+    arrays (no Python loop over rows); their ``extra`` arrays are stacked [B, n_out, ...] and
+    their locality orders (if any) concatenated, each within its block."""
     L = blocks[0].n_basis
     mats = [b.matrix for b in blocks]
     nnz_off = np.cumsum([0] + [m.nnz for m in mats])
@@ -610,7 +611,19 @@ def block_diagonal(blocks) -> SparseOperator:
     extra = None
     if blocks[0].extra is not None:
         extra = np.concatenate([b.extra for b in blocks])
-    return SparseOperator(m, L, n_out, extra=extra, cpu_backend=blocks[0].cpu_backend)
+
+    def orders(side, sizes):
+        # the blocks' locality orders, each within its own block (none: kept as it is)
+        got = [getattr(b, side) for b in blocks]
+        if all(o is None for o in got):
+            return None
+        off = np.cumsum([0] + list(sizes))
+        return np.concatenate([(np.arange(n) if o is None else o) + a
+                               for o, n, a in zip(got, sizes, off)])
+
+    return SparseOperator(m, L, n_out, extra=extra, cpu_backend=blocks[0].cpu_backend,
+                          order_out=orders("order_out", [b.n_out for b in blocks]),
+                          order_in=orders("order_in", [b.n_in for b in blocks]))
 
 
 # ---------------------------------------------------------------------------- products
