@@ -11,7 +11,9 @@ sharing the mesh), forward and forward+backward time and peak memory, against
 
 (a) ``naive``: a per-edge torch_geometric ``MessagePassing`` of the same operator, messages
     ``psi_l(e) x_j`` of shape [E, L*C] (what the layer avoids);
-(b) ``floor``: one ``torch.sparse.mm`` with the same CSR operator plus the same contraction.
+(b) ``floor``: one ``torch.sparse.mm`` with the same CSR operator plus the same contraction
+    (the copy the layer multiplies: in its points' locality order on large meshes, X taken
+    as already in that order, so the ratio is the layer's overhead over a bare product).
 
 The naive form needs about 3 x B E L C x 4 bytes; when that exceeds ``naive_max_gb`` it runs
 (together with a second DISCO and floor measurement, for like-for-like ratios) on a smaller mesh

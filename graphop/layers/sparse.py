@@ -230,13 +230,11 @@ class SparseOperator:
         return self._copies[key]
 
     def torch_pair(self, device, dtype):
-        """``(A, A^T)`` as torch sparse CSR tensors on ``device`` in ``dtype`` (cached; in the
-        points' own order)."""
-        key = (torch.device(device), dtype, "torch")
-        if key not in self._copies:
-            self._copies[key] = (_to_torch(self.matrix, device, dtype),
-                                 _to_torch(self.transpose_csr(), device, dtype))
-        return self._copies[key]
+        """``(A, A^T)`` as the torch sparse CSR tensors the products on ``device`` in ``dtype``
+        use: permuted into the locality order when the operator has one (then X must be in
+        that order too), else A itself. Made once (with autograd's copies)."""
+        with torch.enable_grad():
+            return self._copy(device, dtype, False), self._copy(device, dtype, True)
 
     def extra_on(self, device, dtype) -> torch.Tensor:
         """``extra`` as a tensor on ``device`` in ``dtype``, copied once (not once per step:
