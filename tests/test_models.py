@@ -212,3 +212,38 @@ def test_checkpointed_blocks_give_the_same_gradients():
         grads.append(torch.cat([p.grad.reshape(-1) for p in m.parameters()]))
     assert (grads[0] - grads[1]).abs().max() < 1e-10 * grads[0].abs().max()
     assert m.config["checkpoint_blocks"] is True
+
+
+@pytest.mark.parametrize("ck", [False, True])
+def test_locality_orders_change_no_output_or_gradient(monkeypatch, ck):
+    # LocalGNO on a random cloud (in random order) and on a batch of it with a disk mesh: with
+    # every operator in a locality order (threshold lowered to the cloud's size) the outputs,
+    # the input gradients and the parameter gradients are the plain ones
+    import graphop.layers.sparse as ops
+
+    rng = np.random.default_rng(2)
+    cloud = Mesh.from_points(rng.random((700, 2)), measure=1.0)
+    datas = [_data(cloud), _data(_disk(1))]
+    batch = Batch.from_data_list(datas)
+    got = []
+    for limit in (10**9, 300):
+        monkeypatch.setattr(ops, "LOCALITY_MIN_POINTS", limit)
+        ops.operator_cache.clear()
+        torch.manual_seed(0)
+        model = LocalGNO(1, 2, **SMALL, checkpoint_blocks=ck).double()
+        outs = []
+        for d in (datas[0], batch):
+            x = d.x.clone().requires_grad_(True)
+            d = d.clone()
+            d.x = x
+            y = model(d)
+            (y * torch.cos(torch.arange(y.numel(), dtype=y.dtype)).reshape(y.shape)).sum().backward()
+            outs += [y.detach(), x.grad]
+        outs.append(torch.cat([p.grad.reshape(-1) for p in model.parameters()]))
+        ordered = [op for op in ops.operator_cache._items.values()
+                   if isinstance(op, ops.SparseOperator) and op.ordered]
+        got.append((outs, len(ordered)))
+    assert got[0][1] == 0 and got[1][1] >= 2          # DISCO and the gradient over the cloud
+    for a, b in zip(got[0][0], got[1][0]):
+        assert torch.allclose(a, b, rtol=1e-10, atol=1e-12 * a.abs().max())
+    ops.operator_cache.clear()
