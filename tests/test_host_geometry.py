@@ -70,9 +70,12 @@ def _model(periodic=False):
                     disco_radius=0.15, encoder_radius=0.15, periodic=periodic)
 
 
-@pytest.mark.parametrize("which", ["meshes", "torus"])
-def test_a_tagged_batch_runs_without_reading_its_device_tensors(which):
-    data = _meshes() if which == "meshes" else [_torus()]
+@pytest.mark.parametrize("which", ["meshes", "torus", "meshes, locality orders"])
+def test_a_tagged_batch_runs_without_reading_its_device_tensors(which, monkeypatch):
+    if "orders" in which:    # every operator in a locality order, made from the host copy
+        monkeypatch.setattr(sparse, "LOCALITY_MIN_POINTS", 100)
+        operator_cache.clear()
+    data = [_torus()] if which == "torus" else _meshes()
     model = _model(periodic=which == "torus")
     ref = model(Batch.from_data_list(data)).detach()
     for fresh_cache in (True, False):     # operators built from the host copy, then cached
@@ -82,6 +85,9 @@ def test_a_tagged_batch_runs_without_reading_its_device_tensors(which):
         out = model(batch)
         out.square().mean().backward()
         torch.testing.assert_close(out.detach().as_subclass(torch.Tensor), ref)
+    if "orders" in which:
+        assert any(op.ordered for op in operator_cache._items.values()
+                   if isinstance(op, sparse.SparseOperator))
     # the same batch untagged does read them: the check above is not vacuous
     batch = _move(Batch.from_data_list(data))
     with pytest.raises(AssertionError, match="read back from the device"):
