@@ -35,6 +35,7 @@ def test_bench_train_large_case_reports_build_step_and_memory():
         r = res["large"][f"{dim}d_1500"]
         assert isinstance(r, dict), r            # a failed worker reports its error as text
         assert r["points"] == 1500 and r["step_s"] > 0 and r["build_s"] >= 0
+        assert 0 < r["copies_s"] <= r["build_s"] + 0.05     # the forward copies, part of it
         assert r["peak_rss_gib"] > 0.05 and r["supports"]["disco_radius"] > 0
         # the numpy reference build ran in its own process, its ratio beside it
         assert r["build_reference_s"] > 0 and r["build_jit_speedup"] > 0
