@@ -199,10 +199,7 @@ class SparseOperator:
         """``(P_out A P_in^T, its transpose)`` as scipy CSR with ``dtype`` values: row
         ``k L + l`` is row ``order_out[k] L + l`` of A, column ``k`` is column ``order_in[k]``,
         columns sorted within each row (:func:`permute_csr`); A itself without orders."""
-        L = self.n_basis
-        rows = None
-        if self.order_out is not None:
-            rows = (self.order_out[:, None] * L + np.arange(L)).ravel()
+        rows = None if self.order_out is None else _point_rows(self.order_out, self.n_basis)
         return permute_csr(self.matrix, rows, self.order_in, dtype)
 
     def _copy(self, device, dtype, transpose: bool):
@@ -260,11 +257,8 @@ class SparseOperator:
             return None
         key = ("order", side, inverse, torch.device(device))
         if key not in self._copies:
-            if inverse:
-                inv = np.empty_like(order)
-                inv[order] = np.arange(len(order))
-                order = inv
-            self._copies[key] = torch.as_tensor(order, device=device)
+            self._copies[key] = torch.as_tensor(_inverse(order) if inverse else order,
+                                                device=device)
         return self._copies[key]
 
     def _rows(self, y: torch.Tensor, side: str, inverse: bool) -> torch.Tensor:
@@ -333,6 +327,20 @@ def _permutation(order, n: int, name: str):
     return order
 
 
+def _inverse(order) -> np.ndarray:
+    """The inverse of the permutation ``order`` (int64): ``_inverse(order)[order[k]] = k``."""
+    order = np.asarray(order, dtype=np.int64)
+    inv = np.empty_like(order)
+    inv[order] = np.arange(len(order))
+    return inv
+
+
+def _point_rows(points, width: int) -> np.ndarray:
+    """The rows ``p * width + l`` (l < width) of the points ``points``, point by point: the
+    row blocks of an operator with ``width`` rows per point."""
+    return (np.asarray(points, dtype=np.int64)[:, None] * width + np.arange(width)).ravel()
+
+
 def _transposed(m: sp.csr_matrix) -> sp.csr_matrix:
     """``m^T`` as CSR (the CSC arrays of m are the CSR arrays of m^T)."""
     csc = m.tocsc()
@@ -372,10 +380,7 @@ def permute_csr(m: sp.csr_matrix, rows=None, cols=None, dtype=np.float64):
         out = sp.csr_matrix(out, dtype=dtype, copy=out is m)
         out.sort_indices()
         return out, _transposed(out)
-    rank = np.empty(0, dtype=np.int64)
-    if cols is not None:
-        rank = np.empty(m.shape[1], dtype=np.int64)
-        rank[np.asarray(cols, dtype=np.int64)] = np.arange(m.shape[1])
+    rank = np.empty(0, dtype=np.int64) if cols is None else _inverse(cols)
     n_rows = m.shape[0] if rows is None else len(rows)
     rows = np.empty(0, dtype=np.int64) if rows is None else np.asarray(rows, dtype=np.int64)
     none = np.empty(0, dtype=np.int64)
@@ -547,10 +552,7 @@ def stack_permuted(parts, order, width: int = 1) -> sp.csr_matrix:
     if sum(m.shape[0] for m in parts) != n_q * width:
         raise ValueError("the blocks do not hold width rows for every query of the order")
     if not jit.enabled():
-        inv = np.empty(n_q, dtype=np.int64)
-        inv[order] = np.arange(n_q)
-        rows = (inv[:, None] * width + np.arange(width)).ravel()
-        return stack_rows(parts)[rows]
+        return stack_rows(parts)[_point_rows(_inverse(order), width)]
     nnz = sum(m.nnz for m in parts)
     itype = np.result_type(*[m.indices.dtype for m in parts])
     if nnz >= 2**31 - 1:
