@@ -182,6 +182,72 @@ def test_inference_keeps_no_transposed_copy():
     assert torch.allclose(x.grad, torch.tensor(m.toarray()).sum(0)[:, None].expand(20, 2))
 
 
+def test_operator_made_in_its_locality_order_is_the_same_operator():
+    # an operator given as P_out A P_in^T (in_order, as cached_operator builds large ones):
+    # its own-order matrix is made only when asked for and equals A array for array, its
+    # product copies are the given matrix (rows sorted first) and one transpose, its products
+    # and a block-diagonal batch of it are A's
+    rng = np.random.default_rng(5)
+    n_out, n_in, L = 12, 9, 2
+    m = sp.random(n_out * L, n_in, density=0.3, random_state=3, format="csr")
+    m.sort_indices()
+    o_out, o_in = rng.permutation(n_out), rng.permutation(n_in)
+    rows = (o_out[:, None] * L + np.arange(L)).ravel()
+    p = ops.permute_csr(m, rows, o_in)[0]
+    shuffled = p.copy()                      # the same matrix with unsorted rows
+    for r in range(shuffled.shape[0]):
+        a, b = shuffled.indptr[r], shuffled.indptr[r + 1]
+        shuffled.indices[a:b] = shuffled.indices[a:b][::-1].copy()
+        shuffled.data[a:b] = shuffled.data[a:b][::-1].copy()
+    shuffled.has_sorted_indices = False
+    natural = SparseOperator(m, L, n_out, order_out=o_out, order_in=o_in)
+    for given in (p, shuffled):
+        op = SparseOperator(given, L, n_out, order_out=o_out, order_in=o_in, in_order=True)
+        assert op._matrix is None and op.nnz == m.nnz and op.ordered
+        pm, pt = op.permuted_csr(np.float32)
+        want, want_t = natural.permuted_csr(np.float32)
+        for a, b in ((pm, want), (pt, want_t)):
+            np.testing.assert_array_equal(a.indptr, b.indptr)
+            np.testing.assert_array_equal(a.indices, b.indices)
+            np.testing.assert_array_equal(a.data, b.data)
+        np.testing.assert_array_equal(op.matrix.indptr, m.indptr)
+        np.testing.assert_array_equal(op.matrix.indices, m.indices)
+        np.testing.assert_array_equal(op.matrix.data, m.data)
+        x = torch.randn(n_in, 3, dtype=torch.float64)
+        assert torch.allclose(op.matmul(x), torch.tensor(m.toarray()) @ x)
+    fresh = SparseOperator(p, L, n_out, order_out=o_out, order_in=o_in, in_order=True)
+    plain = SparseOperator(sp.random(6, 3, density=0.5, random_state=4, format="csr"), 2, 3)
+    bd = block_diagonal([fresh, plain, fresh])
+    assert bd._in_order is not None and fresh._matrix is None    # stacked in their layout
+    x = torch.randn(2 * n_in + 3, 2, dtype=torch.float64)
+    want = torch.tensor(sp.block_diag([m, plain.matrix, m]).toarray()) @ x
+    assert torch.allclose(bd.matmul(x), want)
+    # without orders in_order means nothing: the matrix is A
+    assert SparseOperator(m, L, n_out, in_order=True).matrix is m
+
+
+def test_cached_operator_names_points_by_the_users_numbers_in_errors(monkeypatch):
+    # a large operator is built on its points listed in the locality order; an error from the
+    # builder is raised again from the points in their own order, so that a message naming a
+    # point (by number, by coordinates) names the user's point
+    from graphop.errors import MeshError
+    from torch_geometric.data import Data
+
+    pts = np.random.default_rng(2).random((ops.LOCALITY_MIN_POINTS + 10, 2))
+    data = Data(pos=torch.tensor(pts), weight=torch.ones(len(pts), dtype=torch.float64))
+    g = ops.graph_set(data, need_weight=True)
+    seen = []
+
+    def build(p_out, p_in, w, periodic, same):
+        seen.append(p_out)
+        raise MeshError(f"point 0 at {p_out[0].tolist()} is bad")
+
+    with pytest.raises(MeshError) as err:
+        ops.cached_operator("test-error", (), g, None, build)
+    assert str(pts[0].tolist()) in str(err.value)
+    assert len(seen) == 2 and not np.array_equal(seen[0], pts)   # in order, then as given
+
+
 def test_locality_order_is_checked():
     m = sp.random(6, 4, density=0.5, random_state=1, format="csr")
     with pytest.raises(InputError, match="order_in must be a permutation of 4"):
@@ -213,6 +279,11 @@ def test_large_operators_get_a_locality_order(monkeypatch):
     op_o, _ = layer.operator(data)
     assert op_o.ordered
     assert torch.allclose(layer(x, data), plain, atol=1e-12)
+    # built directly in that order (the points listed in it): the same matrix, term by term
+    assert op_o._in_order is not None
+    np.testing.assert_array_equal(op_o.matrix.indptr, op.matrix.indptr)
+    np.testing.assert_array_equal(op_o.matrix.indices, op.matrix.indices)
+    np.testing.assert_allclose(op_o.matrix.data, op.matrix.data, rtol=0, atol=1e-14)
 
     def spread(m, L):
         r = np.repeat(np.arange(m.shape[0]) // L, np.diff(m.indptr))

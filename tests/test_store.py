@@ -10,6 +10,7 @@ from torch_geometric.data import Data
 import graphop.layers.sparse as ops
 from graphop.errors import GraphopWarning
 from graphop.layers import DifferentialConv, DISCOConv, GridEncoder
+from graphop.layers.sparse import SparseOperator
 from graphop.layers.store import OperatorStore, code_digest
 
 
@@ -60,8 +61,17 @@ def test_locality_orders_travel_with_the_operator(store, monkeypatch):
     assert store.loads == 1 and loaded is not built
     np.testing.assert_array_equal(loaded.order_in, built.order_in)
     np.testing.assert_array_equal(loaded.order_out, built.order_out)
+    # saved and loaded in the layout it was built in: the own-order matrix is not made
+    assert built._in_order is not None and loaded._in_order is not None
+    assert loaded._matrix is None
     assert abs(loaded.matrix - built.matrix).max() == 0
     assert torch.equal(layer(x, data), first)
+    # an operator given in the points' own order (with orders) is saved in it
+    plain = SparseOperator(built.matrix, built.n_basis, order_out=built.order_out,
+                           order_in=built.order_in)
+    store.save(("plain", 1), plain)
+    back = store.load(("plain", 1))
+    assert back._in_order is None and abs(back.matrix - built.matrix).max() == 0
 
 
 def test_a_changed_hyperparameter_or_mesh_is_a_different_file(store):

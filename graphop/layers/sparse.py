@@ -68,7 +68,7 @@ import scipy.sparse as sp
 import torch
 
 import graphop.jit as jit
-from graphop.errors import GraphopWarning, InputError
+from graphop.errors import GraphopError, GraphopWarning, InputError
 from graphop.geometry.cells import interpolation_matrix, quadrature_rule
 from graphop.geometry.neighbors import spatial_order
 from graphop.geometry.triangulate import triangulate_cloud, triangulate_periodic
@@ -142,7 +142,7 @@ class SparseOperator:
 
     def __init__(self, matrix: sp.csr_matrix, n_basis: int = 1, n_out: int | None = None, *,
                  extra: np.ndarray | None = None, cpu_backend: str | None = None,
-                 order_out=None, order_in=None):
+                 order_out=None, order_in=None, in_order: bool = False):
         n_out = matrix.shape[0] // n_basis if n_out is None else n_out
         if matrix.shape[0] != n_basis * n_out:
             raise InputError(f"operator has {matrix.shape[0]} rows, expected {n_out} x {n_basis}")
@@ -151,17 +151,44 @@ class SparseOperator:
             raise InputError(f"cpu_backend must be 'scipy' or 'torch', got {cpu_backend!r}")
         if extra is not None and len(extra) != n_out:
             raise InputError(f"extra has {len(extra)} rows for {n_out} output points")
-        self.matrix = matrix
         self.n_basis, self.n_out, self.n_in = n_basis, n_out, matrix.shape[1]
         self.extra, self.cpu_backend = extra, cpu_backend
         self.order_out = _permutation(order_out, n_out, "order_out")
         self.order_in = _permutation(order_in, self.n_in, "order_in")
+        # the matrix as given: A itself, or (in_order) P_out A P_in^T, whose rows the products
+        # need sorted; the other layout is derived from it when asked for
+        self._matrix, self._in_order = matrix, None
+        if in_order and self.ordered:
+            if not matrix.has_sorted_indices:
+                matrix.sort_indices()
+            self._matrix, self._in_order = None, matrix
         self._transpose = None
         self._copies: dict = {}
 
     @property
+    def matrix(self) -> sp.csr_matrix:
+        """A in the points' own order (scipy CSR), rows ``i * n_basis + l``. An operator made
+        ``in_order`` computes it on first use (and keeps it)."""
+        if self._matrix is None:
+            rank = None if self.order_out is None else _inverse(self.order_out)
+            rows = None if rank is None else _point_rows(rank, self.n_basis)
+            cols = None if self.order_in is None else _inverse(self.order_in)
+            m = self._in_order
+            self._matrix = permute_csr(m, rows, cols, m.dtype)[0]
+        return self._matrix
+
+    def ordered_csr(self) -> sp.csr_matrix:
+        """A in the layout of its products: ``P_out A P_in^T`` (see :meth:`permuted_csr`) with
+        float64 values when the operator has a locality order, else A itself."""
+        if self._in_order is not None:
+            return self._in_order
+        if not self.ordered:
+            return self.matrix
+        return self.permuted_csr()[0]
+
+    @property
     def nnz(self) -> int:
-        return self.matrix.nnz
+        return (self._in_order if self._matrix is None else self._matrix).nnz
 
     @property
     def ordered(self) -> bool:
@@ -170,22 +197,24 @@ class SparseOperator:
 
     @property
     def nbytes(self) -> int:
-        """Bytes held: the scipy matrix, its transpose, the extra array, the orders and every
-        copy."""
+        """Bytes held: the scipy matrix (in either layout), its transpose, the extra array,
+        the orders and every copy."""
+        def arrays(m):
+            return m.data.nbytes + m.indices.nbytes + m.indptr.nbytes
+
         def size(m):
             if isinstance(m, tuple):
                 return sum(size(t) for t in m)
-            if m is self.matrix or m is self._transpose:
+            if m is self._matrix or m is self._transpose or m is self._in_order:
                 return 0
             if torch.is_tensor(m) and m.layout == torch.sparse_csr:
                 return sum(t.numel() * t.element_size()
                            for t in (m.values(), m.col_indices(), m.crow_indices()))
             if torch.is_tensor(m):
                 return m.numel() * m.element_size()
-            return m.data.nbytes + m.indices.nbytes + m.indptr.nbytes
-        m = self.matrix
-        own = m.data.nbytes + m.indices.nbytes + m.indptr.nbytes
-        own *= 1 + (self._transpose is not None)
+            return arrays(m)
+        own = sum(arrays(m) for m in (self._matrix, self._in_order, self._transpose)
+                  if m is not None)
         own += 0 if self.extra is None else self.extra.nbytes
         own += sum(o.nbytes for o in (self.order_out, self.order_in) if o is not None)
         return own + sum(size(m) for m in self._copies.values())
@@ -198,7 +227,13 @@ class SparseOperator:
     def permuted_csr(self, dtype=np.float64):
         """``(P_out A P_in^T, its transpose)`` as scipy CSR with ``dtype`` values: row
         ``k L + l`` is row ``order_out[k] L + l`` of A, column ``k`` is column ``order_in[k]``,
-        columns sorted within each row (:func:`permute_csr`); A itself without orders."""
+        columns sorted within each row (:func:`permute_csr`); A itself without orders. An
+        operator made ``in_order`` holds the first already: only its transpose is made."""
+        if self._in_order is not None:
+            m = self._in_order
+            p = m if m.dtype == dtype else sp.csr_matrix(
+                (m.data.astype(dtype), m.indices, m.indptr), shape=m.shape)
+            return p, transpose_sorted(p)
         rows = None if self.order_out is None else _point_rows(self.order_out, self.n_basis)
         return permute_csr(self.matrix, rows, self.order_in, dtype)
 
@@ -347,6 +382,17 @@ def _transposed(m: sp.csr_matrix) -> sp.csr_matrix:
     return sp.csr_matrix((csc.data, csc.indices, csc.indptr), shape=m.shape[::-1])
 
 
+def transpose_sorted(m: sp.csr_matrix) -> sp.csr_matrix:
+    """``m^T`` as CSR with sorted rows and m's values: one compiled counting transpose on
+    :func:`build_threads` threads (:func:`_scatter_transpose`), or scipy's with
+    ``GRAPHOP_JIT=0``. The same arrays either way."""
+    if not jit.enabled():
+        return _transposed(m)
+    none = np.empty(0, dtype=np.int64)
+    return _scatter_transpose(m.indptr, m.indices, m.data, none, none, m.shape[0], m.shape[1],
+                              m.data.dtype)
+
+
 #: seconds spent making operators' product copies (per device and dtype; permuted ones
 #: included) in this process, for the benchmarks' accounting of a first pass
 COPY_TIME = {"seconds": 0.0}
@@ -383,10 +429,8 @@ def permute_csr(m: sp.csr_matrix, rows=None, cols=None, dtype=np.float64):
     rank = np.empty(0, dtype=np.int64) if cols is None else _inverse(cols)
     n_rows = m.shape[0] if rows is None else len(rows)
     rows = np.empty(0, dtype=np.int64) if rows is None else np.asarray(rows, dtype=np.int64)
-    none = np.empty(0, dtype=np.int64)
     pt = _scatter_transpose(m.indptr, m.indices, m.data, rows, rank, n_rows, m.shape[1], dtype)
-    p = _scatter_transpose(pt.indptr, pt.indices, pt.data, none, none, m.shape[1], n_rows, dtype)
-    return p, pt
+    return transpose_sorted(pt), pt
 
 
 def _scatter_transpose(ptr, idx, val, rows, rank, n_rows: int, n_cols: int,
@@ -523,12 +567,19 @@ def build_rows(n_rows: int, chunk: int, rows, threads: int | None = None, order=
     ``order`` (a permutation of ``n_rows`` queries, each owning ``width`` consecutive rows,
     e.g. :func:`graphop.geometry.neighbors.spatial_order` of the output points): ``rows(a)``
     returns the rows of queries ``order[a:a + chunk]`` in that order, and the result is put back
-    in query order (:func:`stack_permuted`, in place of the stacking copy)."""
+    in query order (:func:`stack_permuted`, in place of the stacking copy; plainly stacked when
+    ``order`` is the identity, as it is for points that :func:`cached_operator` lists in their
+    locality order already)."""
     parts = jit.thread_map(rows, range(0, n_rows, chunk),
                            build_threads() if threads is None else threads)
-    if order is not None:
+    if order is not None and not _is_identity(order):
         return stack_permuted(parts, order, width)
     return parts[0] if len(parts) == 1 else stack_rows(parts)
+
+
+def _is_identity(order) -> bool:
+    order = np.asarray(order)
+    return bool(np.array_equal(order, np.arange(len(order))))
 
 
 #: a compiled build of this many output rows or more runs its queries in spatial order
@@ -609,9 +660,12 @@ def _scatter_rows(out_ptr, out_idx, out_val, ptr, idx, val, queries, width):
 def block_diagonal(blocks) -> SparseOperator:
     """Per-graph operators (rows i*L + l) stacked block-diagonally, by concatenating their CSR
     arrays (no Python loop over rows); their ``extra`` arrays are stacked [B, n_out, ...] and
-    their locality orders (if any) concatenated, each within its block."""
+    their locality orders (if any) concatenated, each within its block. Blocks made
+    ``in_order`` are stacked in that layout (and the result made ``in_order``)."""
     L = blocks[0].n_basis
-    mats = [b.matrix for b in blocks]
+    # blocks made in their locality order are stacked in it (their own order is not made)
+    in_order = any(b._in_order is not None for b in blocks)
+    mats = [b.ordered_csr() if in_order else b.matrix for b in blocks]
     nnz_off = np.cumsum([0] + [m.nnz for m in mats])
     col_off = np.cumsum([0] + [m.shape[1] for m in mats])
     indptr = np.concatenate([m.indptr[:-1].astype(np.int64) + o for m, o in zip(mats, nnz_off)]
@@ -635,7 +689,8 @@ def block_diagonal(blocks) -> SparseOperator:
 
     return SparseOperator(m, L, n_out, extra=extra, cpu_backend=blocks[0].cpu_backend,
                           order_out=orders("order_out", [b.n_out for b in blocks]),
-                          order_in=orders("order_in", [b.n_in for b in blocks]))
+                          order_in=orders("order_in", [b.n_in for b in blocks]),
+                          in_order=in_order)
 
 
 # ---------------------------------------------------------------------------- products
@@ -1316,7 +1371,11 @@ def cached_operator(kind: str, params: tuple, g_in: GraphSet, g_out: GraphSet | 
     """The operator from the points of ``g_in`` to those of ``g_out`` (default: the same
     points) for every graph: ``(SparseOperator, fold)`` (see :func:`batch_operator`).
 
-    ``build(pos_out, pos_in, weight_in, periodic, same) -> (csr, n_basis)`` makes one block.
+    ``build(pos_out, pos_in, weight_in, periodic, same) -> (csr, n_basis)`` makes one block
+    (a pure function of the point sets: for an operator with a locality order,
+    :func:`locality_orders`, it is called on the points listed in that order, which gives the
+    block directly in the layout of its products, ``in_order``; an error is raised again from
+    the points in their own order, so that it names them by the user's numbers).
     With ``quadrature="cells"`` (and ``g_in`` made with ``cells=True``) a graph with cells is
     integrated at its cells' quadrature points: ``build(pos_out, x, w, periodic, False,
     interp=(B, pos_in))`` with the points, weights and interpolation of
@@ -1332,13 +1391,32 @@ def cached_operator(kind: str, params: tuple, g_in: GraphSet, g_out: GraphSet | 
         p_in, w_in, per = g_in.slice(b)
         p_out = p_in if same else g_out.slice(b)[0]
         quad = g_in.quadrature(b, quadrature)
-        if quad is None:
-            m, L = build(p_out, p_in, w_in, per, same)
-        else:
+
+        def build_in(o_out, o_in):
+            # the block with its output / input points listed in the orders o_out / o_in
+            # (None: as they are): P_out A P_in^T, built directly in that layout
+            po = p_out if o_out is None else p_out[o_out]
+            pi = p_in if o_in is None else p_in[o_in]
+            if quad is None:
+                wi = w_in if o_in is None or w_in is None else w_in[o_in]
+                return build(po, pi, wi, per, same)
             x, w, B = quad
-            m, L = build(p_out, x, w, per, False, interp=(B, p_in))
+            if o_in is not None:    # B interpolates from the nodes: its columns follow them
+                B = sp.csr_matrix((B.data, _inverse(o_in)[B.indices].astype(B.indices.dtype),
+                                   B.indptr), shape=B.shape)
+            return build(po, x, w, per, False, interp=(B, pi))
+
         order_out, order_in = locality_orders(p_out, p_in, same)
-        return SparseOperator(m, L, len(p_out), order_out=order_out, order_in=order_in)
+        if order_out is None and order_in is None:
+            m, L = build_in(None, None)
+            return SparseOperator(m, L, len(p_out))
+        try:
+            m, L = build_in(order_out, order_in)
+        except GraphopError:
+            build_in(None, None)   # the same error, naming points by the user's numbers
+            raise
+        return SparseOperator(m, L, len(p_out), order_out=order_out, order_in=order_in,
+                              in_order=True)
 
     keys = [k if same else (k, ko) for k, ko in zip(g_in.keys, g_out.keys)]
     return batch_operator(kind, (params, same, quadrature), keys, make)

@@ -16,7 +16,9 @@ Rules:
   graphop version whose builders differ never reads another's files: a changed
   hyperparameter is a different key, changed code a different folder.
 * **Format.** ``numpy.savez`` of plain arrays (CSR ``indptr``, ``indices``, ``data``, the shape,
-  ``n_basis``, ``n_out`` and an optional ``extra`` array), read with ``allow_pickle=False``:
+  ``n_basis``, ``n_out``, an optional ``extra`` array, the locality orders ``order_out`` /
+  ``order_in`` when the operator has them, and ``in_order`` when the CSR arrays hold the
+  matrix in that order, as an operator made in it keeps them), read with ``allow_pickle=False``:
   loading can never run code. A file that cannot be read or does not match is deleted and
   rebuilt. Files are written to a temporary name and renamed, so concurrent processes (DDP,
   ``graphop experiment --jobs``) never see half a file.
@@ -52,7 +54,7 @@ SOURCES = ("jit.py", "geometry/cells.py", "geometry/neighbors.py", "geometry/sph
            "geometry/triangulate.py", "layers/basis.py", "layers/disco.py",
            "layers/disco_sphere.py", "layers/stencil.py", "layers/stencil_sphere.py",
            "layers/latent.py", "layers/spherical.py", "layers/sparse.py", "layers/store.py")
-FORMAT = 2
+FORMAT = 3
 _DIGEST: str | None = None
 
 
@@ -109,8 +111,9 @@ class OperatorStore:
                 n_basis, n_out = int(z["n_basis"]), int(z["n_out"])
                 extra = z["extra"] if "extra" in z.files else None
                 orders = {k: z[k] if k in z.files else None for k in ("order_out", "order_in")}
+                in_order = "in_order" in z.files
             m.check_format(full_check=False)
-            op = SparseOperator(m, n_basis, n_out, extra=extra, **orders)
+            op = SparseOperator(m, n_basis, n_out, extra=extra, in_order=in_order, **orders)
         except Exception:   # any unreadable or inconsistent file is a miss: rebuilt
             self.failures += 1
             path.unlink(missing_ok=True)
@@ -126,7 +129,9 @@ class OperatorStore:
         """Write ``value`` when it is a :class:`SparseOperator` that fits the budget."""
         if self._disabled or not isinstance(value, SparseOperator):
             return
-        m = value.matrix
+        # the layout it was made in (an operator made in its locality order is saved in it)
+        in_order = value._in_order is not None
+        m = value.ordered_csr() if in_order else value.matrix
         size = m.data.nbytes + m.indices.nbytes + m.indptr.nbytes
         if size > self.max_bytes:
             return
@@ -135,6 +140,8 @@ class OperatorStore:
                   "n_basis": np.int64(value.n_basis), "n_out": np.int64(value.n_out)}
         if value.extra is not None:
             arrays["extra"] = np.asarray(value.extra)
+        if in_order:
+            arrays["in_order"] = np.int64(1)
         for k in ("order_out", "order_in"):    # the locality orders travel with the matrix
             if getattr(value, k) is not None:
                 arrays[k] = getattr(value, k)
