@@ -248,6 +248,21 @@ def test_cached_operator_names_points_by_the_users_numbers_in_errors(monkeypatch
     assert len(seen) == 2 and not np.array_equal(seen[0], pts)   # in order, then as given
 
 
+@pytest.mark.parametrize("threads", ["1", "3"])
+def test_stack_rows_is_scipys_vstack(monkeypatch, threads):
+    # the parts of a chunked build stacked in order: the arrays of scipy's vstack, whether the
+    # parts are copied in one piece or into their places on threads, index dtypes mixed
+    monkeypatch.setenv("GRAPHOP_BUILD_THREADS", threads)
+    monkeypatch.setattr(ops, "PARALLEL_STACK_ENTRIES", 0)
+    parts = [sp.random(r, 7, density=0.4, random_state=r, format="csr") for r in (5, 0, 9, 3)]
+    parts[2].indices = parts[2].indices.astype(np.int64)
+    got, want = ops.stack_rows(parts), sp.vstack(parts, format="csr")
+    assert got.shape == want.shape
+    np.testing.assert_array_equal(got.indptr, want.indptr)
+    np.testing.assert_array_equal(got.indices, want.indices)
+    np.testing.assert_array_equal(got.data, want.data)
+
+
 def test_locality_order_is_checked():
     m = sp.random(6, 4, density=0.5, random_state=1, format="csr")
     with pytest.raises(InputError, match="order_in must be a permutation of 4"):

@@ -502,13 +502,32 @@ def csr_from_coo(rows, cols, vals, shape) -> sp.csr_matrix:
 
 
 def stack_rows(parts) -> sp.csr_matrix:
-    """CSR matrices with the same columns stacked vertically, by concatenating their arrays."""
+    """CSR matrices with the same columns stacked vertically, by concatenating their arrays
+    (from :data:`PARALLEL_STACK_ENTRIES` entries on, each part copied into its place on
+    :func:`build_threads` threads)."""
     nnz_off = np.cumsum([0] + [m.nnz for m in parts])
     indptr = np.concatenate([m.indptr[:-1].astype(np.int64) + o for m, o in zip(parts, nnz_off)]
                             + [nnz_off[-1:]])
-    return sp.csr_matrix((np.concatenate([m.data for m in parts]),
-                          np.concatenate([m.indices for m in parts]), indptr),
-                         shape=(sum(m.shape[0] for m in parts), parts[0].shape[1]))
+    shape = (sum(m.shape[0] for m in parts), parts[0].shape[1])
+    threads = min(build_threads(), len(parts))
+    if threads < 2 or nnz_off[-1] < PARALLEL_STACK_ENTRIES:
+        return sp.csr_matrix((np.concatenate([m.data for m in parts]),
+                              np.concatenate([m.indices for m in parts]), indptr), shape=shape)
+    # numpy's copies release the GIL; the time goes into first touches of the fresh pages
+    # (measured: 1.4 against 3.0 s for 2.4e8 float64 entries on 2 threads)
+    data = np.empty(nnz_off[-1], dtype=np.result_type(*[m.data.dtype for m in parts]))
+    indices = np.empty(nnz_off[-1], dtype=np.result_type(*[m.indices.dtype for m in parts]))
+
+    def put(k):
+        data[nnz_off[k]:nnz_off[k + 1]] = parts[k].data
+        indices[nnz_off[k]:nnz_off[k + 1]] = parts[k].indices
+
+    jit.thread_map(put, range(len(parts)), threads)
+    return sp.csr_matrix((data, indices, indptr), shape=shape)
+
+
+#: :func:`stack_rows` copies the parts on threads from this many entries on
+PARALLEL_STACK_ENTRIES = 4_000_000
 
 
 #: a chunked build of fewer neighbour pairs than this runs on one thread: below it, starting
