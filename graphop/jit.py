@@ -16,7 +16,8 @@ in), :func:`graphop.layers.stencil._gradient_rows_kernel` (the mollifier gradien
 with the interpolation fused in too),
 :func:`graphop.layers.sparse._scatter_rows` (rows built in spatial order put back in order) and
 :func:`graphop.layers.sparse._count_columns` / :func:`graphop.layers.sparse._scatter_columns`
-(the counting transposes of :func:`graphop.layers.sparse.permute_csr`).
+(the counting transposes of :func:`graphop.layers.sparse.permute_csr` and
+:func:`graphop.layers.sparse.transpose_sorted`).
 At a million random points on 2 threads they build LocalGNO's operators in 18 s in 3D (numpy
 31 s) and 44-51 s in 2D over the cells (232 s): ``graphop bench train`` times both paths
 (``build_jit_speedup``), ``experiments/README.md`` has the tables.

@@ -263,6 +263,32 @@ def test_stack_rows_is_scipys_vstack(monkeypatch, threads):
     np.testing.assert_array_equal(got.data, want.data)
 
 
+def test_a_warning_names_the_users_point_on_a_large_cloud():
+    # the stencil's warning about a degenerate neighbourhood names a point by number and
+    # coordinates; on a cloud large enough to be built in its locality order both are the
+    # user's: a line of points far from a random cloud, listed first (last in Z-order)
+    import re
+
+    from torch_geometric.data import Data
+
+    from graphop.layers.differential import DifferentialConv
+
+    rng = np.random.default_rng(0)
+    n = ops.LOCALITY_MIN_POINTS + 100
+    line = np.stack([np.linspace(0, 1, 40), np.full(40, 50.0)], axis=1)
+    pts = np.concatenate([line, rng.random((n, 2))])
+    data = Data(pos=torch.tensor(pts))
+    ops.operator_cache.clear()
+    with pytest.warns(GraphopWarning, match="spanning fewer than 2 directions") as rec:
+        op, _ = DifferentialConv(1, 1, kernel_size=3, dim=2).operator(data)
+    assert op.ordered
+    msg = next(str(w.message) for w in rec if "spanning fewer" in str(w.message))
+    got = re.search(r"point (\d+) at \[([^\]]+)\]", msg)
+    i, at = int(got.group(1)), [float(v) for v in got.group(2).split(",")]
+    assert i < len(line) and np.allclose(pts[i], at)
+    ops.operator_cache.clear()
+
+
 def test_locality_order_is_checked():
     m = sp.random(6, 4, density=0.5, random_state=1, format="csr")
     with pytest.raises(InputError, match="order_in must be a permutation of 4"):

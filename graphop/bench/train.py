@@ -46,8 +46,9 @@ where they are installed and every ratio measured in the same run.
     instead of stored: measured necessary at 1M points in 24 GiB); each size in a fresh
     process so that its peak memory (``VmHWM``) is its own: operator build time (the first
     forward pass minus the second: the matrices and the product copies of the forward pass),
-    ``copies_s`` (of which making those copies: on large meshes their permutation into the
-    locality order, :class:`graphop.layers.sparse.SparseOperator`), step time, peak resident
+    ``copies_s`` (of which making those copies: on large meshes, built in their locality
+    order, the float32 matrix and its transpose, :class:`graphop.layers.sparse.SparseOperator`),
+    step time, peak resident
     memory and bytes per point. Sizes: 10k and 100k by default, or ``--points``.
     Then the same build in another process with ``GRAPHOP_JIT=0``, the numpy reference of the
     compiled build kernels (:mod:`graphop.jit`), steps skipped: ``build_reference_s`` and the

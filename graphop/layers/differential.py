@@ -94,7 +94,7 @@ from torch import nn
 
 from graphop.errors import ConfigError, GraphopWarning, InputError
 from graphop.layers.sparse import (apply_operator, cached_operator, check_features, fold_matmul,
-                                   graph_set, n_points, quadrature_mode,
+                                   graph_set, n_points, point_number, quadrature_mode,
                                    uses_cells)
 from graphop.layers.stencil import (MAX_GROWTH, mollifier_gradient_matrix, mollifier_matrix,
                                     stencil_info, stencil_offsets)
@@ -220,11 +220,12 @@ class DifferentialConv(nn.Module):
         def build(p_out, p_in, w_in, periodic, same):
             m, info, _ = stencil_info(p_in, k, s, periodic, nb)
             if len(info.degenerate):
-                i = int(info.degenerate[0])
+                i = int(info.degenerate[0])      # named by the user's number
                 warnings.warn(
                     f"DifferentialConv: {len(info.degenerate)} of {len(p_in)} points have "
                     f"neighbourhoods spanning fewer than {self.dim} directions even at "
-                    f"{MAX_GROWTH:g}x their spacing (e.g. point {i} at {p_in[i].tolist()}; points on "
+                    f"{MAX_GROWTH:g}x their spacing (e.g. point {point_number(i)} at "
+                    f"{p_in[i].tolist()}; points on "
                     f"a curve or surface?); their stencils are exact only along the spanned "
                     f"directions", GraphopWarning, stacklevel=6)
             return m, len(self.offsets)

@@ -10,9 +10,9 @@ lists (:mod:`graphop.models.gnn`). This module holds what they share:
   and one copy per (device, dtype). ``Y = A @ X`` is differentiable in X
   (``grad_X = A^T grad_Y``, double backward through the same op). An operator over
   :data:`LOCALITY_MIN_POINTS` points or more carries a locality order of its points (a Z-order
-  curve, :func:`locality_orders`): its copies are stored in that order and its products gather
-  X into it, so that the rows a row of A reads sit together in memory (3-6x faster products on
-  points listed in random order).
+  curve, :func:`locality_orders`): it is built on its points listed in that order, its copies
+  are stored in it and its products gather X into it, so that the rows a row of A reads sit
+  together in memory (3-6x faster products on points listed in random order).
 * :func:`fold_matmul` and :func:`apply_operator`: ``A @ X`` for a batch, graph block by graph
   block (or one block-diagonal product when a small mesh is shared by the batch), and the
   contraction with ``theta [L, C, O]`` as one dense GEMM per block; no copy of the features.
@@ -57,6 +57,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 import time
 import warnings
 import weakref
@@ -77,6 +78,7 @@ from graphop.memory import available_memory, env_bytes, format_bytes
 __all__ = ["SparseOperator", "BlockList", "OperatorCache", "operator_cache", "GraphSet", "graph_set",
            "QUADRATURE", "quadrature_mode", "uses_cells", "batch_operator", "cached_operator",
            "fold_matmul", "apply_operator", "csr_from_coo", "locality_orders", "permute_csr",
+           "point_number", "transpose_sorted",
            "LOCALITY_MIN_POINTS", "stack_rows", "stack_permuted",
            "ordered_build", "build_rows", "row_chunk",
            "may_split", "build_threads", "block_diagonal",
@@ -138,6 +140,11 @@ class SparseOperator:
             loop); default :data:`CPU_BACKEND`. CUDA always uses torch.
         order_out, order_in: optional permutations [n_out] / [n_in] (the locality order
             above); None: the points' own order.
+        in_order: ``matrix`` is given in the locality order, ``P_out A P_in^T`` (as
+            :func:`cached_operator` builds a large operator: on its points listed in that
+            order); its rows are sorted if they are not. The product copies are then that
+            matrix and one transpose of it, and A in the points' own order (``matrix``) is made
+            only when something asks for it. Ignored without orders.
     """
 
     def __init__(self, matrix: sp.csr_matrix, n_basis: int = 1, n_out: int | None = None, *,
@@ -1385,6 +1392,19 @@ def batch_operator(kind: str, params: tuple, keys: list, make_block):
     return BlockList([block(b) for b in range(len(keys))]), 1
 
 
+_NUMBERING = threading.local()
+
+
+def point_number(i, side: str = "in") -> int:
+    """The user's number of point ``i`` of the points a builder was given (``side`` "in" or
+    "out"): :func:`cached_operator` lists a large operator's points in their locality order
+    before it calls the builder, so a builder's message that names a point by its number names
+    ``point_number(i)``. ``i`` itself outside such a build."""
+    orders = getattr(_NUMBERING, "orders", None)
+    order = None if orders is None else orders[side == "in"]
+    return int(i) if order is None else int(order[i])
+
+
 def cached_operator(kind: str, params: tuple, g_in: GraphSet, g_out: GraphSet | None, build,
                     quadrature: str = "points"):
     """The operator from the points of ``g_in`` to those of ``g_out`` (default: the same
@@ -1394,7 +1414,8 @@ def cached_operator(kind: str, params: tuple, g_in: GraphSet, g_out: GraphSet | 
     (a pure function of the point sets: for an operator with a locality order,
     :func:`locality_orders`, it is called on the points listed in that order, which gives the
     block directly in the layout of its products, ``in_order``; an error is raised again from
-    the points in their own order, so that it names them by the user's numbers).
+    the points in their own order, so that it names them by the user's numbers, and a warning
+    names a point by :func:`point_number`).
     With ``quadrature="cells"`` (and ``g_in`` made with ``cells=True``) a graph with cells is
     integrated at its cells' quadrature points: ``build(pos_out, x, w, periodic, False,
     interp=(B, pos_in))`` with the points, weights and interpolation of
@@ -1429,11 +1450,15 @@ def cached_operator(kind: str, params: tuple, g_in: GraphSet, g_out: GraphSet | 
         if order_out is None and order_in is None:
             m, L = build_in(None, None)
             return SparseOperator(m, L, len(p_out))
+        _NUMBERING.orders = (order_out, order_in)     # for point_number in the messages
         try:
             m, L = build_in(order_out, order_in)
         except GraphopError:
+            _NUMBERING.orders = None
             build_in(None, None)   # the same error, naming points by the user's numbers
             raise
+        finally:
+            _NUMBERING.orders = None
         return SparseOperator(m, L, len(p_out), order_out=order_out, order_in=order_in,
                               in_order=True)
 
