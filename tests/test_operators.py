@@ -245,6 +245,7 @@ def test_cached_operator_names_points_by_the_users_numbers_in_errors(monkeypatch
     with pytest.raises(MeshError) as err:
         ops.cached_operator("test-error", (), g, None, build)
     assert str(pts[0].tolist()) in str(err.value)
+    assert err.value.__suppress_context__      # one error in the traceback, not two
     assert len(seen) == 2 and not np.array_equal(seen[0], pts)   # in order, then as given
 
 

@@ -1455,7 +1455,10 @@ def cached_operator(kind: str, params: tuple, g_in: GraphSet, g_out: GraphSet | 
             m, L = build_in(order_out, order_in)
         except GraphopError:
             _NUMBERING.orders = None
-            build_in(None, None)   # the same error, naming points by the user's numbers
+            try:                   # the same error, naming points by the user's numbers
+                build_in(None, None)
+            except GraphopError as err:
+                raise err from None
             raise
         finally:
             _NUMBERING.orders = None
