@@ -264,6 +264,27 @@ def test_stack_rows_is_scipys_vstack(monkeypatch, threads):
     np.testing.assert_array_equal(got.data, want.data)
 
 
+def test_builders_do_not_reorder_points_cached_operator_listed_in_order(monkeypatch):
+    # a builder's own spatial ordering of large outputs (ordered_build) is skipped while
+    # cached_operator builds on points it has listed in their locality order already, and
+    # applies again afterwards
+    from torch_geometric.data import Data
+
+    monkeypatch.setattr(ops.jit, "enabled", lambda: True)
+    pts = np.random.default_rng(6).random((ops.LOCALITY_MIN_POINTS + 10, 2))
+    data = Data(pos=torch.tensor(pts), weight=torch.ones(len(pts), dtype=torch.float64))
+    g = ops.graph_set(data, need_weight=True)
+    seen = []
+
+    def build(p_out, p_in, w, periodic, same):
+        seen.append(ops.ordered_build(10**6))
+        return sp.identity(len(p_out), format="csr"), 1
+
+    op, _ = ops.cached_operator("test-ordered-build", (), g, None, build)
+    assert op.ordered and seen == [False] and ops.ordered_build(10**6)
+    ops.operator_cache.clear()
+
+
 def test_a_warning_names_the_users_point_on_a_large_cloud():
     # the stencil's warning about a degenerate neighbourhood names a point by number and
     # coordinates; on a cloud large enough to be built in its locality order both are the

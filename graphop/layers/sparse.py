@@ -593,19 +593,12 @@ def build_rows(n_rows: int, chunk: int, rows, threads: int | None = None, order=
     ``order`` (a permutation of ``n_rows`` queries, each owning ``width`` consecutive rows,
     e.g. :func:`graphop.geometry.neighbors.spatial_order` of the output points): ``rows(a)``
     returns the rows of queries ``order[a:a + chunk]`` in that order, and the result is put back
-    in query order (:func:`stack_permuted`, in place of the stacking copy; plainly stacked when
-    ``order`` is the identity, as it is for points that :func:`cached_operator` lists in their
-    locality order already)."""
+    in query order (:func:`stack_permuted`, in place of the stacking copy)."""
     parts = jit.thread_map(rows, range(0, n_rows, chunk),
                            build_threads() if threads is None else threads)
-    if order is not None and not _is_identity(order):
+    if order is not None:
         return stack_permuted(parts, order, width)
     return parts[0] if len(parts) == 1 else stack_rows(parts)
-
-
-def _is_identity(order) -> bool:
-    order = np.asarray(order)
-    return bool(np.array_equal(order, np.arange(len(order))))
 
 
 #: a compiled build of this many output rows or more runs its queries in spatial order
@@ -613,9 +606,18 @@ def _is_identity(order) -> bool:
 ORDERED_MIN_ROWS = 20_000
 
 
+#: the locality orders of the points :func:`cached_operator` is building on, in this thread
+#: (``orders``: ``(order_out, order_in)``, or None outside such a build)
+_NUMBERING = threading.local()
+
+
 def ordered_build(n_rows: int) -> bool:
     """Whether a build of ``n_rows`` output points runs them in spatial order (the compiled
-    kernels, :mod:`graphop.jit`, and at least :data:`ORDERED_MIN_ROWS` rows)."""
+    kernels, :mod:`graphop.jit`, and at least :data:`ORDERED_MIN_ROWS` rows); never when
+    :func:`cached_operator` lists the output points in their locality order already."""
+    orders = getattr(_NUMBERING, "orders", None)
+    if orders is not None and orders[0] is not None:
+        return False
     return jit.enabled() and n_rows >= ORDERED_MIN_ROWS
 
 
@@ -1390,9 +1392,6 @@ def batch_operator(kind: str, params: tuple, keys: list, make_block):
                                             lambda: block_diagonal([blk] * B)), 1
         return blk, B
     return BlockList([block(b) for b in range(len(keys))]), 1
-
-
-_NUMBERING = threading.local()
 
 
 def point_number(i, side: str = "in") -> int:
