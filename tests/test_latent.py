@@ -132,6 +132,27 @@ def test_batch_of_different_meshes_and_shared_mesh():
         assert torch.allclose(out, ref, atol=1e-13)
 
 
+def test_channels_last_layout_is_the_same_grid():
+    """``channels_last=True``: the encoder's grids and occupancy and the decoder's input are
+    the channels-first ones with the channels moved last, on one mesh, a batch of different
+    meshes and a batch sharing one mesh; the decoder checks the layout it is given."""
+    datas = [_square_mesh(300, 0), _square_mesh(500, 1)]
+    enc, dec = GridEncoder((12, 10)), GridDecoder((12, 10))
+    for ds in ([datas[0]], datas, [datas[1]] * 3):
+        b = Batch.from_data_list(ds)
+        x = torch.cos(3 * b.pos[:, :1]) * torch.arange(1.0, 4.0, dtype=b.pos.dtype)   # 3 channels
+        g, occ = enc(x, b)
+        g_last, occ_last = enc(x, b, channels_last=True)
+        assert g_last.shape == (len(ds), 12, 10, 3) and occ_last.shape == (len(ds), 12, 10, 1)
+        assert torch.equal(g_last, g.movedim(1, -1)) and torch.equal(occ_last, occ.movedim(1, -1))
+        assert g_last.is_contiguous()                 # a view of the product: nothing copied
+        assert torch.allclose(dec(g_last, b, channels_last=True), dec(g, b), atol=1e-14)
+    with pytest.raises(ValueError, match=r"expected \[B, 12, 10, C\]"):
+        dec(g, b, channels_last=True)
+    with pytest.raises(ValueError, match=r"expected \[B, C, 12, 10\]"):
+        dec(g_last, b)
+
+
 def test_operators_are_cached_by_content_not_in_state_dict():
     data = _square_mesh(300, 7)
     enc = GridEncoder((10, 10))

@@ -130,6 +130,95 @@ def test_dft_and_fft_paths_agree(shape, modes, periodic, sub):
         assert (g_dft - g_fft).abs().max() < 1e-12 * max(1.0, g_fft.abs().max())
 
 
+@pytest.mark.parametrize("method", ["dft", "fft"])
+@pytest.mark.parametrize("shape,modes,periodic", [
+    ((16,), (5,), False), ((12, 10), (4, 5), False), ((8, 8), (4, 5), True),
+    ((6, 4, 6), (2, 2, 3), False)])
+def test_channels_last_and_joined_parts_give_the_same_layer(method, shape, modes, periodic):
+    """``channels_last=True`` is the same layer in the other layout, and a tuple of parts is
+    the layer on their concatenation: values and gradients of every part and of the weights."""
+    torch.manual_seed(5)
+    conv = SpectralConv(4, 3, modes, method=method).double()
+    x = torch.randn(2, 4, *shape, dtype=torch.float64)
+    d = len(shape)
+
+    def run(layout):
+        conv.zero_grad()
+        a = x[:, :3].clone().requires_grad_()
+        b = x[:, 3:].clone().requires_grad_()
+        if layout == "first":
+            y = conv(torch.cat([a, b], 1), periodic=periodic)
+        elif layout == "first-parts":
+            y = conv((a, b), periodic=periodic)
+        else:                                  # channels last, as two parts
+            y = conv((a.movedim(1, -1), b.movedim(1, -1)), periodic=periodic,
+                     channels_last=True).movedim(-1, 1)
+        (y * torch.linspace(-1, 1, y.numel(), dtype=y.dtype).reshape(y.shape)).sum().backward()
+        return y.detach(), a.grad, b.grad, conv.weight.grad.clone()
+
+    ref = run("first")
+    assert ref[0].shape == (2, 3, *shape)
+    for layout in ("first-parts", "last"):
+        for got, want in zip(run(layout), ref):
+            assert got.shape == want.shape
+            assert (got - want).abs().max() < 1e-12 * max(1.0, want.abs().max())
+    y = conv(x.movedim(1, -1), periodic=periodic, channels_last=True)
+    assert y.shape == (2, *shape, 3) and y.dim() == d + 2
+
+
+def test_dft_path_has_a_second_derivative():
+    """The constant-table products differentiate twice (a gradient penalty trains through
+    them): the input's second derivative along a direction matches the FFT reference."""
+    torch.manual_seed(6)
+    conv = SpectralConv(2, 2, (3, 3)).double()
+    x = torch.randn(1, 2, 8, 8, dtype=torch.float64)
+    v = torch.randn_like(x)
+    out = []
+    for method in ("dft", "fft"):
+        conv.method = method
+        xi = x.clone().requires_grad_()
+        g, = torch.autograd.grad(torch.tanh(conv(xi)).pow(2).sum(), xi, create_graph=True)
+        hv, = torch.autograd.grad((g * v).sum(), xi)
+        out.append(hv)
+    assert out[0].abs().max() > 0
+    assert (out[0] - out[1]).abs().max() < 1e-12 * out[1].abs().max()
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_dft_path_under_autocast(channels_last):
+    """Under bfloat16 autocast the layer runs forward and backward (the constant tables meet
+    lower-precision gradients) and stays within bfloat16's rounding of the float32 layer."""
+    torch.manual_seed(7)
+    conv = SpectralConv(4, 3, (3, 3))
+    x = torch.randn(2, 4, 12, 10)
+    if channels_last:
+        x = x.movedim(1, -1).contiguous()
+    res = []
+    for low in (False, True):
+        xi = x.clone().requires_grad_()
+        conv.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=low):
+            y = conv(xi, channels_last=channels_last)
+        assert y.dtype == (torch.bfloat16 if low else torch.float32)
+        y.float().pow(2).sum().backward()
+        res.append((y.float().detach(), xi.grad, conv.weight.grad.clone()))
+    for got, want in zip(res[1], res[0]):
+        assert got.dtype == want.dtype
+        assert (got - want).abs().max() < 3e-2 * want.abs().max()
+
+
+def test_parts_are_checked():
+    conv = SpectralConv(3, 2, (3, 3))
+    with pytest.raises(ValueError, match=r"expects \[B, 3, <2 grid axes>\] \(joined"):
+        conv((torch.randn(1, 2, 8, 8), torch.randn(1, 2, 8, 8)))
+    with pytest.raises(ValueError, match=r"expects \[B, <2 grid axes>, 3\] \(joined"):
+        conv((torch.randn(1, 8, 8, 2), torch.randn(1, 8, 6, 1)), channels_last=True)
+    with pytest.raises(ValueError, match=r"expects \[B, <2 grid axes>, 3\], got \(1, 8, 8\)"):
+        conv(torch.randn(1, 8, 8), channels_last=True)
+    with pytest.raises(ValueError, match="got list"):
+        conv([[1.0]])
+
+
 def test_dft_path_in_float32_matches_float64():
     torch.manual_seed(4)
     conv = SpectralConv(4, 4, (6, 7), method="dft")

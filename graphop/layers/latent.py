@@ -284,7 +284,11 @@ class GridEncoder(_GridOperator):
             or ``"cells-except-torus"`` (nodes on a torus, before version 4); see
             :mod:`graphop.layers.sparse`.
 
-    Shapes: x [N, C] -> (grid [B, C, *latent_shape], occupancy [B, 1, *latent_shape]).
+    Call: ``encoder(x, data, op=None, channels_last=False)``; ``channels_last=True`` returns the
+    grids with the channels last (a free view of the product: no transposed copy).
+
+    Shapes: x [N, C] -> (grid [B, C, *latent_shape], occupancy [B, 1, *latent_shape]);
+    with ``channels_last``: (grid [B, *latent_shape, C], occupancy [B, *latent_shape, 1]).
     """
 
     def __init__(self, latent_shape, latent_box=None, box_padding: float = 0.05,
@@ -328,14 +332,17 @@ class GridEncoder(_GridOperator):
         return batch_operator("encoder", (grid, r, self.outside, self.floor, self.quadrature),
                               g.keys, build)
 
-    def forward(self, x: torch.Tensor, data, op=None):
+    def forward(self, x: torch.Tensor, data, op=None, channels_last: bool = False):
         op, fold = op if op is not None else self.operator(data)
         G = int(np.prod(self.latent_shape))
         out = fold_matmul(op, fold, x)  # [B*G, C]
         B, C = out.shape[0] // G, x.shape[1]
-        grid = out.reshape(B, G, C).transpose(1, 2).reshape(B, C, *self.latent_shape)
         occ = op.extra_on(x.device, x.dtype).reshape(-1, G)
         occ = occ.expand(B, G) if fold > 1 else occ
+        if channels_last:
+            return (out.reshape(B, *self.latent_shape, C),
+                    occ.reshape(B, *self.latent_shape, 1))
+        grid = out.reshape(B, G, C).transpose(1, 2).reshape(B, C, *self.latent_shape)
         return grid, occ.reshape(B, 1, *self.latent_shape)
 
     def extra_repr(self) -> str:
@@ -350,7 +357,10 @@ class GridDecoder(_GridOperator):
 
     Args: as :class:`GridEncoder` (``latent_shape``, ``latent_box``, ``box_padding``).
 
-    Shapes: grid [B, C, *latent_shape], data with N points -> [N, C].
+    Call: ``decoder(grid, data, op=None, channels_last=False)``; ``channels_last=True`` takes
+    the grid with the channels last (read as it is: no transposed copy when it is contiguous).
+
+    Shapes: grid [B, C, *latent_shape] (or [B, *latent_shape, C]), data with N points -> [N, C].
     """
 
     def operator(self, data) -> tuple[SparseOperator, int]:
@@ -363,13 +373,18 @@ class GridDecoder(_GridOperator):
 
         return batch_operator("decoder", (grid,), g.keys, build)
 
-    def forward(self, grid: torch.Tensor, data, op=None) -> torch.Tensor:
+    def forward(self, grid: torch.Tensor, data, op=None, channels_last: bool = False) -> torch.Tensor:
         op, fold = op if op is not None else self.operator(data)
-        B, C = grid.shape[:2]
-        if tuple(grid.shape[2:]) != self.latent_shape:
-            raise InputError(f"grid has shape {tuple(grid.shape)}, expected [B, C, "
-                             f"{', '.join(map(str, self.latent_shape))}]")
-        flat = grid.reshape(B, C, -1).transpose(1, 2).reshape(-1, C)  # [B*G, C]
+        axes = tuple(grid.shape[1:-1]) if channels_last else tuple(grid.shape[2:])
+        if grid.dim() != 2 + len(self.latent_shape) or axes != self.latent_shape:
+            sizes = ", ".join(map(str, self.latent_shape))
+            want = f"[B, {sizes}, C]" if channels_last else f"[B, C, {sizes}]"
+            raise InputError(f"grid has shape {tuple(grid.shape)}, expected {want}")
+        B, C = grid.shape[0], grid.shape[-1 if channels_last else 1]
+        if channels_last:
+            flat = grid.reshape(-1, C)                                   # [B*G, C]
+        else:
+            flat = grid.reshape(B, C, -1).transpose(1, 2).reshape(-1, C)  # [B*G, C]
         return fold_matmul(op, fold, flat)
 
     def extra_repr(self) -> str:

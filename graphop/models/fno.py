@@ -206,18 +206,17 @@ class FNO(nn.Module):
             self.active_modes.copy_(torch.as_tensor(self.grid_modes(shape)))
         modes = self.grid_modes(shape)
         pads = self.pad_amount(shape)
-        h = h.movedim(-1, 1)                                   # [B, width, *shape]
-        if any(pads):
-            pad_arg = []
+        if any(pads):              # channels last throughout: the grid axes precede the channels
+            pad_arg = [0, 0]
             for p in reversed(pads):
                 pad_arg += [0, p]
             h = torch.nn.functional.pad(h, pad_arg)
         for i, (spec, lin) in enumerate(zip(self.spectral, self.linear)):
-            z = spec(h, periodic=True, modes=modes) + lin(h.movedim(1, -1)).movedim(-1, 1)
+            z = spec(h, periodic=True, modes=modes, channels_last=True) + lin(h)
             h = self.act(z) if i < len(self.spectral) - 1 else z
         if any(pads):
-            h = h[(slice(None), slice(None), *[slice(0, s) for s in shape])]
-        return h.movedim(1, -1)
+            h = h[(slice(None), *[slice(0, s) for s in shape])]
+        return h
 
     def forward(self, data) -> torch.Tensor:
         f = self.lift(self._features(data))                    # [N, width]

@@ -130,9 +130,11 @@ class GlobalBranch(nn.Module):
 
     def forward(self, h: torch.Tensor, data, latent) -> torch.Tensor:
         encoder, decoder, enc_op, dec_op, periodic = latent
-        g, occ = encoder(h, data, op=enc_op)
-        y = self.spectral(torch.cat([g, occ], dim=1), periodic=periodic)
-        return decoder(y, data, op=dec_op)
+        # channels last throughout: the encoder's product viewed as grids, the occupancy joined
+        # among the kept modes, the decoder reading the output as it is (no transposed copies)
+        g, occ = encoder(h, data, op=enc_op, channels_last=True)
+        y = self.spectral((g, occ), periodic=periodic, channels_last=True)
+        return decoder(y, data, op=dec_op, channels_last=True)
 
 
 class _Block(nn.Module):
