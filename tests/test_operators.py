@@ -218,7 +218,7 @@ def test_operator_made_in_its_locality_order_is_the_same_operator():
     fresh = SparseOperator(p, L, n_out, order_out=o_out, order_in=o_in, in_order=True)
     plain = SparseOperator(sp.random(6, 3, density=0.5, random_state=4, format="csr"), 2, 3)
     bd = block_diagonal([fresh, plain, fresh])
-    assert bd._in_order is not None and fresh._matrix is None    # stacked in their layout
+    assert bd.made_in_order and fresh._matrix is None    # stacked in their layout
     x = torch.randn(2 * n_in + 3, 2, dtype=torch.float64)
     want = torch.tensor(sp.block_diag([m, plain.matrix, m]).toarray()) @ x
     assert torch.allclose(bd.matmul(x), want)
@@ -343,7 +343,7 @@ def test_large_operators_get_a_locality_order(monkeypatch):
     assert op_o.ordered
     assert torch.allclose(layer(x, data), plain, atol=1e-12)
     # built directly in that order (the points listed in it): the same matrix, term by term
-    assert op_o._in_order is not None
+    assert op_o.made_in_order
     np.testing.assert_array_equal(op_o.matrix.indptr, op.matrix.indptr)
     np.testing.assert_array_equal(op_o.matrix.indices, op.matrix.indices)
     np.testing.assert_allclose(op_o.matrix.data, op.matrix.data, rtol=0, atol=1e-14)

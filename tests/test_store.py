@@ -62,7 +62,7 @@ def test_locality_orders_travel_with_the_operator(store, monkeypatch):
     np.testing.assert_array_equal(loaded.order_in, built.order_in)
     np.testing.assert_array_equal(loaded.order_out, built.order_out)
     # saved and loaded in the layout it was built in: the own-order matrix is not made
-    assert built._in_order is not None and loaded._in_order is not None
+    assert built.made_in_order and loaded.made_in_order
     assert loaded._matrix is None
     assert abs(loaded.matrix - built.matrix).max() == 0
     assert torch.equal(layer(x, data), first)
@@ -71,7 +71,7 @@ def test_locality_orders_travel_with_the_operator(store, monkeypatch):
                            order_in=built.order_in)
     store.save(("plain", 1), plain)
     back = store.load(("plain", 1))
-    assert back._in_order is None and abs(back.matrix - built.matrix).max() == 0
+    assert not back.made_in_order and abs(back.matrix - built.matrix).max() == 0
 
 
 def test_a_changed_hyperparameter_or_mesh_is_a_different_file(store):

@@ -198,6 +198,12 @@ class SparseOperator:
         return (self._in_order if self._matrix is None else self._matrix).nnz
 
     @property
+    def made_in_order(self) -> bool:
+        """Whether the operator holds its matrix in the locality order (``in_order``), the
+        layout :meth:`ordered_csr` gives, rather than in the points' own order."""
+        return self._in_order is not None
+
+    @property
     def ordered(self) -> bool:
         """Whether the operator carries a locality order (``order_out`` or ``order_in``)."""
         return self.order_out is not None or self.order_in is not None
@@ -692,7 +698,7 @@ def block_diagonal(blocks) -> SparseOperator:
     ``in_order`` are stacked in that layout (and the result made ``in_order``)."""
     L = blocks[0].n_basis
     # blocks made in their locality order are stacked in it (their own order is not made)
-    in_order = any(b._in_order is not None for b in blocks)
+    in_order = any(b.made_in_order for b in blocks)
     mats = [b.ordered_csr() if in_order else b.matrix for b in blocks]
     nnz_off = np.cumsum([0] + [m.nnz for m in mats])
     col_off = np.cumsum([0] + [m.shape[1] for m in mats])

@@ -99,6 +99,16 @@ def _wavenumbers(m: int, half: bool) -> list[int]:
     return list(range(m)) if half else list(range(m)) + list(range(-m, 0))
 
 
+def _complex_as_real(c: np.ndarray) -> np.ndarray:
+    """A complex matrix ``c`` [P, Q] as the real matrix [2 P, 2 Q] that maps (Re, Im) pairs the
+    way ``c`` maps complex numbers: rows (p, Re/Im), columns (Re/Im, q), so that the pair axis
+    of the input sits before the axis ``c`` contracts and that of the output after the axis
+    it makes (``(zr, zi) -> (Re c zr - Im c zi, Im c zr + Re c zi)``)."""
+    re, im = c.real, c.imag
+    blk = np.stack([np.stack([re, -im], 1), np.stack([im, re], 1)], 1)     # [P, 2, 2, Q]
+    return blk.reshape(2 * c.shape[0], 2 * c.shape[1])
+
+
 def _dft_tables(n: tuple, big: tuple, modes: tuple, dtype, device):
     """The truncated DFT of the module docstring as small dense real matrices, one per axis, for
     an input of ``n`` nodes per axis zero-padded to ``big`` (the padding and the crop are then
@@ -133,16 +143,12 @@ def _dft_tables(n: tuple, big: tuple, modes: tuple, dtype, device):
             if a == 0:
                 m = np.stack([e.real, e.imag], 1).reshape(2 * K, n[a])
             else:
-                m = np.zeros((K, 2, 2, n[a]))
-                m[:, 0, 0], m[:, 0, 1], m[:, 1, 0], m[:, 1, 1] = e.real, -e.imag, e.imag, e.real
-                m = m.reshape(2 * K, 2 * n[a])
+                m = _complex_as_real(e)
             if last:
                 c = np.where((kappa == 0) | (2 * kappa == big[a]), 1.0, 2.0)
                 v = np.stack([c * f.real, -c * f.imag], 1).reshape(n[a], 2 * K)
             else:
-                v = np.zeros((n[a], 2, 2, K))
-                v[:, 0, 0], v[:, 0, 1], v[:, 1, 0], v[:, 1, 1] = f.real, -f.imag, f.imag, f.real
-                v = v.reshape(2 * n[a], 2 * K)
+                v = _complex_as_real(f)
             fwd.append(m)
             inv.append(v)
 

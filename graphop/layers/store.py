@@ -130,7 +130,7 @@ class OperatorStore:
         if self._disabled or not isinstance(value, SparseOperator):
             return
         # the layout it was made in (an operator made in its locality order is saved in it)
-        in_order = value._in_order is not None
+        in_order = value.made_in_order
         m = value.ordered_csr() if in_order else value.matrix
         size = m.data.nbytes + m.indices.nbytes + m.indptr.nbytes
         if size > self.max_bytes:
