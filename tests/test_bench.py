@@ -1,5 +1,6 @@
 """The benchmark runs end to end at a small size and reports its headline keys (not timed)."""
 import json
+import re
 
 import pytest
 
@@ -43,22 +44,35 @@ def test_bench_train_large_case_reports_build_step_and_memory():
     assert "large" in text and "2d_1500" in text and "step_s" in text
 
 
-def test_grid_rounds_keep_medians_and_each_rounds_ratio():
-    """The grid case alternates graphop and the peers; what it reports is the median of every
-    number over the rounds, each ratio's rounds beside it, and a peer's message as it came."""
+def test_grid_cycles_interleave_epochs_and_pair_their_ratios():
+    """The grid case times one epoch of every model per cycle, the order reversed every other
+    cycle, after one warm-up epoch each; samples/s is the median epoch and a ratio the median
+    over cycles of the peer's epoch time over graphop's in the same cycle."""
     from graphop.bench.layers import format_result
-    from graphop.bench.train import _median_rounds
+    from graphop.bench.train import SAMPLES, _grid_ratios, _interleaved
 
-    rounds = [{"local_gno_samples_s": 10.0, "local_gno_params": 5, "global_vs_fno": 1.3},
-              {"local_gno_samples_s": 30.0, "local_gno_params": 5, "global_vs_fno": 0.9},
-              {"local_gno_samples_s": 20.0, "local_gno_params": 5, "global_vs_fno": 1.0}]
-    out = _median_rounds(rounds)
-    assert out["local_gno_samples_s"] == 20.0 and out["local_gno_params"] == 5
-    assert out["global_vs_fno"] == 1.0 and out["global_vs_fno_rounds"] == [1.3, 0.9, 1.0]
-    assert "local_gno_samples_s_rounds" not in out
-    msg = _median_rounds([{"neuralop": "not importable"}, {"neuralop": "not importable"}])
-    assert msg == {"neuralop": "not importable"}
-    assert "global_vs_fno_rounds  1.3, 0.9, 1" in format_result("train", {"grid_16": out})
+    calls = []
+    # epoch times per model: warm-up first, then one per cycle; the machine "slows down" 2x
+    # in cycle 2, for both models alike
+    times = {"global": [9.0, 1.0, 2.0, 1.0], "neuralop_fno": [9.0, 1.25, 2.5, 1.25],
+             "local_gno": [9.0, 4.0, 8.0, 4.0]}
+
+    def runner(name):
+        def run():
+            calls.append(name)
+            return times[name][sum(c == name for c in calls) - 1]
+        return run
+
+    out = _grid_ratios(_interleaved({k: runner(k) for k in times}, 3, "grid", lambda msg: None))
+    assert calls == ["global", "neuralop_fno", "local_gno",            # warm-up
+                     "global", "neuralop_fno", "local_gno",            # cycle 1
+                     "local_gno", "neuralop_fno", "global",            # cycle 2, reversed
+                     "global", "neuralop_fno", "local_gno"]
+    assert out["global_samples_s"] == SAMPLES / 1.0 and out["local_gno_samples_s"] == SAMPLES / 4.0
+    assert out["global_vs_fno_cycles"] == [1.25, 1.25, 1.25] and out["global_vs_fno"] == 1.25
+    assert "local_gno_vs_local_no" not in out          # no LocalNO among the runners
+    assert re.search(r"global_vs_fno_cycles +1.25, 1.25, 1.25",
+                     format_result("train", {"grid_16": out}))
 
 
 def test_bench_train_runs_on_the_device_it_is_given_and_refuses_a_missing_one():
@@ -103,3 +117,91 @@ def test_peer_worker_runs_without_graphop(tmp_path, monkeypatch):
     assert out["neuralop"].startswith("worker failed:") and "not importable" in out["neuralop"]
     with pytest.raises(ValueError, match="unknown peer"):
         peers.run_peer("nope", {})
+
+
+_STAND_IN = '''
+import torch
+from torch import nn
+
+
+class FNO(nn.Module):
+    """a stand-in with neuraloperator's constructor arguments (not its layers)"""
+
+    def __init__(self, n_modes, in_channels, out_channels, hidden_channels, n_layers, **kw):
+        super().__init__()
+        self.net = nn.Sequential(nn.Conv2d(in_channels, hidden_channels, 1), nn.GELU(),
+                                 nn.Conv2d(hidden_channels, out_channels, 1))
+        self.calls = 0
+
+    def forward(self, x):
+        self.calls += 1
+        if self.calls > FAIL_AFTER:
+            raise RuntimeError("stand-in peer gave up")
+        return self.net(x)
+
+
+FAIL_AFTER = 10 ** 9
+
+
+class GINO(nn.Module):
+    pass
+'''
+
+
+def _stand_in_neuralop(root, fail_after=None):
+    """A package named ``neuralop`` with FNO, GINO and LocalNO classes that take
+    neuraloperator's constructor arguments: enough for the worker protocol, which is what the
+    tests below check (neuraloperator itself is not installed here)."""
+    pkg = root / "neuralop"
+    (pkg / "models").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    src = _STAND_IN if fail_after is None else _STAND_IN.replace("10 ** 9", str(fail_after))
+    (pkg / "models" / "__init__.py").write_text(src)
+    (pkg / "models" / "local_no.py").write_text(
+        "from neuralop.models import FNO\n\n\nclass LocalNO(FNO):\n"
+        "    def __init__(self, default_in_shape=None, **kw):\n        super().__init__(**kw)\n")
+
+
+def test_grid_peers_worker_times_epochs_on_request(tmp_path, monkeypatch):
+    """The grid peers stay up in another interpreter and answer one epoch at a time: their
+    names and parameter counts first, then seconds per epoch; a worker that dies is reported
+    with its own last words, and closing ends the process."""
+    import sys
+
+    import graphop.bench.peers as peers
+
+    if peers._importable():
+        pytest.skip("neuraloperator is importable here: grid_peers would run in-process")
+    kwargs = {"n": 8, "device": "cpu", "samples": 8, "batch": 4, "width": 6, "layers": 2,
+              "modes": [4, 4]}
+    _stand_in_neuralop(tmp_path / "ok")
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path / "ok"))
+    session = peers.grid_peers(kwargs, python=sys.executable)
+    assert not isinstance(session, dict), session
+    try:
+        assert session.names == ["neuralop_fno", "neuralop_local_no"]
+        assert session.params == {"neuralop_fno": 1 * 6 + 6 + 6 * 1 + 1,
+                                  "neuralop_local_no": 1 * 6 + 6 + 6 * 1 + 1}
+        assert session.python == sys.executable
+        for name in session.names * 2:
+            assert 0 < session.epoch(name) < 60
+    finally:
+        session.close()
+    assert session.proc.poll() == 0
+
+    # the stand-in raises on its 5th forward pass: the 3rd epoch of 2 steps
+    _stand_in_neuralop(tmp_path / "dies", fail_after=4)
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path / "dies"))
+    session = peers.grid_peers(kwargs, python=sys.executable)
+    session.epoch("neuralop_fno")
+    session.epoch("neuralop_fno")
+    with pytest.raises(RuntimeError, match="worker failed: .*stand-in peer gave up"):
+        session.epoch("neuralop_fno")
+    assert session.proc.poll() is not None
+
+    # an interpreter without neuraloperator says so, as a result rather than an exception
+    monkeypatch.delenv("PYTHONPATH")
+    out = peers.grid_peers(kwargs, python=sys.executable)
+    assert out["neuralop"].startswith("worker failed:") and "not importable" in out["neuralop"]
+    monkeypatch.delenv("GRAPHOP_NEURALOP_PYTHON", raising=False)
+    assert "not importable" in peers.grid_peers(kwargs)["neuralop"]

@@ -9,6 +9,12 @@ peer in this process when ``import neuralop`` works here, otherwise in that inte
 returns its numbers, or a one-entry dict saying why there are none.
 
     python peers.py PEER IN.json OUT.json     # the worker: kwargs in, numbers out
+    python peers.py serve-grid                # epochs on request (:func:`grid_peers`)
+
+:func:`grid_peers` keeps FNO and LocalNO alive (in this process or in a worker of that
+interpreter) and times one epoch at a time, so that the grid benchmark can alternate them with
+graphop's models epoch by epoch: on a shared machine whose load drifts over minutes, ratios of
+epochs run seconds apart are steadier than ratios of separate runs.
 """
 from __future__ import annotations
 
@@ -23,7 +29,7 @@ import time
 import numpy as np
 import torch
 
-__all__ = ["run_peer", "PEERS"]
+__all__ = ["run_peer", "grid_peers", "GridPeers", "PEERS"]
 
 
 def _sync(device) -> None:
@@ -48,46 +54,171 @@ def timed(fn, device, repeats: int) -> tuple[float, float]:
     return first, statistics.median(ts)
 
 
+class GridPeers:
+    """neuraloperator's FNO and LocalNO on an n x n grid, built once and timed epoch by epoch.
+
+    ``samples`` random samples in batches of ``batch`` (MSE, Adam); :meth:`epoch` runs one
+    training epoch of one model and returns its seconds (CUDA synchronised), so that a caller
+    can interleave the peers' epochs with its own (:class:`PeerSession`).
+    """
+
+    def __init__(self, n: int, device: str, samples: int, batch: int, width: int, layers: int,
+                 modes):
+        import warnings
+
+        from neuralop.models import FNO
+        from neuralop.models.local_no import LocalNO
+
+        warnings.simplefilter("ignore")
+        self.device, self.samples, self.batch = torch.device(device), int(samples), int(batch)
+        g = torch.Generator().manual_seed(0)
+        x = torch.randn(samples, 1, n, n, generator=g)
+        y = torch.randn(samples, 1, n, n, generator=g)
+        self.x, self.y = x.to(self.device), y.to(self.device)
+        modes = tuple(int(m) for m in modes)
+        makers = {
+            "neuralop_fno": lambda: FNO(n_modes=modes, in_channels=1, out_channels=1,
+                                        hidden_channels=width, n_layers=layers),
+            "neuralop_local_no": lambda: LocalNO(n_modes=modes, in_channels=1, out_channels=1,
+                                                 hidden_channels=width, default_in_shape=(n, n),
+                                                 n_layers=layers),
+        }
+        self.models = {}
+        for name, make in makers.items():
+            torch.manual_seed(0)
+            model = make().to(self.device)
+            self.models[name] = (model, torch.optim.Adam(model.parameters(), 1e-3))
+        self.names, self.python = list(self.models), sys.executable
+        self.params = {k: sum(p.numel() for p in m.parameters())
+                       for k, (m, _) in self.models.items()}
+
+    def epoch(self, name: str) -> float:
+        """Seconds of one training epoch of peer ``name``."""
+        model, opt = self.models[name]
+        _sync(self.device)
+        t = time.perf_counter()
+        perm = torch.randperm(self.samples, device=self.device)
+        for i in range(0, self.samples, self.batch):
+            idx = perm[i:i + self.batch]
+            loss = torch.nn.functional.mse_loss(model(self.x[idx]), self.y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        _sync(self.device)
+        return time.perf_counter() - t
+
+    def close(self) -> None:
+        self.models.clear()
+
+
 def neuralop_grid(n: int, repeats: int, device: str, samples: int, batch: int, width: int,
                   layers: int, modes) -> dict:
     """samples/s of a training epoch (MSE, Adam) of neuraloperator's FNO and LocalNO on an
-    n x n grid, ``samples`` random samples in batches of ``batch``."""
-    import warnings
-
-    from neuralop.models import FNO
-    from neuralop.models.local_no import LocalNO
-
-    warnings.simplefilter("ignore")
-    g = torch.Generator().manual_seed(0)
-    x, y = torch.randn(samples, 1, n, n, generator=g), torch.randn(samples, 1, n, n, generator=g)
-    x, y = x.to(device), y.to(device)
-    modes = tuple(int(m) for m in modes)
-    makers = {
-        "neuralop_fno": lambda: FNO(n_modes=modes, in_channels=1, out_channels=1,
-                                    hidden_channels=width, n_layers=layers),
-        "neuralop_local_no": lambda: LocalNO(n_modes=modes, in_channels=1, out_channels=1,
-                                             hidden_channels=width, default_in_shape=(n, n),
-                                             n_layers=layers),
-    }
+    n x n grid, ``samples`` random samples in batches of ``batch``: one warm-up epoch, then
+    the median of ``repeats`` (:class:`GridPeers`)."""
+    peers = GridPeers(n, device, samples, batch, width, layers, modes)
     out = {}
-    for name, make in makers.items():
-        torch.manual_seed(0)
-        model = make().to(device)
-        opt = torch.optim.Adam(model.parameters(), 1e-3)
-
-        def epoch():
-            perm = torch.randperm(samples, device=device)
-            for i in range(0, samples, batch):
-                idx = perm[i:i + batch]
-                loss = torch.nn.functional.mse_loss(model(x[idx]), y[idx])
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-
-        _, t = timed(epoch, device, repeats)
-        out[f"{name}_samples_s"] = samples / t
-        out[f"{name}_params"] = sum(p.numel() for p in model.parameters())
+    for name in peers.names:
+        peers.epoch(name)
+        out[f"{name}_samples_s"] = samples / statistics.median(
+            peers.epoch(name) for _ in range(max(1, repeats)))
+        out[f"{name}_params"] = peers.params[name]
     return out
+
+
+class _RemoteGridPeers:
+    """:class:`GridPeers` in another interpreter (this file's ``serve-grid`` mode): one JSON
+    line per request on its stdin, one per answer on its stdout."""
+
+    def __init__(self, python: str, kwargs: dict, threads: int):
+        # stderr to a file: a pipe nobody reads would stall a worker that warns a lot
+        self.err = tempfile.TemporaryFile(mode="w+")
+        self.proc = subprocess.Popen([python, os.path.abspath(__file__), "serve-grid"],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=self.err, text=True, bufsize=1)
+        hello = self._ask({"kwargs": kwargs, "threads": threads})
+        self.names, self.params, self.python = hello["names"], hello["params"], python
+
+    def _ask(self, request: dict) -> dict:
+        try:
+            self.proc.stdin.write(json.dumps(request) + "\n")
+            self.proc.stdin.flush()
+            line = self.proc.stdout.readline()
+        except (BrokenPipeError, OSError):
+            line = ""
+        if not line:
+            self.proc.kill()
+            self.proc.wait()
+            self.err.seek(0)
+            tail = self.err.read().strip().splitlines()[-3:]
+            self.close()
+            raise RuntimeError(f"worker failed: {' | '.join(tail) or 'no output'}")
+        return json.loads(line)
+
+    def epoch(self, name: str) -> float:
+        return float(self._ask({"epoch": name})["seconds"])
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                self.proc.stdin.close()
+            except OSError:
+                pass
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        for f in (self.proc.stdin, self.proc.stdout, self.err):
+            try:
+                f.close()
+            except OSError:
+                pass
+
+
+def grid_peers(kwargs: dict, python: str | None = None, env_vars=("GRAPHOP_NEURALOP_PYTHON",)):
+    """:class:`GridPeers` made from ``kwargs`` (its arguments, JSON) in this process when
+    neuraloperator imports here, else in the interpreter ``python`` (or the first of
+    ``env_vars`` that is set) with this process's torch thread count. Either way the result has
+    ``names``, ``params``, ``python`` (the interpreter), ``epoch(name) -> seconds`` and
+    ``close()``. Without a peer: a
+    one-entry dict saying why (``{"neuralop": ...}``), as :func:`run_peer` gives."""
+    if _importable():
+        return GridPeers(**kwargs)
+    python = python or next((os.environ[v] for v in env_vars if os.environ.get(v)), None)
+    if not python:
+        return {"neuralop": f"not importable (set {env_vars[0]} to a python that has "
+                            "neuraloperator and torch-harmonics)"}
+    try:
+        return _RemoteGridPeers(python, kwargs, torch.get_num_threads())
+    except (RuntimeError, OSError, ValueError) as exc:
+        return {"neuralop": str(exc) if str(exc).startswith("worker failed")
+                else f"worker failed: {exc}"}
+
+
+def _serve_grid() -> int:
+    """The ``serve-grid`` worker: the first stdin line ``{"kwargs", "threads"}`` builds the
+    peers and is answered with their names and parameter counts; then each ``{"epoch": NAME}``
+    line with ``{"seconds": ...}``, until stdin closes. Anything the models print goes to
+    stderr, so stdout carries only the answers."""
+    out = sys.stdout
+    sys.stdout = sys.stderr
+    first = sys.stdin.readline()
+    if not first:
+        return 0
+    job = json.loads(first)
+    torch.set_num_threads(int(job["threads"]))
+    if not _importable():
+        print("neuraloperator (with torch-harmonics) is not importable in "
+              f"{sys.executable}", file=sys.stderr)
+        return 3
+    peers = GridPeers(**job["kwargs"])
+    out.write(json.dumps({"names": peers.names, "params": peers.params}) + "\n")
+    out.flush()
+    for line in sys.stdin:
+        request = json.loads(line)
+        out.write(json.dumps({"seconds": peers.epoch(request["epoch"])}) + "\n")
+        out.flush()
+    return 0
 
 
 def _gino(width, n_layers, latent_shape, modes, radius, device, lo, hi):
@@ -212,6 +343,8 @@ def run_peer(peer: str, kwargs: dict, python: str | None = None,
 
 
 def _main(argv) -> int:
+    if argv[:1] == ["serve-grid"]:
+        return _serve_grid()
     peer, src, dst = argv
     with open(src) as fh:
         job = json.load(fh)

@@ -10,8 +10,13 @@ where they are installed and every ratio measured in the same run.
     and samples, on the same grids. They run in-process when ``import neuralop`` works, or in the
     interpreter named by ``$GRAPHOP_NEURALOP_PYTHON`` (:mod:`graphop.bench.peers`, which imports
     nothing from graphop, is its worker: neuraloperator's pins may clash with graphop's, so a
-    separate venv is the usual setup). Ratios:
-    ``local_gno / LocalNO`` and ``global / FNO`` (samples/s; > 1 means graphop is faster).
+    separate venv is the usual setup; the worker stays up for the whole case). The six models
+    (four of graphop's, two peers) are built once and timed in cycles of one epoch each, the
+    order reversed every other cycle: ``repeats`` x :data:`GRID_ROUNDS` cycles after a warm-up
+    epoch of each. Ratios: ``local_gno / LocalNO`` and ``global / FNO`` (samples/s; > 1 means
+    graphop is faster), each the median over the cycles of the two epochs' ratio in one cycle
+    (each cycle's in ``*_cycles``): on a shared machine whose load drifts over minutes, two
+    epochs seconds apart see the same load.
     The supports differ: graphop's ``auto`` DISCO radius spans about 3 grid spacings (about 30
     points per ball, what mesh-independent training needs), LocalNO's default cutoff one
     spacing on a 3 x 3 local filter, and its other defaults are smaller too: 4 kernel basis
@@ -25,9 +30,11 @@ where they are installed and every ratio measured in the same run.
     times the channels).
 (b) ``meshes``: 64 samples, each on its own irregular ~1000-point mesh of the unit square
     (``mesh_domain("square", 1000, seed=i, perturb=0.3)``), batch 8, shuffled: the first epoch
-    after clearing the operator cache (``cold``: every operator built) and the median of the
-    next epochs (``warm``); against the same 64 samples spread over 8 meshes (``shared``, a
-    dataset small enough to stay cached). Ratio ``warm / shared``. ``cold_store``: a cold
+    after clearing the operator cache (``cold``: every operator built) against the same 64
+    samples spread over 8 meshes (``shared``, a dataset small enough to stay cached); then, a
+    warm-up epoch each, 2 x ``repeats`` cycles of one epoch of each dataset (``warm``: the
+    median epoch). Ratio ``warm_vs_shared``: the median over the cycles of the two epochs'
+    ratio in one cycle (each cycle's in ``*_cycles``). ``cold_store``: a cold
     epoch whose operators are loaded from an operator store (:mod:`graphop.layers.store`)
     written by an earlier epoch, what a second ``graphop train`` on the same data sees.
     ``cold_prebuilt`` (with 2 or more CPUs): the operators built first by
@@ -54,8 +61,8 @@ where they are installed and every ratio measured in the same run.
     compiled build kernels (:mod:`graphop.jit`), steps skipped: ``build_reference_s`` and the
     ratio ``build_jit_speedup``.
 
-Numbers are medians of ``repeats`` epochs (steps in (c)) after a warm-up; in (a) graphop and
-the peers alternate for :data:`GRID_ROUNDS` rounds and the medians over the rounds are kept.
+Numbers are medians of ``repeats`` epochs (steps in (c)) after a warm-up; in (a) of the
+``repeats`` x :data:`GRID_ROUNDS` cycles.
 ``device`` (default: CUDA when available) runs every setting there: models, batches and
 operators on the device, CUDA synchronised at the end of every timed epoch or step; in (c) the
 peak is the device's (``torch.cuda.max_memory_allocated``) besides the process's resident
@@ -76,7 +83,7 @@ import time
 import numpy as np
 import torch
 
-from graphop.bench.peers import _sync, run_peer, timed
+from graphop.bench.peers import _sync, grid_peers, run_peer
 from graphop.layers.sparse import to_device
 
 __all__ = ["bench_train"]
@@ -84,14 +91,6 @@ __all__ = ["bench_train"]
 WIDTH, LAYERS, BATCH, SAMPLES = 32, 4, 8, 64
 NEURALOP_MODES = (12, 12)
 GRAPHOP_MODES = (6, 7)
-
-
-# ---------------------------------------------------------------------------- neuraloperator
-def _peer(n: int, repeats: int, device="cpu") -> dict:
-    """neuraloperator FNO and LocalNO on an n x n grid (:mod:`graphop.bench.peers`)."""
-    return run_peer("grid", {"n": n, "repeats": repeats, "device": str(device),
-                             "samples": SAMPLES, "batch": BATCH, "width": WIDTH,
-                             "layers": LAYERS, "modes": list(NEURALOP_MODES)})
 
 
 # ---------------------------------------------------------------------------- graphop
@@ -119,10 +118,10 @@ def _model(samples, branches, n_grid=None, checkpoint_blocks: bool = False, **ex
     return build_model(resolve_supports(cfg, samples))
 
 
-def _graphop_epochs(model, samples, repeats, clear_first: bool = False, device="cpu"):
+def _graphop_epoch(model, samples, device="cpu"):
+    """A function that runs one training epoch of ``model`` on ``samples`` (batch
+    :data:`BATCH`, shuffled, MSE, Adam) and returns its seconds, CUDA synchronised."""
     from torch_geometric.loader import DataLoader
-
-    from graphop.layers.sparse import operator_cache
 
     model.to(device)
     opt = torch.optim.Adam(model.parameters(), 1e-3)
@@ -130,90 +129,138 @@ def _graphop_epochs(model, samples, repeats, clear_first: bool = False, device="
                         generator=torch.Generator().manual_seed(0))
 
     def epoch():
+        _sync(device)
+        t = time.perf_counter()
         for b in loader:
             b = to_device(b, device)
             loss = torch.nn.functional.mse_loss(model(b), b.y)
             opt.zero_grad()
             loss.backward()
             opt.step()
+        _sync(device)
+        return time.perf_counter() - t
 
+    return epoch
+
+
+def _graphop_epochs(model, samples, repeats, clear_first: bool = False, device="cpu"):
+    """(first epoch's seconds, median of ``repeats`` further epochs); ``clear_first``: with
+    the operator cache emptied first (a cold epoch)."""
+    from graphop.layers.sparse import operator_cache
+
+    epoch = _graphop_epoch(model, samples, device)
     if clear_first:
         operator_cache.clear()
-    return timed(epoch, repeats=repeats, device=device)
+    first = epoch()
+    return first, statistics.median(epoch() for _ in range(max(1, repeats)))
 
 
-#: graphop and the peers are measured in this many alternating rounds (graphop, peers,
-#: graphop, peers); samples/s and ratios are the medians over the rounds, so that a change of
-#: the machine's load between two back-to-back measurements moves them less
-GRID_ROUNDS = 2
+#: the grid case times graphop's models and the peers in cycles of one epoch each, this many
+#: cycles per repeat (``repeats`` x this cycles in all); measured on this 2-core machine, one
+#: cycle's ratios ranged 0.74-1.56 on a busy day, so the median needs a dozen
+GRID_ROUNDS = 4
+
+#: the grid case's ratios: (graphop model, peer) pairs
+GRID_PAIRS = (("local_gno", "neuralop_local_no"), ("local_gno_3x3", "neuralop_local_no"),
+              ("local_gno_matched", "neuralop_local_no"), ("global", "neuralop_fno"))
 
 
 def _grid_case(n: int, repeats: int, log, rounds: int = GRID_ROUNDS, device="cpu") -> dict:
+    """Setting (a) on an n x n grid: graphop's four models and the peers built once, then
+    ``repeats * rounds`` cycles of one epoch each (:func:`_interleaved`, :func:`_grid_ratios`)."""
     from graphop.geometry.domains import structured_square
 
     samples = _samples([structured_square(n)], np.random.default_rng(0))
     h = 1.0 / (n - 1)
     local = ("global", "disco", "diff")
     three = {"disco_radius": 1.5 * h, "diff_kwargs": {"smoothing_radius": 1.5 * h}}
-    per_round = []
-    for r in range(rounds):
-        res = {}
-        for name, br, extra in (("local_gno", local, {}),
-                                ("local_gno_3x3", local, three),
-                                ("local_gno_matched", local, {**three, "kernel_shape": [2, 4],
-                                                              "projection_channels": 2 * WIDTH}),
-                                ("global", ("global",), {})):
-            log(f"  grid {n}x{n}, round {r + 1}/{rounds}: graphop {name}")
-            model = _model(samples, br, n_grid=n, **extra)
-            _, t = _graphop_epochs(model, samples, repeats, device=device)
-            res[f"{name}_samples_s"] = SAMPLES / t
-            res[f"{name}_params"] = sum(p.numel() for p in model.parameters())
-            if "disco" in br:
-                op, _ = model.blocks[0].disco.operator(to_device(samples[0], device))
-                res[f"{name}_disco_nnz_per_point"] = op.nnz / op.n_out
-        log(f"  grid {n}x{n}, round {r + 1}/{rounds}: neuraloperator FNO and LocalNO")
-        res.update(_peer(n, repeats, device))
-        if "neuralop_local_no_samples_s" in res:
-            res["local_gno_vs_local_no"] = (res["local_gno_samples_s"]
-                                            / res["neuralop_local_no_samples_s"])
-            for v in ("local_gno_3x3", "local_gno_matched"):
-                res[f"{v}_vs_local_no"] = (res[f"{v}_samples_s"]
-                                           / res["neuralop_local_no_samples_s"])
-            res["global_vs_fno"] = res["global_samples_s"] / res["neuralop_fno_samples_s"]
-        per_round.append(res)
-    return _median_rounds(per_round)
+    res, runners = {}, {}
+    for name, br, extra in (("local_gno", local, {}),
+                            ("local_gno_3x3", local, three),
+                            ("local_gno_matched", local, {**three, "kernel_shape": [2, 4],
+                                                          "projection_channels": 2 * WIDTH}),
+                            ("global", ("global",), {})):
+        model = _model(samples, br, n_grid=n, **extra)
+        runners[name] = _graphop_epoch(model, samples, device)
+        res[f"{name}_params"] = sum(p.numel() for p in model.parameters())
+        if "disco" in br:
+            op, _ = model.blocks[0].disco.operator(to_device(samples[0], device))
+            res[f"{name}_disco_nnz_per_point"] = op.nnz / op.n_out
+    log(f"  grid {n}x{n}: starting neuraloperator FNO and LocalNO")
+    peers = grid_peers({"n": n, "device": str(device), "samples": SAMPLES, "batch": BATCH,
+                        "width": WIDTH, "layers": LAYERS, "modes": list(NEURALOP_MODES)})
+    if isinstance(peers, dict):           # why there are no peers
+        res.update(peers)
+    else:
+        res["neuralop_python"] = peers.python
+        for name in peers.names:
+            runners[name] = lambda name=name: peers.epoch(name)
+            res[f"{name}_params"] = peers.params[name]
+    cycles, label = max(1, repeats) * max(1, rounds), f"grid {n}x{n}"
+    try:
+        res.update(_grid_ratios(_interleaved(runners, cycles, label, log)))
+    except RuntimeError as exc:           # a peer's worker died: graphop's numbers alone
+        res["neuralop"] = str(exc)
+        res.update(_grid_ratios(_interleaved({k: v for k, v in runners.items()
+                                              if not k.startswith("neuralop")},
+                                             cycles, label, log)))
+    finally:
+        if not isinstance(peers, dict):
+            peers.close()
+    return res
 
 
-def _median_rounds(per_round: list) -> dict:
-    """One dict from the rounds' dicts: the median of every number (parameter counts agree),
-    the first round's value for anything else (a peer's "not importable" message); with more
-    than one round, each ratio's values per round under ``KEY_rounds``."""
-    out = {}
-    for k, v in per_round[0].items():
-        vals = [r.get(k) for r in per_round]
-        if all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in vals):
-            out[k] = statistics.median(vals)
-            if k.endswith(("_vs_local_no", "_vs_fno")) and len(vals) > 1:
-                out[f"{k}_rounds"] = vals
-        else:
-            out[k] = v
+def _interleaved(runners: dict, cycles: int, label: str, log) -> dict:
+    """Every runner (``name -> epoch() seconds``) once to warm up, then ``cycles`` cycles of one
+    epoch each, the order reversed every other cycle (so that no model always follows the
+    same one): ``{name: [seconds per cycle]}``. The machine's load drifts over minutes, and
+    epochs seconds apart see the same load: ratios are taken within a cycle
+    (:func:`_paired`)."""
+    names = list(runners)
+    for name in names:
+        log(f"  {label}: warm-up epoch of {name}")
+        runners[name]()
+    times = {name: [] for name in names}
+    for c in range(cycles):
+        log(f"  {label}: cycle {c + 1}/{cycles}")
+        for name in (names if c % 2 == 0 else names[::-1]):
+            times[name].append(runners[name]())
+    return times
+
+
+def _paired(times: dict, a: str, b: str, key: str) -> dict:
+    """``key``: the median over cycles of b's epoch time over a's in the same cycle (a's
+    samples/s over b's), each cycle's value in ``key_cycles``."""
+    per = [tb / ta for ta, tb in zip(times[a], times[b])]
+    return {key: statistics.median(per), f"{key}_cycles": [round(r, 3) for r in per]}
+
+
+def _grid_ratios(times: dict) -> dict:
+    """The grid case's numbers from :func:`_interleaved`'s times: ``NAME_samples_s`` (the
+    median epoch) and the ratios of :data:`GRID_PAIRS` whose two models ran."""
+    out = {f"{name}_samples_s": SAMPLES / statistics.median(t) for name, t in times.items()}
+    for a, b in GRID_PAIRS:
+        if a in times and b in times:
+            out.update(_paired(times, a, b, f"{a}_vs_{b.removeprefix('neuralop_')}"))
     return out
 
 
 def _meshes_case(repeats: int, log, n_points: int = 1000, device="cpu") -> dict:
     from graphop.geometry.domains import mesh_domain
+    from graphop.layers.sparse import operator_cache
 
     meshes = [mesh_domain("square", n_points, seed=i, perturb=0.3) for i in range(SAMPLES)]
     res = {"mesh_points": int(np.mean([m.n_points for m in meshes]))}
     for name, br in (("local_gno", ("global", "disco", "diff")), ("global", ("global",))):
-        for case, ms in (("per_sample", meshes), ("shared", meshes[:8])):
-            log(f"  {SAMPLES} samples on {len(ms)} meshes: graphop {name}")
+        epochs = {}
+        # shared first: its 8 meshes are among the 64, so it must be cold before they are built
+        for case, ms in (("shared", meshes[:8]), ("per_sample", meshes)):
+            log(f"  {SAMPLES} samples on {len(ms)} meshes: graphop {name}, cold epoch")
             samples = _samples(ms, np.random.default_rng(1))
             model = _model(samples, br)
-            cold, warm = _graphop_epochs(model, samples, repeats, clear_first=True,
-                                         device=device)
-            res[f"{name}_{case}_cold_samples_s"] = SAMPLES / cold
-            res[f"{name}_{case}_warm_samples_s"] = SAMPLES / warm
+            epochs[case] = _graphop_epoch(model, samples, device)
+            operator_cache.clear()
+            res[f"{name}_{case}_cold_samples_s"] = SAMPLES / epochs[case]()
             if case == "per_sample":
                 res[f"{name}_per_sample_cold_store_samples_s"] = SAMPLES / _from_store(
                     model, samples, device)
@@ -228,8 +275,11 @@ def _meshes_case(repeats: int, log, n_points: int = 1000, device="cpu") -> dict:
                     res[f"{name}_cold_prebuilt_vs_cold"] = (
                         res[f"{name}_per_sample_cold_prebuilt_samples_s"]
                         / res[f"{name}_per_sample_cold_samples_s"])
-        res[f"{name}_warm_vs_shared"] = (res[f"{name}_per_sample_warm_samples_s"]
-                                         / res[f"{name}_shared_warm_samples_s"])
+        # warm epochs of the two datasets alternate, their ratio taken within each cycle
+        times = _interleaved(epochs, 2 * max(1, repeats), f"{SAMPLES} samples, {name}", log)
+        for case in epochs:
+            res[f"{name}_{case}_warm_samples_s"] = SAMPLES / statistics.median(times[case])
+        res.update(_paired(times, "per_sample", "shared", f"{name}_warm_vs_shared"))
         if name == "global":
             res["encoder_radius"] = float(model.config["encoder_radius"])
     log(f"  {SAMPLES} samples on {SAMPLES} meshes: neuraloperator GINO")
