@@ -195,6 +195,17 @@ def grid_peers(kwargs: dict, python: str | None = None, env_vars=("GRAPHOP_NEURA
                 else f"worker failed: {exc}"}
 
 
+def _worker_ready(job: dict) -> bool:
+    """A worker's start: torch's thread count from ``job``; False (with the reason on stderr)
+    when neuraloperator does not import in this interpreter."""
+    torch.set_num_threads(int(job["threads"]))
+    if not _importable():
+        print("neuraloperator (with torch-harmonics) is not importable in "
+              f"{sys.executable}", file=sys.stderr)
+        return False
+    return True
+
+
 def _serve_grid() -> int:
     """The ``serve-grid`` worker: the first stdin line ``{"kwargs", "threads"}`` builds the
     peers and is answered with their names and parameter counts; then each ``{"epoch": NAME}``
@@ -206,10 +217,7 @@ def _serve_grid() -> int:
     if not first:
         return 0
     job = json.loads(first)
-    torch.set_num_threads(int(job["threads"]))
-    if not _importable():
-        print("neuraloperator (with torch-harmonics) is not importable in "
-              f"{sys.executable}", file=sys.stderr)
+    if not _worker_ready(job):
         return 3
     peers = GridPeers(**job["kwargs"])
     out.write(json.dumps({"names": peers.names, "params": peers.params}) + "\n")
@@ -348,10 +356,7 @@ def _main(argv) -> int:
     peer, src, dst = argv
     with open(src) as fh:
         job = json.load(fh)
-    torch.set_num_threads(int(job["threads"]))
-    if not _importable():
-        print("neuraloperator (with torch-harmonics) is not importable in "
-              f"{sys.executable}", file=sys.stderr)
+    if not _worker_ready(job):
         return 3
     out = PEERS[peer](**job["kwargs"])
     out["neuralop_torch"] = torch.__version__
