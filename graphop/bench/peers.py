@@ -59,7 +59,7 @@ class GridPeers:
 
     ``samples`` random samples in batches of ``batch`` (MSE, Adam); :meth:`epoch` runs one
     training epoch of one model and returns its seconds (CUDA synchronised), so that a caller
-    can interleave the peers' epochs with its own (:class:`PeerSession`).
+    can interleave the peers' epochs with its own (:func:`grid_peers`).
     """
 
     def __init__(self, n: int, device: str, samples: int, batch: int, width: int, layers: int,
@@ -119,9 +119,8 @@ def neuralop_grid(n: int, repeats: int, device: str, samples: int, batch: int, w
     peers = GridPeers(n, device, samples, batch, width, layers, modes)
     out = {}
     for name in peers.names:
-        peers.epoch(name)
-        out[f"{name}_samples_s"] = samples / statistics.median(
-            peers.epoch(name) for _ in range(max(1, repeats)))
+        _, t = timed(lambda: peers.epoch(name), device, repeats)
+        out[f"{name}_samples_s"] = samples / t
         out[f"{name}_params"] = peers.params[name]
     return out
 
@@ -175,6 +174,16 @@ class _RemoteGridPeers:
                 pass
 
 
+def _worker_python(python: str | None, env_vars):
+    """The interpreter a worker runs in: ``python``, else the first of ``env_vars`` that is
+    set; without either, the one-entry dict saying why there is no peer."""
+    python = python or next((os.environ[v] for v in env_vars if os.environ.get(v)), None)
+    if not python:
+        return {"neuralop": f"not importable (set {env_vars[0]} to a python that has "
+                            "neuraloperator and torch-harmonics)"}
+    return python
+
+
 def grid_peers(kwargs: dict, python: str | None = None, env_vars=("GRAPHOP_NEURALOP_PYTHON",)):
     """:class:`GridPeers` made from ``kwargs`` (its arguments, JSON) in this process when
     neuraloperator imports here, else in the interpreter ``python`` (or the first of
@@ -184,10 +193,9 @@ def grid_peers(kwargs: dict, python: str | None = None, env_vars=("GRAPHOP_NEURA
     one-entry dict saying why (``{"neuralop": ...}``), as :func:`run_peer` gives."""
     if _importable():
         return GridPeers(**kwargs)
-    python = python or next((os.environ[v] for v in env_vars if os.environ.get(v)), None)
-    if not python:
-        return {"neuralop": f"not importable (set {env_vars[0]} to a python that has "
-                            "neuraloperator and torch-harmonics)"}
+    python = _worker_python(python, env_vars)
+    if isinstance(python, dict):
+        return python
     try:
         return _RemoteGridPeers(python, kwargs, torch.get_num_threads())
     except (RuntimeError, OSError, ValueError) as exc:
@@ -331,10 +339,9 @@ def run_peer(peer: str, kwargs: dict, python: str | None = None,
         out = PEERS[peer](**kwargs)
         out["neuralop_python"] = sys.executable
         return out
-    python = python or next((os.environ[v] for v in env_vars if os.environ.get(v)), None)
-    if not python:
-        return {"neuralop": f"not importable (set {env_vars[0]} to a python that has "
-                            "neuraloperator and torch-harmonics)"}
+    python = _worker_python(python, env_vars)
+    if isinstance(python, dict):
+        return python
     with tempfile.TemporaryDirectory() as tmp:
         src, dst = os.path.join(tmp, "in.json"), os.path.join(tmp, "out.json")
         with open(src, "w") as fh:

@@ -143,16 +143,14 @@ def _graphop_epoch(model, samples, device="cpu"):
     return epoch
 
 
-def _graphop_epochs(model, samples, repeats, clear_first: bool = False, device="cpu"):
-    """(first epoch's seconds, median of ``repeats`` further epochs); ``clear_first``: with
-    the operator cache emptied first (a cold epoch)."""
+def _cold_epoch(model, samples, device="cpu") -> float:
+    """Seconds of one training epoch of ``model`` on ``samples`` with the operator cache
+    emptied first (every operator built, or loaded from an attached store)."""
     from graphop.layers.sparse import operator_cache
 
     epoch = _graphop_epoch(model, samples, device)
-    if clear_first:
-        operator_cache.clear()
-    first = epoch()
-    return first, statistics.median(epoch() for _ in range(max(1, repeats)))
+    operator_cache.clear()
+    return epoch()
 
 
 #: the grid case times graphop's models and the peers in cycles of one epoch each, this many
@@ -247,7 +245,6 @@ def _grid_ratios(times: dict) -> dict:
 
 def _meshes_case(repeats: int, log, n_points: int = 1000, device="cpu") -> dict:
     from graphop.geometry.domains import mesh_domain
-    from graphop.layers.sparse import operator_cache
 
     meshes = [mesh_domain("square", n_points, seed=i, perturb=0.3) for i in range(SAMPLES)]
     res = {"mesh_points": int(np.mean([m.n_points for m in meshes]))}
@@ -259,8 +256,7 @@ def _meshes_case(repeats: int, log, n_points: int = 1000, device="cpu") -> dict:
             samples = _samples(ms, np.random.default_rng(1))
             model = _model(samples, br)
             epochs[case] = _graphop_epoch(model, samples, device)
-            operator_cache.clear()
-            res[f"{name}_{case}_cold_samples_s"] = SAMPLES / epochs[case]()
+            res[f"{name}_{case}_cold_samples_s"] = SAMPLES / _cold_epoch(model, samples, device)
             if case == "per_sample":
                 res[f"{name}_per_sample_cold_store_samples_s"] = SAMPLES / _from_store(
                     model, samples, device)
@@ -305,8 +301,8 @@ def _from_store(model, samples, device="cpu") -> float:
     with tempfile.TemporaryDirectory() as tmp:
         operator_cache.store = OperatorStore(tmp)
         try:
-            _graphop_epochs(model, samples, 1, True, device)            # builds and writes
-            cold, _ = _graphop_epochs(model, samples, 1, True, device)  # loads
+            _cold_epoch(model, samples, device)            # builds and writes
+            cold = _cold_epoch(model, samples, device)     # loads
         finally:
             operator_cache.store = old
     return cold
@@ -329,7 +325,7 @@ def _prebuilt(model, samples, workers: int, device="cpu") -> tuple[float, float]
             t = time.perf_counter()
             prebuild_operators(model.config, samples, workers)
             t_pre = time.perf_counter() - t
-            cold, _ = _graphop_epochs(model, samples, 1, True, device)
+            cold = _cold_epoch(model, samples, device)
         finally:
             operator_cache.store = old
     return t_pre, cold
